@@ -1,0 +1,1 @@
+"""actorlearner: asynchronous actor-learner RL for multi-turn tool-using LLM agents."""

@@ -1,0 +1,165 @@
+"""Advantages and policy losses of the GRPO family, as plain functions (ALGORITHMS.md section 3).
+
+Everything here is pure math over numpy arrays or torch tensors, unit-tested on CPU without Ray.
+Token tensors are ``[batch, time]`` with a float ``mask`` that is 1 on tokens the loss covers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+AdvantageEstimator = Literal["grpo", "drgrpo"]
+LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+KLEstimator = Literal["k1", "k2", "k3"]
+
+ZERO_STD = 1e-6
+"""Below this group std the advantages are set exactly to 0 (float noise is not a signal)."""
+
+
+def group_advantages(
+    rewards: np.ndarray, estimator: AdvantageEstimator = "grpo", eps: float = 1e-6
+) -> np.ndarray:
+    """Per-trajectory advantages of one group.
+
+    GRPO: ``(r - mean) / (std + eps)``; Dr. GRPO: ``r - mean``. Both are exactly 0 when the
+    group's std is below :data:`ZERO_STD`, or AdamW would turn float noise into full-size steps.
+
+    Args:
+        rewards: Scalar rewards of the group's trajectories.
+        estimator: "grpo" or "drgrpo".
+        eps: Added to the std in the GRPO denominator.
+
+    Returns:
+        Advantages, float64, same shape as ``rewards``.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    std = float(rewards.std())
+    if rewards.size < 2 or std < ZERO_STD:
+        return np.zeros_like(rewards)
+    centered = rewards - rewards.mean()
+    if estimator == "grpo":
+        return centered / (std + eps)
+    if estimator == "drgrpo":
+        return centered
+    raise ValueError(f"unknown advantage estimator {estimator!r}; known: grpo, drgrpo")
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO-clip loss ``-min(rho*A, clip(rho, 1-lo, 1+hi)*A)``.
+
+    Args:
+        logprobs: Current policy log-probs of the taken tokens.
+        old_logprobs: Log-probs of the policy that sampled them.
+        advantages: Per-token advantages (broadcastable).
+        clip_low: Lower clip range (ratio floor ``1 - clip_low``).
+        clip_high: Upper clip range (DAPO clip-higher uses 0.28).
+        dual_clip: If set (e.g. 3), caps the loss of negative-advantage tokens at ``-c*A``.
+
+    Returns:
+        ``(loss, clipped)``: per-token loss and a 0/1 tensor marking tokens where clipping bound.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -ratio * advantages
+    clipped = -torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
+    loss = torch.maximum(unclipped, clipped)
+    if dual_clip is not None:
+        loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
+    return loss, (clipped > unclipped).float()
+
+
+def kl_penalty(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator = "k3"
+) -> torch.Tensor:
+    """Per-token KL estimate between the policy and a reference (Schulman's k1, k2, k3).
+
+    Args:
+        logprobs: Policy log-probs ``l``.
+        ref_logprobs: Reference log-probs ``l_ref``.
+        estimator: k1 ``l - l_ref``; k2 ``0.5 (l - l_ref)^2``; k3 ``exp(l_ref - l) - (l_ref - l) - 1``.
+
+    Returns:
+        Per-token KL, clamped to [-10, 10].
+    """
+    diff = logprobs - ref_logprobs
+    if estimator == "k1":
+        kl = diff
+    elif estimator == "k2":
+        kl = 0.5 * diff.square()
+    elif estimator == "k3":
+        kl = torch.exp(-diff) + diff - 1.0
+    else:
+        raise ValueError(f"unknown KL estimator {estimator!r}; known: k1, k2, k3")
+    return torch.clamp(kl, -10.0, 10.0)
+
+
+def aggregate_loss(
+    loss: torch.Tensor, mask: torch.Tensor, mode: LossAggregation, max_len: int | None = None
+) -> torch.Tensor:
+    """Reduces a per-token loss ``[batch, time]`` to a scalar.
+
+    Args:
+        loss: Per-token loss.
+        mask: Per-token weight (1 on tokens the loss covers; may be fractional).
+        mode: "token_mean" (DAPO: sum over all tokens / total tokens in the batch),
+            "seq_mean_token_mean" (GRPO paper: mean per sequence, then over sequences), or
+            "seq_mean_token_sum_norm" (Dr. GRPO: token sum / ``max_len``, mean over sequences).
+        max_len: The constant of Dr. GRPO; defaults to the time dimension.
+
+    Returns:
+        The scalar loss.
+    """
+    if mode == "token_mean":
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+    if mode == "seq_mean_token_mean":
+        per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+        return per_seq.mean()
+    if mode == "seq_mean_token_sum_norm":
+        norm = float(max_len if max_len is not None else loss.shape[-1])
+        return ((loss * mask).sum(-1) / norm).mean()
+    raise ValueError(
+        f"unknown loss aggregation {mode!r}; known: token_mean, seq_mean_token_mean, "
+        "seq_mean_token_sum_norm"
+    )
+
+
+def overlong_penalty(length: int, max_len: int, cache_len: int) -> float:
+    """DAPO soft overlong shaping: 0 up to ``max_len - cache_len``, linear to -1 at ``max_len``.
+
+    Args:
+        length: Response length in tokens.
+        max_len: ``L_max``.
+        cache_len: ``L_cache``, the width of the soft band.
+    """
+    start = max_len - cache_len
+    if length <= start:
+        return 0.0
+    if length <= max_len:
+        return (start - length) / cache_len
+    return -1.0
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probabilities of ``targets`` under ``softmax(logits / temperature)``.
+
+    Args:
+        logits: ``[batch, time, vocab]``.
+        targets: ``[batch, time]`` token ids.
+        temperature: The sampling temperature the behaviour policy used.
+    """
+    logp = torch.log_softmax(logits.float() / max(temperature, 1e-6), dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over positions where ``mask`` > 0."""
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)

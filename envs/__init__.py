@@ -1,0 +1,1 @@
+"""Built-in tool envs, registered with gymnasium under the ``actorlearner/`` namespace."""
