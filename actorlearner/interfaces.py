@@ -39,11 +39,13 @@ class Generation:
         token_ids: The sampled ids, the stop id included when one was hit.
         logprobs: Log-probability of each sampled id at the sampling temperature.
         finish_reason: "stop" when a stop id ended the turn, "length" at ``max_new_tokens``.
+        version: Weights version of the engine that sampled the turn.
     """
 
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str
+    version: int = 0
 
 
 class Engine(Protocol):
