@@ -153,6 +153,7 @@ class Group:
         task_id: Task family (env id).
         sub_tasks: Sub-task labels of the prompt.
         created_at: Wall-clock time (seconds since the epoch) the group was completed.
+        is_weight: Importance-sampling weight the buffer attached when it sampled the group.
     """
 
     group_id: str
@@ -161,6 +162,7 @@ class Group:
     task_id: str = ""
     sub_tasks: list[str] = field(default_factory=list)
     created_at: float = 0.0
+    is_weight: float = 1.0
 
     @property
     def rewards(self) -> np.ndarray:

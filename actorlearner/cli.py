@@ -1,0 +1,69 @@
+"""Command line: ``actorlearner train CONFIG [section.key=value ...]`` and ``actorlearner eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from actorlearner.config import AlgorithmConfig, ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="actorlearner", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="cold-start SFT, then asynchronous RL, with held-out evaluation")
+    train.add_argument("config", help="YAML file of overrides of the defaults (see configs/)")
+    train.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.lr=1e-4")
+    train.add_argument("--no-initial-eval", action="store_true", help="skip evaluating the untrained model")
+    ev = sub.add_parser("eval", help="held-out evaluation of a checkpoint")
+    ev.add_argument("checkpoint", help="a checkpoint directory written by train")
+    ev.add_argument("overrides", nargs="*", help="section.key=value, e.g. evaluation.num_episodes=100")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from actorlearner.train import run_training
+
+    config = AlgorithmConfig.from_yaml(args.config, args.overrides)
+    run_training(config, initial_eval=not args.no_initial_eval)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from actorlearner.train import format_report
+
+    ckpt = Path(args.checkpoint)
+    state_file = ckpt / "algorithm.json"
+    if not state_file.is_file():
+        raise ConfigError(f"checkpoint: {ckpt} has no algorithm.json; pass a directory written by train")
+    saved = json.loads(state_file.read_text())["config"]
+    config = AlgorithmConfig()
+    for section, values in saved.items():
+        keep = {k: v for k, v in values.items() if not (isinstance(v, str) and ":" in v and k != "env")}
+        config.update(section, **keep)
+    config.model(model=str(ckpt / "model")).sft(enabled=False).training(num_iterations=0)
+    config.reporting(name=f"eval-{ckpt.parent.name}-{ckpt.name}").update_from_overrides(args.overrides)
+    algo = config.build()
+    try:
+        metrics = algo.evaluate()
+    finally:
+        algo.stop()
+    print(format_report({ckpt.name: metrics}))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``actorlearner`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return _train(args) if args.command == "train" else _eval(args)
+    except ConfigError as err:
+        print(f"actorlearner: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Rollout actor: many episodes in flight on one engine, finished groups pushed as they complete.
+
+The same class runs in-process (``sample``) or as a Ray async actor (``run`` pushes to the buffer
+actor until stopped). Weights arrive with a version and are loaded between generation steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import gymnasium
+import numpy as np
+
+from transformers import AutoTokenizer
+
+from actorlearner.chat import stop_token_ids
+from actorlearner.config import EnvRunnersConfig
+from actorlearner.engine import AsyncBatchingEngine, HFEngine
+from actorlearner.interfaces import SamplingParams
+from actorlearner.metrics import episode_metrics
+from actorlearner.rollout import DemonstrationTurnPolicy, EnginePolicy, TurnPolicy, run_episode
+from actorlearner.trajectory import Group, Trajectory
+
+
+def make_env(spec: gymnasium.envs.registration.EnvSpec, env_config: Mapping[str, Any]) -> gymnasium.Env:
+    """Instantiates a tool env from its spec (no registry lookup: works in any Ray worker)."""
+    return gymnasium.make(spec, disable_env_checker=True, **dict(env_config))
+
+
+class EnvPool:
+    """Reuses env instances: one per episode in flight."""
+
+    def __init__(self, spec: gymnasium.envs.registration.EnvSpec, env_config: Mapping[str, Any]) -> None:
+        self.spec = spec
+        self.env_config = dict(env_config)
+        self._free: list[gymnasium.Env] = []
+
+    def acquire(self) -> gymnasium.Env:
+        """A free env, or a new one."""
+        return self._free.pop() if self._free else make_env(self.spec, self.env_config)
+
+    def release(self, env: gymnasium.Env) -> None:
+        """Returns an env for reuse."""
+        self._free.append(env)
+
+
+class EnvRunner:
+    """Plays groups of episodes with an engine.
+
+    Args:
+        index: Runner number (seeds its task stream).
+        env_spec: The env's gymnasium spec (carried to workers, which lack the driver's registry).
+        env_config: Env kwargs for training episodes.
+        eval_env_config: Env kwargs for held-out evaluation (merged over ``env_config``).
+        model_path: Directory of the policy (``from_pretrained``).
+        config: Rollout settings.
+        seed: Base seed.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        env_spec: gymnasium.envs.registration.EnvSpec,
+        env_config: Mapping[str, Any],
+        eval_env_config: Mapping[str, Any],
+        model_path: str,
+        config: EnvRunnersConfig,
+        seed: int = 0,
+    ) -> None:
+        self.index = index
+        self.cfg = config
+        self.pool = EnvPool(env_spec, env_config)
+        self.eval_pool = EnvPool(env_spec, {**env_config, **eval_env_config})
+        self.engine = HFEngine(model_path, seed=seed + 1000 * index)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.batcher = AsyncBatchingEngine(self.engine)
+        self.stops = stop_token_ids(self.tokenizer)
+        self.rng = np.random.default_rng([seed, index])
+        self.params = SamplingParams(config.temperature, config.max_new_tokens, self.stops)
+        self._stopping = False
+        self._paused = False
+        self._executor_set = False
+        self.episodes_done = 0
+
+    def _ensure_executor(self) -> None:
+        # Episodes run env.step in threads; the default pool (cores + 4) is too small for many in flight.
+        if not self._executor_set:
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64))
+            self._executor_set = True
+
+    async def _episode(self, pool: EnvPool, policy: TurnPolicy, seed: int) -> Trajectory:
+        env = pool.acquire()
+        try:
+            return await run_episode(
+                env, policy, self.tokenizer, seed, self.cfg.max_tokens, self.cfg.step_timeout_s
+            )
+        finally:
+            pool.release(env)
+
+    async def run_group(self, seed: int, policy: TurnPolicy | None = None) -> Group:
+        """Plays G episodes of one prompt (same reset seed) concurrently."""
+        self._ensure_executor()
+        policy = policy or EnginePolicy(self.batcher, self.params)
+        trajs = await asyncio.gather(
+            *(self._episode(self.pool, policy, seed) for _ in range(self.cfg.group_size))
+        )
+        group_id = uuid.uuid4().hex[:12]
+        for t in trajs:
+            t.group_id = group_id
+        first = trajs[0]
+        self.episodes_done += len(trajs)
+        return Group(group_id=group_id, prompt_id=first.prompt_id, trajectories=list(trajs),
+                     task_id=first.task_id, sub_tasks=list(first.sub_tasks), created_at=time.time())
+
+    def _next_seed(self) -> int:
+        return int(self.rng.integers(0, 2**31 - 1))
+
+    async def sample(self, num_groups: int) -> list[Group]:
+        """Plays ``num_groups`` groups (``groups_in_flight`` at a time) and returns them."""
+        sem = asyncio.Semaphore(self.cfg.groups_in_flight)
+
+        async def one(seed: int) -> Group:
+            async with sem:
+                return await self.run_group(seed)
+
+        return list(await asyncio.gather(*(one(self._next_seed()) for _ in range(num_groups))))
+
+    async def run(self, buffer: Any) -> int:
+        """Ray mode: keeps ``groups_in_flight`` groups going, pushing each to ``buffer`` when done.
+
+        Pauses while the buffer holds ``max_ready_groups``; returns the number of groups pushed
+        after :meth:`stop`.
+        """
+        pushed = 0
+        in_flight: set[asyncio.Task[Group]] = set()
+        while not self._stopping:
+            while len(in_flight) < self.cfg.groups_in_flight and not self._paused:
+                in_flight.add(asyncio.create_task(self.run_group(self._next_seed())))
+            if not in_flight:
+                await asyncio.sleep(0.05)
+                continue
+            done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            result = await buffer.add_groups.remote([t.result() for t in done])
+            pushed += len(done)
+            while result["size"] >= self.cfg.max_ready_groups and not self._stopping:
+                await asyncio.sleep(0.05)
+                result = {"size": await buffer.size.remote()}
+        for task in in_flight:
+            task.cancel()
+        return pushed
+
+    async def pause(self, paused: bool = True) -> None:
+        """Stops (or resumes) launching new groups; groups in flight finish."""
+        self._paused = paused
+
+    async def stop(self) -> None:
+        """Ends :meth:`run`."""
+        self._stopping = True
+
+    async def set_weights(self, weights: Mapping[str, Any], version: int) -> None:
+        """Stages new weights; the engine loads them before its next generation step."""
+        self.batcher.stage_weights(weights, version)
+
+    async def evaluate(self, seeds: list[int], temperature: float) -> list[Trajectory]:
+        """One held-out episode per seed (greedy when ``temperature`` is 0)."""
+        self._ensure_executor()
+        params = SamplingParams(temperature, self.cfg.max_new_tokens, self.stops)
+        policy = EnginePolicy(self.batcher, params)
+        return list(await asyncio.gather(*(self._episode(self.eval_pool, policy, s) for s in seeds)))
+
+    async def demonstrations(self, num_episodes: int, seed: int) -> list[Trajectory]:
+        """Episodes played by the env's demonstration policy (cold-start SFT data)."""
+        self._ensure_executor()
+        policy = DemonstrationTurnPolicy(self.tokenizer)
+        rng = np.random.default_rng(seed)
+        seeds = rng.integers(0, 2**31 - 1, size=num_episodes).tolist()
+        return list(await asyncio.gather(*(self._episode(self.pool, policy, int(s)) for s in seeds)))
+
+    async def stats(self) -> dict[str, float]:
+        """Engine counters since the last call (tokens/s, batch sizes), prefixed ``rollout/``."""
+        return {f"rollout/{k}": v for k, v in self.batcher.pop_stats().items()}
+
+    async def version(self) -> int:
+        """Weights version of the engine."""
+        return int(self.engine.version)
+
+
+def summarize_eval(trajectories: list[Trajectory]) -> dict[str, float]:
+    """Held-out metrics of evaluation episodes."""
+    return episode_metrics(trajectories)

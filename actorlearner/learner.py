@@ -1,0 +1,341 @@
+"""The learner: GRPO-family updates on groups, cold-start SFT, versioned weights.
+
+The same class runs in-process (local mode) or as a Ray actor (GPU when present, CPU otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from actorlearner import losses
+from actorlearner.config import LearnerConfig, TrainingConfig
+from actorlearner.trajectory import Group, Trajectory
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Batch:
+    """Trajectories collated to right-padded ``[batch, time]`` tensors (targets shifted by one).
+
+    Attributes:
+        input_ids: Ids fed to the model.
+        attention_mask: 1 on real ids.
+        targets: ``input_ids`` shifted left: the id each position predicts.
+        mask: Loss weight of each target (the trajectory's loss_mask, shifted).
+        old_logprobs: Behaviour log-probs of each target.
+        advantages: Per-token advantages.
+        is_weights: Per-token importance-sampling weights from the buffer.
+        post_tool: 1 on targets in a turn that follows a tool result.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    is_weights: torch.Tensor
+    post_tool: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        """Moves every tensor to ``device``."""
+        return Batch(**{k: v.to(device) for k, v in vars(self).items()})
+
+    def slice(self, start: int, stop: int) -> Batch:
+        """Rows ``start:stop``, trimmed to their longest sequence."""
+        rows = {k: v[start:stop] for k, v in vars(self).items()}
+        width = int(rows["attention_mask"].sum(-1).max().item())
+        return Batch(**{k: v[:, :width] for k, v in rows.items()})
+
+
+def collate(
+    trajectories: Sequence[Trajectory],
+    advantages: Sequence[float] | None = None,
+    is_weights: Sequence[float] | None = None,
+    pad_id: int = 0,
+) -> Batch:
+    """Builds a :class:`Batch` from trajectories, using exactly their token ids.
+
+    Args:
+        trajectories: The episodes.
+        advantages: One advantage per trajectory (0 when None, e.g. for SFT).
+        is_weights: One IS weight per trajectory (1 when None).
+        pad_id: Id used for padding (masked out everywhere).
+    """
+    n = len(trajectories)
+    width = max(t.length for t in trajectories)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.float32)
+    old = torch.zeros((n, width), dtype=torch.float32)
+    post = torch.zeros((n, width), dtype=torch.float32)
+    for i, t in enumerate(trajectories):
+        ids[i, : t.length] = torch.from_numpy(t.token_ids.astype(np.int64))
+        attn[i, : t.length] = 1
+        mask[i, : t.length] = torch.from_numpy(t.loss_mask.astype(np.float32))
+        old[i, : t.length] = torch.from_numpy(t.logprobs.astype(np.float32))
+        post[i, : t.length] = torch.from_numpy(t.post_tool.astype(np.float32))
+    adv = torch.tensor(advantages if advantages is not None else [0.0] * n, dtype=torch.float32)
+    isw = torch.tensor(is_weights if is_weights is not None else [1.0] * n, dtype=torch.float32)
+    return Batch(
+        input_ids=ids[:, :-1],
+        attention_mask=attn[:, :-1],
+        targets=ids[:, 1:],
+        mask=mask[:, 1:],
+        old_logprobs=old[:, 1:],
+        advantages=adv[:, None].expand(n, width - 1).clone(),
+        is_weights=isw[:, None].expand(n, width - 1).clone(),
+        post_tool=post[:, 1:],
+    )
+
+
+def group_batch(groups: Sequence[Group], estimator: losses.AdvantageEstimator, pad_id: int = 0) -> Batch:
+    """Collates groups with GRPO advantages computed within each group."""
+    trajs: list[Trajectory] = []
+    advs: list[float] = []
+    weights: list[float] = []
+    for g in groups:
+        trajs.extend(g.trajectories)
+        advs.extend(losses.group_advantages(g.rewards, estimator).tolist())
+        weights.extend([g.is_weight] * len(g.trajectories))
+    return collate(trajs, advs, weights, pad_id)
+
+
+class Learner:
+    """Owns the policy being trained and its optimizer.
+
+    Args:
+        model_path: Directory to load the policy from (``from_pretrained``).
+        training: The RL-phase config.
+        learner: Device and threads.
+        temperature: Sampling temperature of the rollouts (log-probs are computed at it).
+        seed: Seeds torch.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        training: TrainingConfig,
+        learner: LearnerConfig,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        torch.manual_seed(seed)
+        self.seed = seed
+        self.demos: list[Trajectory] = []
+        self.sft_optimizer = None
+        self.sft_rng = np.random.default_rng(seed)
+        if learner.num_threads:
+            torch.set_num_threads(learner.num_threads)
+        self.cfg = training
+        self.temperature = temperature
+        self.device = resolve_device(learner.device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
+        self.model.train()
+        self.pad_id = int(self.model.config.pad_token_id or 0)
+        self.optimizer = self._make_optimizer(training.lr)
+        self.ref_model: torch.nn.Module | None = None
+        self.version = 0
+
+    def _make_optimizer(self, lr: float) -> torch.optim.AdamW:
+        return torch.optim.AdamW(
+            self.model.parameters(), lr=lr, betas=self.cfg.adam_betas, weight_decay=self.cfg.weight_decay
+        )
+
+    def start_rl(self) -> None:
+        """Resets the optimizer for the RL phase and snapshots the reference model if KL is on."""
+        self.optimizer = self._make_optimizer(self.cfg.lr)
+        if self.cfg.kl_beta > 0:
+            import copy
+
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+
+    def _logprobs(self, model: torch.nn.Module, mb: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+        logp = losses.token_logprobs(logits, mb.targets, self.temperature)
+        with torch.no_grad():
+            dist = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+            entropy = -(dist.exp() * dist).sum(-1)
+        return logp, entropy
+
+    def update(self, groups: Sequence[Group]) -> dict[str, float]:
+        """One optimizer step of the GRPO-family loss on ``groups``; bumps the version.
+
+        Returns:
+            Learner metrics (loss, grad norm, clip fraction, mismatch KL, entropy, tokens/s...).
+        """
+        if not groups:
+            return {"skipped": 1.0, "version": float(self.version)}
+        start = time.perf_counter()
+        batch = group_batch(groups, self.cfg.advantage, self.pad_id).to(self.device)
+        total_tokens = float(batch.mask.sum().item())
+        n_rows = batch.input_ids.shape[0]
+        sums: dict[str, float] = dict.fromkeys(("loss", "clip_frac", "mismatch_kl", "entropy", "kl"), 0.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        for lo in range(0, n_rows, self.cfg.micro_batch_size):
+            mb = batch.slice(lo, min(lo + self.cfg.micro_batch_size, n_rows))
+            loss, stats = self._micro_loss(mb, n_rows, total_tokens, batch.input_ids.shape[1])
+            loss.backward()
+            for key, value in stats.items():
+                sums[key] += value
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.version += 1
+        elapsed = time.perf_counter() - start
+        staleness = [self.version - 1 - t.min_version for g in groups for t in g.trajectories]
+        adv = batch.advantages[batch.mask > 0]
+        metrics = {k: v / max(total_tokens, 1.0) for k, v in sums.items() if k != "loss"}
+        metrics.update(
+            loss=sums["loss"],
+            grad_norm=float(grad_norm),
+            tokens=total_tokens,
+            tokens_per_s=float(batch.attention_mask.sum().item()) / elapsed,
+            update_time_s=elapsed,
+            advantage_abs_mean=float(adv.abs().mean().item()) if adv.numel() else 0.0,
+            staleness_mean=float(np.mean(staleness)) if staleness else 0.0,
+            staleness_max=float(max(staleness, default=0)),
+            version=float(self.version),
+        )
+        return metrics
+
+    def _micro_loss(
+        self, mb: Batch, n_rows: int, total_tokens: float, max_len: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        logp, entropy = self._logprobs(self.model, mb)
+        per_token, clipped = losses.clipped_policy_loss(
+            logp, mb.old_logprobs, mb.advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip
+        )
+        per_token = per_token * mb.is_weights
+        kl_sum = 0.0
+        if self.ref_model is not None:
+            with torch.no_grad():
+                ref_logp, _ = self._logprobs(self.ref_model, mb)
+            kl = losses.kl_penalty(logp, ref_logp, cfg.kl_estimator)
+            per_token = per_token + cfg.kl_beta * kl
+            kl_sum = float((kl.detach() * mb.mask).sum().item())
+        # Scale each micro-batch so that the sum over micro-batches equals the full-batch loss.
+        rows = mb.input_ids.shape[0]
+        if cfg.loss_aggregation == "token_mean":
+            loss = (per_token * mb.mask).sum() / max(total_tokens, 1.0)
+        else:
+            loss = losses.aggregate_loss(per_token, mb.mask, cfg.loss_aggregation, max_len) * rows / n_rows
+        with torch.no_grad():
+            mismatch = losses.kl_penalty(mb.old_logprobs, logp.detach(), "k3")
+        stats = {
+            "loss": float(loss.item()),
+            "clip_frac": float((clipped * mb.mask).sum().item()),
+            "mismatch_kl": float((mismatch * mb.mask).sum().item()),
+            "entropy": float((entropy * mb.mask).sum().item()),
+            "kl": kl_sum,
+        }
+        return loss, stats
+
+    def set_demonstrations(self, trajectories: Sequence[Trajectory]) -> int:
+        """Stores the demonstration episodes SFT samples from; returns how many."""
+        self.demos = list(trajectories)
+        self.sft_optimizer: torch.optim.AdamW | None = None
+        self.sft_rng = np.random.default_rng(self.seed)
+        return len(self.demos)
+
+    def sft_steps(
+        self, start: int, num_steps: int, total_steps: int, batch_size: int, lr: float
+    ) -> list[dict[str, float]]:
+        """Supervised fine-tuning on the stored demonstrations: cross-entropy on loss_mask-1 ids.
+
+        Called in chunks so the driver can show progress. The learning rate follows a cosine from
+        ``lr`` at step 0 to 0 at ``total_steps``; the version is bumped after the last step.
+
+        Returns:
+            One metrics dict per step (``sft/loss``, ``sft/token_accuracy``, ``sft/lr``).
+        """
+        if self.sft_optimizer is None:
+            self.sft_optimizer = self._make_optimizer(lr)
+        history = []
+        for step in range(start, start + num_steps):
+            step_lr = lr * 0.5 * (1 + math.cos(math.pi * step / max(total_steps, 1)))
+            for group in self.sft_optimizer.param_groups:
+                group["lr"] = step_lr
+            idx = self.sft_rng.choice(len(self.demos), size=min(batch_size, len(self.demos)), replace=False)
+            mb = collate([self.demos[i] for i in idx], pad_id=self.pad_id).to(self.device)
+            logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+            nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), mb.targets, reduction="none")
+            loss = losses.masked_mean(nll, mb.mask)
+            self.sft_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.sft_optimizer.step()
+            with torch.no_grad():
+                acc = losses.masked_mean((logits.argmax(-1) == mb.targets).float(), mb.mask)
+            history.append(
+                {"sft/loss": float(loss.item()), "sft/token_accuracy": float(acc.item()), "sft/lr": step_lr}
+            )
+        if start + num_steps >= total_steps:
+            self.version += 1
+            self.sft_optimizer = None
+        return history
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """CPU copies of the parameters, keyed like ``state_dict``."""
+        return {k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()}
+
+    def get_version(self) -> int:
+        """The weights version (number of updates so far)."""
+        return self.version
+
+    def save(self, path: str) -> None:
+        """Writes the model (safetensors via ``save_pretrained``), optimizer tensors and JSON state."""
+        out = Path(path)
+        self.model.save_pretrained(out / "model")
+        tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
+        save_file(tensors, str(out / "optimizer.safetensors"))
+        (out / "learner.json").write_text(json.dumps({"version": self.version, "optimizer": meta}))
+
+    def restore(self, path: str) -> None:
+        """Loads what :meth:`save` wrote."""
+        src = Path(path)
+        loaded = AutoModelForCausalLM.from_pretrained(src / "model", dtype=torch.float32)
+        self.model.load_state_dict(loaded.state_dict())
+        state = json.loads((src / "learner.json").read_text())
+        self.version = int(state["version"])
+        tensors = load_file(str(src / "optimizer.safetensors"))
+        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, scalars in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(scalars)
+    return {"state": state, "param_groups": meta["param_groups"]}

@@ -1,0 +1,57 @@
+"""Shared fixtures: one local Ray runtime per test session, and a tiny model built once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from actorlearner.trajectory import Group, Trajectory, TurnRecord
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """Starts Ray once (num_cpus=2, no dashboard) for every test that needs it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def make_trajectory(
+    reward: float,
+    n_prompt: int = 3,
+    n_sampled: int = 4,
+    version: int = 0,
+    prompt_id: str = "p0",
+    success: bool = False,
+) -> Trajectory:
+    """A synthetic trajectory: ``n_prompt`` prompt ids then one sampled turn."""
+    n = n_prompt + n_sampled
+    mask = np.array([0.0] * n_prompt + [1.0] * n_sampled, dtype=np.float32)
+    return Trajectory(
+        token_ids=np.arange(1, n + 1, dtype=np.int32),
+        loss_mask=mask,
+        logprobs=np.where(mask > 0, -1.0, 0.0).astype(np.float32),
+        turn_index=np.array([-1] * n_prompt + [0] * n_sampled, dtype=np.int32),
+        post_tool=np.zeros(n, dtype=np.int8),
+        prompt_length=n_prompt,
+        turns=[TurnRecord(index=0, text="x", start=n_prompt, end=n, policy_version=version)],
+        reward=reward,
+        reward_components={"answer": reward},
+        success=success,
+        policy_versions=[version],
+        prompt_id=prompt_id,
+    )
+
+
+def make_group(rewards: list[float], prompt_id: str = "p0", version: int = 0, group_id: str = "g") -> Group:
+    """A synthetic group with the given rewards."""
+    trajs = [make_trajectory(r, version=version, prompt_id=prompt_id) for r in rewards]
+    return Group(group_id=group_id, prompt_id=prompt_id, trajectories=trajs)

@@ -1,0 +1,68 @@
+import subprocess
+import sys
+
+import pytest
+
+from actorlearner import AlgorithmConfig, ConfigError, register_priority
+from actorlearner.registry import PRIORITIES
+
+
+def test_builder_chains_and_validates():
+    cfg = AlgorithmConfig().training(lr=1e-4).env_runners(group_size=4).replay(filters=[])
+    assert cfg.training.lr == 1e-4
+    assert cfg.env_runners.group_size == 4
+    assert cfg.replay.filters == []
+
+
+@pytest.mark.parametrize(
+    ("call", "pattern"),
+    [
+        (lambda c: c.training(lrr=1), r"^training\.lrr: unknown key; allowed: .*\blr\b"),
+        (lambda c: c.training(lr=-1), r"^training\.lr: Input should be greater than 0"),
+        (lambda c: c.training(advantage="ppo"), r"^training\.advantage: .*'grpo' or 'drgrpo'"),
+        (lambda c: c.replay(priority_fn="nope"), r"^replay\.priority_fn: .*unknown priority function 'nope'; known: .*uniform"),
+        (lambda c: c.replay(filters=["nope"]), r"^replay\.filters: .*known: .*zero_variance"),
+        (lambda c: c.environment("NoSuchEnv-v9"), r"^environment\.env: .*not a registered gymnasium id.*actorlearner/Calculator-v0"),
+        (lambda c: c.update_from_overrides(["bogus.x=1"]), r"^bogus: unknown section; allowed: environment"),
+    ],
+)
+def test_bad_config_fails_with_one_line_naming_the_key(call, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        call(AlgorithmConfig())
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  lr: 3.0e-4\nreplay:\n  filters: [zero_variance]\n")
+    cfg = AlgorithmConfig.from_yaml(path, ["training.lr=1e-5", "env_runners.group_size=3"])
+    assert cfg.training.lr == 1e-5
+    assert cfg.env_runners.group_size == 3
+
+
+def test_shipped_configs_load():
+    for name in ["configs/calculator.yaml"]:
+        AlgorithmConfig.from_yaml(name)
+
+
+def test_callable_and_registered_priority():
+    @register_priority("test_config_prio")
+    def prio(group, history):
+        return 1.0
+
+    try:
+        assert AlgorithmConfig().replay(priority_fn="test_config_prio").replay.priority_fn == "test_config_prio"
+        assert AlgorithmConfig().replay(priority_fn=prio).replay.priority_fn is prio
+        with pytest.raises(ValueError, match="already registered"):
+            register_priority("test_config_prio")(prio)
+    finally:
+        PRIORITIES.unregister("test_config_prio")
+
+
+def test_cli_reports_bad_key_in_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "actorlearner.cli", "train", "configs/calculator.yaml", "training.lr=-3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["actorlearner: config error: training.lr: Input should be greater than 0 (got -3)"]
