@@ -1,1 +1,31 @@
-"""actorlearner: asynchronous actor-learner RL for multi-turn tool-using LLM agents."""
+"""actorlearner: asynchronous actor-learner RL for multi-turn tool-using LLM agents.
+
+Public names: :class:`ToolEnv` and :func:`tool` to write tool envs, :class:`AlgorithmConfig` to
+configure and build an :class:`Algorithm`, :func:`register_priority` and :func:`register_filter`
+to decide what the learner trains on.
+"""
+
+from actorlearner import filters as _filters  # noqa: F401  (registers the built-in filters)
+from actorlearner import priorities as _priorities  # noqa: F401  (registers the built-in priorities)
+from actorlearner.config import AlgorithmConfig, ConfigError
+from actorlearner.registry import register_filter, register_priority
+from actorlearner.toolenv import ToolEnv, tool
+from actorlearner.trajectory import Group, ToolCallRecord, Trajectory, TurnRecord
+
+from actorlearner.envs import register_envs as _register_envs  # isort: skip
+
+_register_envs()
+
+__all__ = [
+    "AlgorithmConfig",
+    "ConfigError",
+    "Group",
+    "ToolCallRecord",
+    "ToolEnv",
+    "Trajectory",
+    "TurnRecord",
+    "register_filter",
+    "register_priority",
+    "tool",
+]
+__version__ = "0.1.0"

@@ -1,1 +1,17 @@
 """Built-in tool envs, registered with gymnasium under the ``actorlearner/`` namespace."""
+
+from __future__ import annotations
+
+import gymnasium
+
+ENVS: dict[str, str] = {
+    "actorlearner/Calculator-v0": "actorlearner.envs.calculator:Calculator",
+}
+"""Gymnasium id -> entry point of each built-in env."""
+
+
+def register_envs() -> None:
+    """Registers the built-in envs with gymnasium; ids already registered are left alone."""
+    for env_id, entry_point in ENVS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point=entry_point)
