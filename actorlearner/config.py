@@ -72,7 +72,7 @@ class EnvironmentConfig(_Section):
     )
     env_config: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the env.")
     eval_env_config: dict[str, Any] = Field(
-        default_factory=lambda: {"split": "test"},
+        default_factory=dict,
         description="Overrides of env_config for held-out evaluation.",
     )
 

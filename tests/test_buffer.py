@@ -58,7 +58,12 @@ def test_priorities_drive_sampling_frequency():
         return 9.0 if group.prompt_id == "hot" else 1.0
 
     buf = _buffer(priority_fn=by_prompt, alpha=1.0, max_reuse=10**9)
-    buf.add([make_group([0, 1], prompt_id="hot", group_id="h"), make_group([0, 1], prompt_id="cold", group_id="c")])
+    buf.add(
+        [
+            make_group([0, 1], prompt_id="hot", group_id="h"),
+            make_group([0, 1], prompt_id="cold", group_id="c"),
+        ]
+    )
     hits = sum(buf.sample(1, 0)[0].group_id == "h" for _ in range(2000))
     assert 0.85 < hits / 2000 < 0.95
 

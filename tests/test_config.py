@@ -20,9 +20,15 @@ def test_builder_chains_and_validates():
         (lambda c: c.training(lrr=1), r"^training\.lrr: unknown key; allowed: .*\blr\b"),
         (lambda c: c.training(lr=-1), r"^training\.lr: Input should be greater than 0"),
         (lambda c: c.training(advantage="ppo"), r"^training\.advantage: .*'grpo' or 'drgrpo'"),
-        (lambda c: c.replay(priority_fn="nope"), r"^replay\.priority_fn: .*unknown priority function 'nope'; known: .*uniform"),
+        (
+            lambda c: c.replay(priority_fn="nope"),
+            r"^replay\.priority_fn: .*unknown priority function 'nope'; known: .*uniform",
+        ),
         (lambda c: c.replay(filters=["nope"]), r"^replay\.filters: .*known: .*zero_variance"),
-        (lambda c: c.environment("NoSuchEnv-v9"), r"^environment\.env: .*not a registered gymnasium id.*actorlearner/Calculator-v0"),
+        (
+            lambda c: c.environment("NoSuchEnv-v9"),
+            r"^environment\.env: .*not a registered gymnasium id.*actorlearner/Calculator-v0",
+        ),
         (lambda c: c.update_from_overrides(["bogus.x=1"]), r"^bogus: unknown section; allowed: environment"),
     ],
 )
@@ -51,7 +57,9 @@ def test_callable_and_registered_priority():
         return 1.0
 
     try:
-        assert AlgorithmConfig().replay(priority_fn="test_config_prio").replay.priority_fn == "test_config_prio"
+        assert (
+            AlgorithmConfig().replay(priority_fn="test_config_prio").replay.priority_fn == "test_config_prio"
+        )
         assert AlgorithmConfig().replay(priority_fn=prio).replay.priority_fn is prio
         with pytest.raises(ValueError, match="already registered"):
             register_priority("test_config_prio")(prio)
@@ -62,7 +70,11 @@ def test_callable_and_registered_priority():
 def test_cli_reports_bad_key_in_one_line():
     proc = subprocess.run(
         [sys.executable, "-m", "actorlearner.cli", "train", "configs/calculator.yaml", "training.lr=-3"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["actorlearner: config error: training.lr: Input should be greater than 0 (got -3)"]
+    assert proc.stderr.strip().splitlines() == [
+        "actorlearner: config error: training.lr: Input should be greater than 0 (got -3)"
+    ]

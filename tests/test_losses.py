@@ -59,7 +59,9 @@ def test_aggregations():
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
     assert losses.aggregate_loss(loss, mask, "token_mean").item() == pytest.approx(6 / 5)
     assert losses.aggregate_loss(loss, mask, "seq_mean_token_mean").item() == pytest.approx(1.5)
-    assert losses.aggregate_loss(loss, mask, "seq_mean_token_sum_norm", 4).item() == pytest.approx((4 / 4 + 2 / 4) / 2)
+    assert losses.aggregate_loss(loss, mask, "seq_mean_token_sum_norm", 4).item() == pytest.approx(
+        (4 / 4 + 2 / 4) / 2
+    )
 
 
 def test_overlong_penalty_band():

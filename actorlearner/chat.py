@@ -1,0 +1,146 @@
+"""Token-in/token-out chat helpers: ids for a prompt, for an observation, for stopping a turn.
+
+An episode's ids are built once and only ever appended to: ``prompt_ids`` for the first prompt,
+then per turn the ids the engine sampled, then ``observation_ids`` for the env's reply (which also
+closes the assistant turn and opens the next one). Nothing is re-tokenized from the whole chat
+text, so the learner trains on exactly the ids the policy produced (ALGORITHMS.md section 1).
+
+Compared with tokenizing the full rendered chat, the ids can differ in two documented ways only:
+(1) a sampled turn keeps the model's own tokenization of its text (e.g. a word the model spelled
+letter by letter stays spelled); (2) with a BPE tokenizer, merges across the boundary between a
+sampled turn and the template's closing text do not happen. Both are what PPO needs: the ids are
+the ones the policy sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+_SENTINEL = "SENTINEL7f3a9c"
+_DUMMY_USER = {"role": "user", "content": "hi"}
+STOP_TAGS = ("</tool_call>", "</answer>")
+"""Closing tags that end an assistant turn when each is a single token."""
+
+
+def _as_ids(out: Any) -> list[int]:
+    """Normalizes ``apply_chat_template``'s result (a list, or a dict/BatchEncoding in transformers 5)."""
+    if isinstance(out, Mapping) or hasattr(out, "input_ids"):
+        out = out["input_ids"]
+    if hasattr(out, "tolist"):
+        out = out.tolist()
+    if out and isinstance(out[0], list):
+        if len(out) != 1:
+            raise ValueError("expected one conversation, got a batch")
+        out = out[0]
+    return [int(i) for i in out]
+
+
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> list[int]:
+    """Ids of the first prompt: the chat template with the assistant generation prompt.
+
+    Args:
+        tokenizer: A tokenizer with a chat template.
+        messages: The conversation so far (e.g. system and user messages from ``env.reset``).
+        tools: Tool JSON schemas, rendered as the template chooses.
+
+    Returns:
+        The prompt ids, ending with the assistant header.
+    """
+    out = tokenizer.apply_chat_template(
+        [dict(m) for m in messages],
+        tools=[dict(t) for t in tools] if tools else None,
+        add_generation_prompt=True,
+        tokenize=True,
+    )
+    return _as_ids(out)
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], gen: bool) -> str:
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=gen, tokenize=False)
+    assert isinstance(text, str)
+    return text
+
+
+def observation_text(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, Any]], after_eos: bool
+) -> str:
+    """The template text that follows an assistant turn's content: see :func:`observation_ids`."""
+    head = [_DUMMY_USER, {"role": "assistant", "content": _SENTINEL}]
+    before = _render(tokenizer, head, gen=False)
+    after = _render(tokenizer, head + [dict(m) for m in messages], gen=True)
+    cut = before.rfind(_SENTINEL) + len(_SENTINEL)
+    if cut < len(_SENTINEL) or not after.startswith(before[:cut]):
+        raise ValueError("the chat template does not render a conversation as a prefix of its extension")
+    text = after[cut:]
+    eos = tokenizer.eos_token
+    if after_eos and isinstance(eos, str) and eos and text.startswith(eos):
+        text = text[len(eos) :]
+    return text
+
+
+def observation_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, Any]], after_eos: bool
+) -> list[int]:
+    r"""Ids to append after a sampled assistant turn: the turn's closing, ``messages``, the next header.
+
+    The text is found by rendering a fixed dummy conversation that ends in an assistant message
+    whose content is a sentinel, then the same conversation plus ``messages`` with the generation
+    prompt, and taking what follows the sentinel; only that text is tokenized. For ChatML it is
+    ``<|im_end|>\n<|im_start|>tool\n<tool_response>...</tool_response><|im_end|>\n<|im_start|>assistant\n``.
+
+    Args:
+        tokenizer: A tokenizer whose chat template renders a conversation as a prefix of its
+            extension (ChatML and most HF templates do).
+        messages: The env's new messages (e.g. one ``tool`` message).
+        after_eos: True when the sampled turn already ended with the eos token; the template's
+            leading eos text is then dropped so it is not duplicated.
+
+    Returns:
+        The observation ids.
+
+    Raises:
+        ValueError: If the template does not render conversations prefix-consistently.
+    """
+    text = observation_text(tokenizer, messages, after_eos)
+    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """Ids that end an assistant turn: eos, plus ``</tool_call>`` and ``</answer>`` when single tokens.
+
+    Args:
+        tokenizer: The policy's tokenizer.
+
+    Returns:
+        Distinct ids, eos first.
+    """
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    for tag in STOP_TAGS:
+        tag_ids = tokenizer.encode(tag, add_special_tokens=False)
+        if len(tag_ids) == 1 and tag_ids[0] != tokenizer.unk_token_id and tag_ids[0] not in ids:
+            ids.append(int(tag_ids[0]))
+    return tuple(ids)
+
+
+def decode_turn(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+    """The text of a sampled turn, special tokens (eos) dropped; tags are kept.
+
+    Args:
+        tokenizer: The policy's tokenizer.
+        ids: The turn's sampled ids.
+
+    Returns:
+        The decoded text.
+    """
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    assert isinstance(text, str)
+    return text

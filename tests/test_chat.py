@@ -1,0 +1,122 @@
+"""Token-in/token-out chat helpers: prompt, observation and stop ids, never re-tokenizing the chat."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from actorlearner.chat import decode_turn, observation_ids, observation_text, prompt_ids, stop_token_ids
+from actorlearner.tiny_model import build_tiny_model
+
+CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "37 * 52"}}</tool_call>'
+TOOLS = [{"type": "function", "function": {"name": "calculator", "description": "Evaluates arithmetic."}}]
+PROMPT = [{"role": "user", "content": "What is 37 * 52?"}]
+TOOL_MSG = [{"role": "tool", "name": "calculator", "content": "1924"}]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    corpus = ["What is 37 * 52? Use the calculator.", CALL]
+    return AutoTokenizer.from_pretrained(build_tiny_model(corpus, tmp_path_factory.mktemp("chat") / "m"))
+
+
+def _encode(tok: Any, text: str) -> list[int]:
+    return list(tok.encode(text, add_special_tokens=False))
+
+
+def test_prompt_ids(tok: Any) -> None:
+    ids = prompt_ids(tok, PROMPT, TOOLS)
+    assert isinstance(ids, list) and all(type(i) is int for i in ids)
+    text = tok.apply_chat_template(PROMPT, tools=TOOLS, add_generation_prompt=True, tokenize=False)
+    assert ids == _encode(tok, text)
+    assert tok.decode(ids).endswith("<|im_start|>assistant\n")
+    assert "Tools: calculator" in tok.decode(prompt_ids(tok, PROMPT, TOOLS))
+    assert "Tools" not in tok.decode(prompt_ids(tok, PROMPT))
+
+
+def test_observation_text_chatml(tok: Any) -> None:
+    expected = "<|im_start|>tool\n<tool_response>1924</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    assert observation_text(tok, TOOL_MSG, after_eos=True) == "\n" + expected
+    assert observation_text(tok, TOOL_MSG, after_eos=False) == "<|im_end|>\n" + expected
+    ids = observation_ids(tok, TOOL_MSG, after_eos=False)
+    assert ids[0] == tok.eos_token_id
+    assert tok.decode(ids) == "<|im_end|>\n" + expected
+    user = [{"role": "user", "content": "Format error: no tag"}]
+    assert tok.decode(observation_ids(tok, user, after_eos=True)).startswith("\n<|im_start|>user\nFormat")
+
+
+@pytest.mark.parametrize("first_turn_ends_with_eos", [True, False])
+def test_incremental_ids_match_full_rendering(tok: Any, first_turn_ends_with_eos: bool) -> None:
+    """prompt + sampled + observation + sampled == tokenizing the whole chat (up to the final '\\n')."""
+    answer = "<answer>1924</answer>"
+    ids = prompt_ids(tok, PROMPT, TOOLS)
+    turn1 = _encode(tok, CALL) + ([tok.eos_token_id] if first_turn_ends_with_eos else [])
+    ids += turn1  # what the engine sampled: stopped at eos, or at </tool_call>
+    ids += observation_ids(tok, TOOL_MSG, after_eos=first_turn_ends_with_eos)
+    ids += [*_encode(tok, answer), tok.eos_token_id]
+    chat = [
+        *PROMPT,
+        {"role": "assistant", "content": CALL},
+        *TOOL_MSG,
+        {"role": "assistant", "content": answer},
+    ]
+    full = _encode(tok, tok.apply_chat_template(chat, tools=TOOLS, tokenize=False))
+    assert full == ids + _encode(tok, "\n")
+
+
+def test_sampled_ids_are_kept_verbatim(tok: Any) -> None:
+    """A turn the model spelled in an unusual way keeps its ids: nothing is re-derived from text."""
+    spelled = [tid for ch in "calculator" for tid in _encode(tok, ch)]  # not the one-token word
+    assert len(spelled) == 10 and _encode(tok, "calculator") != spelled
+    ids = prompt_ids(tok, PROMPT) + spelled
+    ids += observation_ids(tok, TOOL_MSG, after_eos=False)
+    start = len(prompt_ids(tok, PROMPT))
+    assert ids[start : start + 10] == spelled
+    chat = [*PROMPT, {"role": "assistant", "content": "calculator"}, *TOOL_MSG]
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert tok.decode(ids) == text  # same text ...
+    assert ids != _encode(tok, text)  # ... different (the sampled) ids
+
+
+def test_observation_ids_other_template(tok: Any) -> None:
+    other = copy.deepcopy(tok)
+    other.chat_template = (
+        "{% for m in messages %}[{{ m.role }}]: {{ m.content }}<|im_end|>\n\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]: {% endif %}"
+    )
+    assert observation_text(other, TOOL_MSG, after_eos=True) == "\n\n[tool]: 1924<|im_end|>\n\n[assistant]: "
+    sampled = [*_encode(other, "hi"), other.eos_token_id]
+    ids = prompt_ids(other, PROMPT) + sampled + observation_ids(other, TOOL_MSG, after_eos=True)
+    chat = [*PROMPT, {"role": "assistant", "content": "hi"}, *TOOL_MSG]
+    assert ids == _encode(other, other.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+
+
+def test_observation_ids_rejects_non_prefix_template(tok: Any) -> None:
+    bad = copy.deepcopy(tok)
+    bad.chat_template = "{{ messages | length }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    with pytest.raises(ValueError, match="prefix"):
+        observation_ids(bad, TOOL_MSG, after_eos=False)
+
+
+def test_stop_token_ids(tok: Any) -> None:
+    stops = stop_token_ids(tok)
+    assert stops == (
+        tok.eos_token_id,
+        tok.convert_tokens_to_ids("</tool_call>"),
+        tok.convert_tokens_to_ids("</answer>"),
+    )
+    vocab = {"<unk>": 0, "<eos>": 1, "a": 2}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    plain = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+    assert stop_token_ids(plain) == (1,)
+
+
+def test_decode_turn(tok: Any) -> None:
+    ids = [*_encode(tok, CALL), tok.eos_token_id]
+    assert decode_turn(tok, ids) == CALL
+    assert decode_turn(tok, []) == ""

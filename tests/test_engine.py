@@ -1,0 +1,312 @@
+"""HFEngine (batched KV-cached sampling) and AsyncBatchingEngine (asyncio batching front)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from actorlearner.engine import AsyncBatchingEngine, HFEngine
+from actorlearner.interfaces import Generation, SamplingParams
+from actorlearner.tiny_model import build_tiny_model
+
+CORPUS = ["What is 37 * 52? Use the calculator tool.", "<tool_call></tool_call><answer></answer>"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(CORPUS, tmp_path_factory.mktemp("engine") / "m", num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir: Path) -> HFEngine:
+    return HFEngine(model_dir, seed=0)
+
+
+def _prompts(n: int, seed: int = 0, lo: int = 3, hi: int = 25) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(4, 300, size=int(rng.integers(lo, hi))).tolist() for _ in range(n)]
+
+
+def _recomputed_logprobs(engine: HFEngine, prompts: list[list[int]], gens: list[Generation], temp: float):
+    """Log-probs of the generated ids from one full, right-padded forward pass."""
+    seqs = [p + g.token_ids for p, g in zip(prompts, gens, strict=True)]
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+    with torch.no_grad():
+        logits = engine.model(input_ids=ids, attention_mask=mask).logits.float()
+    logp = torch.log_softmax(logits / (temp if temp > 0 else 1.0), dim=-1)
+    out = []
+    for i, (p, g) in enumerate(zip(prompts, gens, strict=True)):
+        pos = torch.arange(len(p) - 1, len(p) - 1 + len(g.token_ids))
+        out.append(logp[i, pos, torch.tensor(g.token_ids, dtype=torch.long)].tolist())
+    return out
+
+
+def test_generate_shapes_and_lengths(engine: HFEngine) -> None:
+    gens = engine.generate(_prompts(6), SamplingParams(temperature=1.0, max_new_tokens=7))
+    assert len(gens) == 6
+    for g in gens:
+        assert len(g.token_ids) == len(g.logprobs) == 7
+        assert g.finish_reason == "length" and g.version == engine.version
+        assert all(lp <= 0.0 for lp in g.logprobs)
+    assert engine.generate([], SamplingParams()) == []
+
+
+def test_stops_at_stop_ids(engine: HFEngine) -> None:
+    prompts = _prompts(8, seed=1)
+    free = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=6))
+    stop = free[0].token_ids[2]
+    stopped = engine.generate(
+        prompts, SamplingParams(temperature=0.0, max_new_tokens=6, stop_token_ids=(stop,))
+    )
+    for f, s in zip(free, stopped, strict=True):
+        if stop in f.token_ids:
+            cut = f.token_ids.index(stop) + 1
+            assert s.token_ids == f.token_ids[:cut] and s.finish_reason == "stop"
+            assert s.logprobs == pytest.approx(f.logprobs[:cut], abs=1e-5)
+        else:
+            assert s.token_ids == f.token_ids and s.finish_reason == "length"
+    assert len(stopped[0].token_ids) <= 3
+    every = tuple(range(engine.model.config.vocab_size))
+    for g in engine.generate(prompts, SamplingParams(1.0, 5, every)):
+        assert len(g.token_ids) == 1 and g.finish_reason == "stop"
+
+
+def test_greedy_is_deterministic_and_batch_independent(engine: HFEngine) -> None:
+    prompts = _prompts(7, seed=2, lo=2, hi=30)
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    batched = engine.generate(prompts, params)
+    assert [g.token_ids for g in engine.generate(prompts, params)] == [g.token_ids for g in batched]
+    for p, g in zip(prompts, batched, strict=True):
+        (alone,) = engine.generate([p], params)
+        assert alone.token_ids == g.token_ids
+        assert alone.logprobs == pytest.approx(g.logprobs, abs=1e-4)
+    recomputed = _recomputed_logprobs(engine, prompts, batched, 0.0)
+    for g, lp in zip(batched, recomputed, strict=True):
+        assert g.logprobs == pytest.approx(lp, abs=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_logprobs_match_full_forward(engine: HFEngine, temperature: float) -> None:
+    prompts = _prompts(9, seed=3, lo=2, hi=30)
+    gens = engine.generate(prompts, SamplingParams(temperature=temperature, max_new_tokens=15))
+    for g, lp in zip(gens, _recomputed_logprobs(engine, prompts, gens, temperature), strict=True):
+        assert g.logprobs == pytest.approx(lp, abs=1e-4)
+
+
+def test_pruning_finished_rows(model_dir: Path) -> None:
+    """Dropping finished rows from the running batch (and its KV cache) keeps every row exact."""
+    prompts = _prompts(24, seed=4)
+    always = HFEngine(model_dir, prune_fraction=1.0)  # prune whenever a row finishes
+    stops = tuple(range(100, 130))
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, stop_token_ids=stops)
+    gens = always.generate(prompts, params)
+    assert len({len(g.token_ids) for g in gens}) > 3  # rows finished at many different steps
+    for g, lp in zip(gens, _recomputed_logprobs(always, prompts, gens, 1.0), strict=True):
+        assert g.logprobs == pytest.approx(lp, abs=1e-4)
+        assert not set(g.token_ids[:-1]) & set(stops)
+        assert (g.finish_reason == "stop") == (g.token_ids[-1] in stops)
+    never = HFEngine(model_dir, prune_fraction=0.0)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12, stop_token_ids=stops)
+    a, b = never.generate(prompts, greedy), always.generate(prompts, greedy)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+def test_seeded_sampling_is_reproducible(model_dir: Path) -> None:
+    prompts, params = _prompts(5, seed=5), SamplingParams(temperature=1.0, max_new_tokens=10)
+    a, b, c = HFEngine(model_dir, seed=7), HFEngine(model_dir, seed=7), HFEngine(model_dir, seed=8)
+    ga, gb, gc = a.generate(prompts, params), b.generate(prompts, params), c.generate(prompts, params)
+    assert [g.token_ids for g in ga] == [g.token_ids for g in gb]
+    assert [g.token_ids for g in ga] != [g.token_ids for g in gc]
+
+
+def test_load_weights(model_dir: Path) -> None:
+    engine = HFEngine(model_dir)
+    prompts, params = _prompts(4, seed=6), SamplingParams(temperature=0.0, max_new_tokens=8)
+    before = [g.token_ids for g in engine.generate(prompts, params)]
+    gen = torch.Generator().manual_seed(0)
+    weights = {
+        k: (v + 0.5 * torch.randn(v.shape, generator=gen)).numpy() for k, v in engine.state_dict().items()
+    }
+    engine.load_weights(weights, version=3)
+    assert engine.version == 3
+    after = engine.generate(prompts, params)
+    assert [g.token_ids for g in after] != before
+    assert all(g.version == 3 for g in after)
+    np.testing.assert_allclose(engine.state_dict()["model.norm.weight"].numpy(), weights["model.norm.weight"])
+    tied = {k: v for k, v in weights.items() if k != "lm_head.weight"}
+    engine.load_weights(tied, version=4)  # the tied head may be left out
+    with pytest.raises(RuntimeError, match="unexpected"):
+        engine.load_weights({**weights, "extra.weight": np.zeros(1)}, version=5)
+    with pytest.raises(RuntimeError, match="missing"):
+        engine.load_weights({k: v for k, v in weights.items() if k != "model.norm.weight"}, version=5)
+    assert engine.version == 4
+
+
+class FakeEngine:
+    """Records batches; the first id of a prompt is echoed back as the turn."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.version, self.delay, self.fail = 0, delay, fail
+        self.batches: list[tuple[int, SamplingParams]] = []
+        self.loaded: list[int] = []
+        self.threads: set[int] = set()
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+        self.threads.add(threading.get_ident())
+        time.sleep(self.delay)
+        if self.fail:
+            raise ValueError("boom")
+        self.batches.append((len(prompts), params))
+        return [Generation([p[0], 1], [-0.5, -0.5], "length", self.version) for p in prompts]
+
+    def load_weights(self, weights: Mapping[str, Any], version: int) -> None:
+        self.loaded.append(version)
+        self.version = version
+
+
+def test_async_engine_batches_concurrent_requests() -> None:
+    fake = FakeEngine(delay=0.05)
+
+    async def main() -> list[Generation]:
+        front = AsyncBatchingEngine(fake)
+        gens = await asyncio.gather(*(front.generate([i, 9], SamplingParams()) for i in range(32)))
+        stats = front.pop_stats()
+        assert stats["requests"] == 32 and stats["tokens"] == 64
+        assert stats["batches"] == len(fake.batches) and stats["mean_batch_size"] == 32 / len(fake.batches)
+        assert stats["seconds"] > 0 and stats["tokens_per_s"] > 0
+        assert front.pop_stats()["batches"] == 0  # reset
+        front.close()
+        return gens
+
+    gens = asyncio.run(main())
+    assert [g.token_ids[0] for g in gens] == list(range(32))
+    assert len(fake.batches) < 32 and fake.batches[0][0] > 1
+    assert threading.get_ident() not in fake.threads  # generation ran in a worker thread
+
+
+def test_async_engine_groups_by_params_and_splits_batches() -> None:
+    fake = FakeEngine()
+
+    async def main() -> None:
+        front = AsyncBatchingEngine(fake, max_batch_size=4)
+        greedy, sampled = SamplingParams(temperature=0.0), SamplingParams(temperature=1.0)
+        reqs = [front.generate([i], greedy if i % 2 else sampled) for i in range(12)]
+        await asyncio.gather(*reqs)
+        front.close()
+
+    asyncio.run(main())
+    assert sorted(n for n, _ in fake.batches) == [2, 2, 4, 4]
+    assert {p.temperature for _, p in fake.batches} == {0.0, 1.0}
+
+
+def test_async_engine_applies_staged_weights_before_next_batch() -> None:
+    fake = FakeEngine()
+
+    async def main() -> None:
+        front = AsyncBatchingEngine(fake)
+        assert (await front.generate([1], SamplingParams())).version == 0
+        front.stage_weights({}, version=1)
+        front.stage_weights({}, version=2)  # replaces the unapplied version 1
+        assert front.version == 2
+        assert (await front.generate([1], SamplingParams())).version == 2
+        front.close()
+
+    asyncio.run(main())
+    assert fake.loaded == [2]
+
+
+def test_async_engine_keeps_loop_free_and_reports_errors() -> None:
+    async def main() -> None:
+        front = AsyncBatchingEngine(FakeEngine(delay=0.2))
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        await front.generate([1], SamplingParams())
+        task.cancel()
+        assert ticks >= 5
+        front.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await front.generate([1], SamplingParams())
+
+        broken = FakeEngine(fail=True)
+        failing = AsyncBatchingEngine(broken)
+        with pytest.raises(ValueError, match="boom"):
+            await failing.generate([1], SamplingParams())
+        broken.fail = False  # the engine recovers, so does the front
+        assert (await failing.generate([1], SamplingParams())).token_ids == [1, 1]
+        failing.close()
+
+    asyncio.run(main())
+
+
+def test_async_engine_close_fails_in_flight_requests() -> None:
+    async def main() -> None:
+        front = AsyncBatchingEngine(FakeEngine(delay=0.2))
+        request = asyncio.ensure_future(front.generate([1], SamplingParams()))
+        await asyncio.sleep(0.05)  # the batch is now running in the worker thread
+        front.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await asyncio.wait_for(request, timeout=1.0)
+
+    asyncio.run(main())
+
+
+def test_async_engine_bad_staged_weights_fail_one_batch(engine: HFEngine) -> None:
+    async def main() -> None:
+        front = AsyncBatchingEngine(engine)
+        params = SamplingParams(temperature=0.0, max_new_tokens=2)
+        front.stage_weights({"nope": np.zeros(1)}, version=9)
+        with pytest.raises(RuntimeError, match="unexpected"):
+            await front.generate([5, 6], params)
+        assert (await front.generate([5, 6], params)).version == engine.version != 9
+        front.close()
+
+    asyncio.run(main())
+
+
+def test_async_engine_idle_and_new_loops(engine: HFEngine) -> None:
+    front = AsyncBatchingEngine(engine)
+    params = SamplingParams(temperature=0.0, max_new_tokens=4)
+
+    async def one() -> Generation:
+        gen = await front.generate([5, 6, 7], params)
+        await asyncio.sleep(0.05)  # the idle batching task must not spin or block shutdown
+        return gen
+
+    first = asyncio.run(one())
+    second = asyncio.run(one())  # a new event loop gets a new batching task
+    assert first.token_ids == second.token_ids == engine.generate([[5, 6, 7]], params)[0].token_ids
+    front.close()
+
+
+def test_async_engine_with_hf_engine(engine: HFEngine) -> None:
+    prompts = _prompts(24, seed=7)
+    params = SamplingParams(temperature=0.0, max_new_tokens=6)
+
+    async def main() -> list[Generation]:
+        front = AsyncBatchingEngine(engine)
+        gens = await asyncio.gather(*(front.generate(p, params) for p in prompts))
+        assert front.pop_stats()["batches"] < len(prompts)
+        front.close()
+        return list(gens)
+
+    gens = asyncio.run(main())
+    assert [g.token_ids for g in gens] == [g.token_ids for g in engine.generate(prompts, params)]
