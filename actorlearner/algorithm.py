@@ -8,6 +8,7 @@ filling it asynchronously), update, publish the new weights to the runners. With
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 import time
 from collections.abc import Callable, Coroutine
@@ -17,6 +18,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 import torch
+from transformers.utils import logging as hf_logging
 
 from actorlearner.buffer import BufferActor
 from actorlearner.config import AlgorithmConfig, ConfigError, resolve_env_spec
@@ -66,6 +68,7 @@ class Algorithm:
     """
 
     def __init__(self, config: AlgorithmConfig) -> None:
+        hf_logging.disable_progress_bar()
         self.config = config
         cfg = config
         seed = cfg.debugging.seed
@@ -222,7 +225,9 @@ class Algorithm:
         chunk = 25
         for start in range(0, sft.steps, chunk):
             n = min(chunk, sft.steps - start)
-            history = self._get(self.learner.sft_steps.remote(start, n, sft.steps, sft.batch_size, sft.lr))
+            history = self._get(
+                self.learner.sft_steps.remote(start, n, sft.steps, sft.batch_size, sft.lr, self._cpu_threads())
+            )
             for i, record in enumerate(history):
                 self.logger.log(start + i, {"phase": "sft", **record})
             last = history[-1]
@@ -231,6 +236,11 @@ class Algorithm:
         self.version = int(self._get(self.learner.get_version.remote()))
         self._sync_weights()
         return last
+
+    def _cpu_threads(self) -> int:
+        """Cores of this machine the learner may use while the runners are idle (SFT)."""
+        cpus = self.config.debugging.ray_num_cpus or os.cpu_count() or 1
+        return max(1, min(cpus, os.cpu_count() or 1))
 
     def _start_rl(self) -> None:
         self._get(self.learner.start_rl.remote())
@@ -323,7 +333,9 @@ class Algorithm:
 
     def stop(self) -> None:
         """Stops the runners and actors and closes the metric files."""
-        if not self.local:
+        if self.local:
+            self._get([r.stop.remote() for r in self.runners])
+        else:
             import ray
 
             self._get([r.stop.remote() for r in self.runners])

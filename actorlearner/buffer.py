@@ -194,16 +194,17 @@ class GroupReplayBuffer:
     def pop_metrics(self) -> dict[str, float]:
         """Rollout metrics of the groups that arrived, buffer and filter counters since the last call."""
         counters, self.counters = dict(self.counters), defaultdict(float)
-        counters.update(group_metrics(self.arrived, prefix="rollout/"))
-        self.arrived = []
-        sampled = counters.pop("sample_age_sum", 0.0)
+        age_sum = counters.pop("sample_age_sum", 0.0)
         if counters.get("sampled_groups"):
-            counters["sample_age_mean"] = sampled / counters["sampled_groups"]
-        counters.update({f"filter/{k}": v for k, v in self.filters.pop_counts().items()})
+            counters["sample_age_mean"] = age_sum / counters["sampled_groups"]
         counters["size"] = float(len(self))
         if self.priorities:
             counters["priority_mean"] = float(np.mean(self.priorities))
-        return counters
+        out = {f"buffer/{k}": v for k, v in counters.items()}
+        out.update(group_metrics(self.arrived, prefix="rollout/"))
+        out.update({f"filter/{k}": v for k, v in self.filters.pop_counts().items()})
+        self.arrived = []
+        return out
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to resume: groups, priorities, reuse counts, histories, RNG."""

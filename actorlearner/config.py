@@ -99,6 +99,9 @@ class EnvRunnersConfig(_Section):
     max_new_tokens: int = Field(32, ge=1, description="Cap on one assistant turn, in tokens.")
     max_tokens: int = Field(256, ge=8, description="Cap on a whole episode (prompt included), in tokens.")
     step_timeout_s: float = Field(30.0, gt=0, description="Time limit of one env.step (tool call).")
+    batch_wait_s: float = Field(
+        0.05, ge=0, description="Longest a generation request waits for others to join its batch."
+    )
     max_ready_groups: int = Field(
         64, ge=1, description="Runners pause while the buffer holds this many unconsumed groups."
     )

@@ -245,14 +245,29 @@ class AsyncBatchingEngine:
     params, and runs each group as one ``engine.generate`` call in a worker thread. Staged weights
     are loaded between batches, never during one. Idle, the task waits on an event.
 
+    Batching window: once a request arrives, the task keeps collecting while more requests keep
+    arriving (a gap of ``quiet_s`` ends it) for at most ``max_wait_s``, so that episodes returning
+    from their tool calls at slightly different times share one batch instead of many small ones
+    (each decode step costs about the same for 10 rows or 256 on CPU).
+
     Args:
         engine: The wrapped engine (e.g. :class:`HFEngine`).
         max_batch_size: Largest batch per ``engine.generate`` call (None = unbounded).
+        max_wait_s: Longest time a request waits for others to join its batch (0 disables).
+        quiet_s: A gap this long without a new request closes the batch early.
     """
 
-    def __init__(self, engine: Engine, max_batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch_size: int | None = None,
+        max_wait_s: float = 0.05,
+        quiet_s: float = 0.003,
+    ) -> None:
         self.engine = engine
         self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.quiet_s = quiet_s
         self._pending: list[tuple[list[int], SamplingParams, asyncio.Future[Generation]]] = []
         self._staged: tuple[Mapping[str, Any], int] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -304,6 +319,7 @@ class AsyncBatchingEngine:
             await self._wakeup.wait()
             self._wakeup.clear()
             await asyncio.sleep(0)  # let requests scheduled in the same tick join the batch
+            await self._collect()
             requests, self._pending = self._pending, []
             try:
                 await self._serve(requests)
@@ -312,6 +328,18 @@ class AsyncBatchingEngine:
                 raise
             except Exception as exc:  # e.g. staged weights that do not load: fail this batch, go on
                 self._fail(requests, exc)
+
+    async def _collect(self) -> None:
+        """Waits while requests keep arriving, up to ``max_wait_s``."""
+        if self.max_wait_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        seen = -1
+        while len(self._pending) != seen and loop.time() < deadline:
+            seen = len(self._pending)
+            await asyncio.sleep(self.quiet_s)
+        self._wakeup.clear()  # type: ignore[union-attr]
 
     async def _serve(
         self, requests: list[tuple[list[int], SamplingParams, asyncio.Future[Generation]]]

@@ -17,6 +17,7 @@ import gymnasium
 import numpy as np
 
 from transformers import AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from actorlearner.chat import stop_token_ids
 from actorlearner.config import EnvRunnersConfig
@@ -72,13 +73,14 @@ class EnvRunner:
         config: EnvRunnersConfig,
         seed: int = 0,
     ) -> None:
+        hf_logging.disable_progress_bar()
         self.index = index
         self.cfg = config
         self.pool = EnvPool(env_spec, env_config)
         self.eval_pool = EnvPool(env_spec, {**env_config, **eval_env_config})
         self.engine = HFEngine(model_path, seed=seed + 1000 * index)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.batcher = AsyncBatchingEngine(self.engine)
+        self.batcher = AsyncBatchingEngine(self.engine, max_wait_s=config.batch_wait_s)
         self.stops = stop_token_ids(self.tokenizer)
         self.rng = np.random.default_rng([seed, index])
         self.params = SamplingParams(config.temperature, config.max_new_tokens, self.stops)
@@ -159,8 +161,9 @@ class EnvRunner:
         self._paused = paused
 
     async def stop(self) -> None:
-        """Ends :meth:`run`."""
+        """Ends :meth:`run` and the engine's batching task."""
         self._stopping = True
+        self.batcher.close()
 
     async def set_weights(self, weights: Mapping[str, Any], version: int) -> None:
         """Stages new weights; the engine loads them before its next generation step."""
@@ -186,8 +189,8 @@ class EnvRunner:
         return {f"rollout/{k}": v for k, v in self.batcher.pop_stats().items()}
 
     async def version(self) -> int:
-        """Weights version of the engine."""
-        return int(self.engine.version)
+        """Weights version the next generation step uses (staged weights included)."""
+        return int(self.batcher.version)
 
 
 def summarize_eval(trajectories: list[Trajectory]) -> dict[str, float]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
 
 from actorlearner import losses
 from actorlearner.config import LearnerConfig, TrainingConfig
@@ -57,6 +58,11 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         """Moves every tensor to ``device``."""
         return Batch(**{k: v.to(device) for k, v in vars(self).items()})
+
+    def sorted_by_length(self) -> Batch:
+        """Rows reordered by length, so micro-batches carry little padding."""
+        order = torch.argsort(self.attention_mask.sum(-1), stable=True)
+        return Batch(**{k: v[order] for k, v in vars(self).items()})
 
     def slice(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop``, trimmed to their longest sequence."""
@@ -137,6 +143,7 @@ class Learner:
         temperature: float = 1.0,
         seed: int = 0,
     ) -> None:
+        hf_logging.disable_progress_bar()
         torch.manual_seed(seed)
         self.seed = seed
         self.demos: list[Trajectory] = []
@@ -184,7 +191,7 @@ class Learner:
         if not groups:
             return {"skipped": 1.0, "version": float(self.version)}
         start = time.perf_counter()
-        batch = group_batch(groups, self.cfg.advantage, self.pad_id).to(self.device)
+        batch = group_batch(groups, self.cfg.advantage, self.pad_id).sorted_by_length().to(self.device)
         total_tokens = float(batch.mask.sum().item())
         n_rows = batch.input_ids.shape[0]
         sums: dict[str, float] = dict.fromkeys(("loss", "clip_frac", "mismatch_kl", "entropy", "kl"), 0.0)
@@ -256,18 +263,37 @@ class Learner:
         return len(self.demos)
 
     def sft_steps(
-        self, start: int, num_steps: int, total_steps: int, batch_size: int, lr: float
+        self,
+        start: int,
+        num_steps: int,
+        total_steps: int,
+        batch_size: int,
+        lr: float,
+        num_threads: int | None = None,
     ) -> list[dict[str, float]]:
         """Supervised fine-tuning on the stored demonstrations: cross-entropy on loss_mask-1 ids.
 
         Called in chunks so the driver can show progress. The learning rate follows a cosine from
         ``lr`` at step 0 to 0 at ``total_steps``; the version is bumped after the last step.
+        ``num_threads`` lets SFT use the cores the (idle) runners reserve; restored afterwards.
 
         Returns:
             One metrics dict per step (``sft/loss``, ``sft/token_accuracy``, ``sft/lr``).
         """
         if self.sft_optimizer is None:
             self.sft_optimizer = self._make_optimizer(lr)
+        threads = torch.get_num_threads()
+        if num_threads and self.device.type == "cpu":
+            torch.set_num_threads(num_threads)
+        try:
+            return self._sft_steps(start, num_steps, total_steps, batch_size, lr)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _sft_steps(
+        self, start: int, num_steps: int, total_steps: int, batch_size: int, lr: float
+    ) -> list[dict[str, float]]:
+        assert self.sft_optimizer is not None
         history = []
         for step in range(start, start + num_steps):
             step_lr = lr * 0.5 * (1 + math.cos(math.pi * step / max(total_steps, 1)))

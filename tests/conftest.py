@@ -55,3 +55,37 @@ def make_group(rewards: list[float], prompt_id: str = "p0", version: int = 0, gr
     """A synthetic group with the given rewards."""
     trajs = [make_trajectory(r, version=version, prompt_id=prompt_id) for r in rewards]
     return Group(group_id=group_id, prompt_id=prompt_id, trajectories=trajs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tiny models built by tests go to a session temp dir, not the user's cache."""
+    old = os.environ.get("ACTORLEARNER_CACHE")
+    os.environ["ACTORLEARNER_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ACTORLEARNER_CACHE", None)
+    else:
+        os.environ["ACTORLEARNER_CACHE"] = old
+
+
+SMALL_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
+"""A tiny model small enough for fast tests."""
+
+
+def small_config(tmp_path, num_env_runners: int = 0, **training):
+    """A fast Calculator config: small model, small groups, few iterations, no progress bar."""
+    from actorlearner import AlgorithmConfig
+
+    return (
+        AlgorithmConfig()
+        .environment("actorlearner/Calculator-v0", env_config={"max_operand": 20}, eval_env_config={"split": "test"})
+        .env_runners(num_env_runners=num_env_runners, group_size=4, groups_in_flight=4, max_new_tokens=16,
+                     max_tokens=96)
+        .training(**{"num_iterations": 3, "train_batch_groups": 2, "lr": 1e-3, **training})
+        .sft(steps=4, num_demos=32, batch_size=8)
+        .replay(filters=[])
+        .model(**SMALL_MODEL)
+        .evaluation(num_episodes=8)
+        .reporting(run_dir=str(tmp_path / "runs"), progress=False)
+    )

@@ -1,0 +1,120 @@
+"""Token-in/token-out: the learner trains on exactly the sampled ids plus the observation ids."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import gymnasium
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+import actorlearner  # noqa: F401  (registers the built-in envs)
+from actorlearner import chat
+from actorlearner.engine import AsyncBatchingEngine, HFEngine
+from actorlearner.env_runner import make_env
+from actorlearner.interfaces import Generation, SamplingParams
+from actorlearner.learner import collate
+from actorlearner.rollout import DemonstrationTurnPolicy, EnginePolicy, run_episode
+from actorlearner.tiny_model import ensure_tiny_model, env_corpus
+from tests.conftest import SMALL_MODEL
+
+SPEC = gymnasium.spec("actorlearner/Calculator-v0")
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> str:
+    return str(ensure_tiny_model(env_corpus(lambda: make_env(SPEC, {})), **SMALL_MODEL))
+
+
+class Recorder:
+    """Wraps a policy and remembers each generation and the ids it was conditioned on."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[tuple[list[int], Generation]] = []
+
+    async def __call__(self, ids, env, messages) -> Generation:
+        gen = await self.inner(ids, env, messages)
+        self.calls.append((list(ids), gen))
+        return gen
+
+
+def _play(model_dir: str, seed: int, policy_factory) -> tuple[Any, Recorder, Any]:
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    env = make_env(SPEC, {})
+
+    async def main():
+        engine = AsyncBatchingEngine(HFEngine(model_dir, seed=seed))
+        recorder = Recorder(policy_factory(engine, tok))
+        traj = await run_episode(env, recorder, tok, seed=seed, max_tokens=400)
+        engine.close()
+        return traj, recorder
+
+    traj, recorder = asyncio.run(main())
+    return traj, recorder, tok
+
+
+def test_trajectory_is_sampled_ids_plus_observation_ids(model_dir: str) -> None:
+    params = SamplingParams(1.0, 12, ())  # no stop ids: every turn is 12 sampled ids
+    traj, rec, tok = _play(model_dir, 3, lambda engine, tok: EnginePolicy(engine, params))
+    assert len(rec.calls) >= 2, "the random model should need several turns"
+    ids = traj.token_ids.tolist()
+    mask = traj.loss_mask.tolist()
+    # Each generation was conditioned on exactly the ids so far, and its ids sit right after them.
+    for (context, gen), turn in zip(rec.calls, traj.turns, strict=True):
+        assert ids[: len(context)] == context
+        assert ids[turn.start : turn.end] == gen.token_ids
+        assert turn.start == len(context)
+        np.testing.assert_allclose(traj.logprobs[turn.start : turn.end], gen.logprobs, rtol=1e-6)
+    sampled_positions = {i for t in traj.turns for i in range(t.start, t.end)}
+    assert {i for i, m in enumerate(mask) if m == 1.0} == sampled_positions
+    # Everything that is not sampled is the prompt or an observation rendered by the chat template.
+    first = rec.calls[0][0]
+    assert first == chat.prompt_ids(tok, *_reset(seed=3))
+    between = ids[traj.turns[0].end : traj.turns[1].start]
+    assert tok.decode(between).startswith("<|im_end|>\n<|im_start|>")
+    # The learner's batch holds exactly these ids, with loss weight only on sampled ids.
+    batch = collate([traj])
+    assert batch.input_ids[0].tolist() == ids[:-1]
+    assert batch.targets[0].tolist() == ids[1:]
+    assert batch.mask[0].tolist() == mask[1:]
+
+
+def _reset(seed: int) -> tuple[list[dict[str, Any]], Any]:
+    messages, info = make_env(SPEC, {}).reset(seed=seed)
+    return messages, info["tools"]
+
+
+def test_demonstration_episode_marks_post_tool_turns(model_dir: str) -> None:
+    # Find a seed whose demonstration calls the tool, then play it token-in/token-out.
+    for seed in range(50):
+        traj, rec, tok = _play(model_dir, seed, lambda engine, tok: DemonstrationTurnPolicy(tok))
+        if traj.tool_calls:
+            break
+    assert traj.success and traj.reward == pytest.approx(1.0)
+    assert [t.index for t in traj.turns] == [0, 1]
+    assert traj.turns[0].tool_calls[0].name == "calculator" and traj.turns[0].tool_calls[0].ok
+    first, second = traj.turns
+    assert traj.post_tool[first.start : first.end].sum() == 0
+    assert traj.post_tool[second.start : second.end].tolist() == [1] * (second.end - second.start)
+    assert traj.post_tool.sum() == second.end - second.start
+    assert "<tool_response>" in tok.decode(traj.token_ids[first.end : second.start].tolist())
+    assert traj.turn_index[: traj.prompt_length].tolist() == [-1] * traj.prompt_length
+
+
+def test_token_cap_truncates_and_flags_overlong(model_dir: str) -> None:
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    env = make_env(SPEC, {})
+    params = SamplingParams(1.0, 30, ())
+
+    async def main():
+        engine = AsyncBatchingEngine(HFEngine(model_dir, seed=0))
+        traj = await run_episode(env, EnginePolicy(engine, params), tok, seed=0, max_tokens=40)
+        engine.close()
+        return traj
+
+    traj = asyncio.run(main())
+    assert traj.overlong and traj.truncated
+    assert traj.length <= 40
