@@ -8,14 +8,13 @@ filling it asynchronously), update, publish the new weights to the runners. With
 from __future__ import annotations
 
 import asyncio
-import os
 import json
+import os
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import gymnasium
 import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
@@ -180,7 +179,9 @@ class Algorithm:
         args = self._component_args()
         gpus = 1 if torch.cuda.is_available() and cfg.learners.device != "cpu" else 0
         self.buffer = ray.remote(num_cpus=0)(BufferActor).options(max_concurrency=64).remote(**args["buffer"])
-        self.learner = ray.remote(num_cpus=cfg.learners.num_cpus, num_gpus=gpus)(Learner).remote(**args["learner"])
+        self.learner = ray.remote(num_cpus=cfg.learners.num_cpus, num_gpus=gpus)(Learner).remote(
+            **args["learner"]
+        )
         runner_cls = ray.remote(num_cpus=cfg.env_runners.num_cpus_per_runner)(EnvRunner)
         self.runners = [
             runner_cls.options(max_concurrency=1000).remote(**self._runner_kwargs(i))
@@ -218,7 +219,10 @@ class Algorithm:
         if not sft.enabled or sft.steps == 0 or not hasattr(probe.unwrapped, "demonstration"):
             return {}
         per_runner = -(-sft.num_demos // len(self.runners))
-        refs = [r.demonstrations.remote(per_runner, self.config.debugging.seed + i) for i, r in enumerate(self.runners)]
+        refs = [
+            r.demonstrations.remote(per_runner, self.config.debugging.seed + i)
+            for i, r in enumerate(self.runners)
+        ]
         demos: list[Trajectory] = [t for chunk in self._get(refs) for t in chunk]
         self._get(self.learner.set_demonstrations.remote(demos))
         last: dict[str, float] = {}
@@ -226,7 +230,9 @@ class Algorithm:
         for start in range(0, sft.steps, chunk):
             n = min(chunk, sft.steps - start)
             history = self._get(
-                self.learner.sft_steps.remote(start, n, sft.steps, sft.batch_size, sft.lr, self._cpu_threads())
+                self.learner.sft_steps.remote(
+                    start, n, sft.steps, sft.batch_size, sft.lr, self._cpu_threads()
+                )
             )
             for i, record in enumerate(history):
                 self.logger.log(start + i, {"phase": "sft", **record})

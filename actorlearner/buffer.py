@@ -10,6 +10,7 @@ when they are more than ``max_staleness`` versions behind the learner, or when c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -246,16 +247,16 @@ class BufferActor(GroupReplayBuffer):
             self._condition().notify_all()
         return result
 
-    async def sample_wait(self, num_groups: int, learner_version: int, timeout_s: float = 600.0) -> list[Group]:
+    async def sample_wait(
+        self, num_groups: int, learner_version: int, timeout_s: float = 600.0
+    ) -> list[Group]:
         """Waits until ``num_groups`` fresh groups are held (or the timeout), then samples."""
         cond = self._condition()
         async with cond:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     cond.wait_for(lambda: self._fresh(learner_version) >= num_groups), timeout_s
                 )
-            except TimeoutError:
-                pass
         return self.sample(num_groups, learner_version)
 
     def _fresh(self, learner_version: int) -> int:

@@ -15,7 +15,7 @@ import gymnasium
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from actorlearner.registry import FILTERS, PRIORITIES, RegistryError
+from actorlearner.registry import FILTERS, PRIORITIES
 
 if TYPE_CHECKING:
     from actorlearner.algorithm import Algorithm
@@ -41,7 +41,10 @@ def resolve_env_spec(env: Any) -> gymnasium.envs.registration.EnvSpec:
                 f"register it with gymnasium.register, or use one of: {ours}"
             ) from None
     if isinstance(env, type) and issubclass(env, gymnasium.Env):
-        return gymnasium.envs.registration.EnvSpec(id=f"custom/{env.__name__}-v0", entry_point=env)
+        return gymnasium.envs.registration.EnvSpec(
+            id=f"custom/{env.__name__}-v0",
+            entry_point=env,  # type: ignore[arg-type]
+        )
     raise ConfigError(f"must be a gymnasium id or a gymnasium.Env subclass, got {env!r}")
 
 
@@ -390,3 +393,20 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Callable):  # type: ignore[arg-type]
         return f"{getattr(value, '__module__', '?')}:{getattr(value, '__qualname__', repr(value))}"
     return repr(value)
+
+
+def config_reference() -> str:
+    """The README's configuration reference, generated from the sections' field descriptions."""
+    lines: list[str] = []
+    for name, cls in SECTIONS.items():
+        lines += [
+            f"**`{name}`**: {(cls.__doc__ or '').strip()}",
+            "",
+            "| key | default | meaning |",
+            "|---|---|---|",
+        ]
+        for key, field in cls.model_fields.items():
+            default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+            lines.append(f"| `{key}` | `{_plain(default)!r}` | {field.description} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -15,7 +15,6 @@ from typing import Any
 
 import gymnasium
 import numpy as np
-
 from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
@@ -116,8 +115,14 @@ class EnvRunner:
             t.group_id = group_id
         first = trajs[0]
         self.episodes_done += len(trajs)
-        return Group(group_id=group_id, prompt_id=first.prompt_id, trajectories=list(trajs),
-                     task_id=first.task_id, sub_tasks=list(first.sub_tasks), created_at=time.time())
+        return Group(
+            group_id=group_id,
+            prompt_id=first.prompt_id,
+            trajectories=list(trajs),
+            task_id=first.task_id,
+            sub_tasks=list(first.sub_tasks),
+            created_at=time.time(),
+        )
 
     def _next_seed(self) -> int:
         return int(self.rng.integers(0, 2**31 - 1))

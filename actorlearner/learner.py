@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from actorlearner import losses
@@ -147,14 +147,15 @@ class Learner:
         torch.manual_seed(seed)
         self.seed = seed
         self.demos: list[Trajectory] = []
-        self.sft_optimizer = None
+        self.sft_optimizer: torch.optim.AdamW | None = None
         self.sft_rng = np.random.default_rng(seed)
         if learner.num_threads:
             torch.set_num_threads(learner.num_threads)
         self.cfg = training
         self.temperature = temperature
         self.device = resolve_device(learner.device)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        self.model: PreTrainedModel = model.to(self.device)  # type: ignore[arg-type]
         self.model.train()
         self.pad_id = int(self.model.config.pad_token_id or 0)
         self.optimizer = self._make_optimizer(training.lr)
@@ -258,7 +259,7 @@ class Learner:
     def set_demonstrations(self, trajectories: Sequence[Trajectory]) -> int:
         """Stores the demonstration episodes SFT samples from; returns how many."""
         self.demos = list(trajectories)
-        self.sft_optimizer: torch.optim.AdamW | None = None
+        self.sft_optimizer = None
         self.sft_rng = np.random.default_rng(self.seed)
         return len(self.demos)
 
@@ -302,7 +303,9 @@ class Learner:
             idx = self.sft_rng.choice(len(self.demos), size=min(batch_size, len(self.demos)), replace=False)
             mb = collate([self.demos[i] for i in idx], pad_id=self.pad_id).to(self.device)
             logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
-            nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), mb.targets, reduction="none")
+            nll = torch.nn.functional.cross_entropy(
+                logits.float().transpose(1, 2), mb.targets, reduction="none"
+            )
             loss = losses.masked_mean(nll, mb.mask)
             self.sft_optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -127,8 +127,7 @@ def aggregate_loss(
         norm = float(max_len if max_len is not None else loss.shape[-1])
         return ((loss * mask).sum(-1) / norm).mean()
     raise ValueError(
-        f"unknown loss aggregation {mode!r}; known: token_mean, seq_mean_token_mean, "
-        "seq_mean_token_sum_norm"
+        f"unknown loss aggregation {mode!r}; known: token_mean, seq_mean_token_mean, seq_mean_token_sum_norm"
     )
 
 

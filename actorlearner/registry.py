@@ -101,9 +101,9 @@ def register_priority(name: str) -> Callable[[F], F]:
         ... def shortest_first(group, history):
         ...     return 1.0 / (1 + group.num_tokens)
     """
-    return PRIORITIES.register(name)  # type: ignore[arg-type]
+    return PRIORITIES.register(name)  # type: ignore[return-value]
 
 
 def register_filter(name: str) -> Callable[[F], F]:
     """Registers a group filter ``fn(group, **options) -> Group | None`` under ``name``."""
-    return FILTERS.register(name)
+    return FILTERS.register(name)  # type: ignore[return-value]

@@ -25,7 +25,9 @@ TIMEOUT_MESSAGE = "Error: the tool call timed out"
 class TurnPolicy(Protocol):
     """Produces the next assistant turn as token ids."""
 
-    async def __call__(self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]]) -> Generation:
+    async def __call__(
+        self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]]
+    ) -> Generation:
         """Returns the sampled turn for the token ids (and chat messages) so far."""
         ...
 
@@ -42,7 +44,9 @@ class EnginePolicy:
         self.engine = engine
         self.params = params
 
-    async def __call__(self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]]) -> Generation:
+    async def __call__(
+        self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]]
+    ) -> Generation:
         """Samples one turn."""
         return await self.engine.generate(list(ids), self.params)  # type: ignore[no-any-return]
 
@@ -57,7 +61,9 @@ class DemonstrationTurnPolicy:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
 
-    async def __call__(self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]]) -> Generation:
+    async def __call__(
+        self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]]
+    ) -> Generation:
         """Tokenizes the demonstrated turn (log-probs are 0: they are not used by SFT)."""
         text = env.unwrapped.demonstration(messages)  # type: ignore[attr-defined]
         turn_ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -74,8 +80,14 @@ class _Builder:
     turn_index: list[int] = field(default_factory=list)
     post_tool: list[int] = field(default_factory=list)
 
-    def extend(self, ids: Sequence[int], sampled: bool, turn: int, post_tool: bool = False,
-               logprobs: Sequence[float] | None = None) -> None:
+    def extend(
+        self,
+        ids: Sequence[int],
+        sampled: bool,
+        turn: int,
+        post_tool: bool = False,
+        logprobs: Sequence[float] | None = None,
+    ) -> None:
         n = len(ids)
         self.ids.extend(ids)
         self.mask.extend([1.0 if sampled else 0.0] * n)
@@ -132,17 +144,30 @@ async def run_episode(
         gen = await policy(b.ids, env, conversation)
         gen_ids = gen.token_ids[:budget]
         start = len(b.ids)
-        b.extend(gen_ids, sampled=True, turn=len(turns), post_tool=after_tool, logprobs=gen.logprobs[: len(gen_ids)])
+        b.extend(
+            gen_ids,
+            sampled=True,
+            turn=len(turns),
+            post_tool=after_tool,
+            logprobs=gen.logprobs[: len(gen_ids)],
+        )
         text = chat.decode_turn(tokenizer, gen_ids)
         conversation.append({"role": "assistant", "content": text})
         obs, r, terminated, truncated, step_info = await _step(env, text, step_timeout_s)
         calls = [ToolCallRecord.from_info(c) for c in step_info.get("tool_calls", [])]
         answer = step_info.get("final_answer")
-        turns.append(TurnRecord(
-            index=len(turns), text=text, start=start, end=len(b.ids), tool_calls=calls,
-            final_answer=None if answer is None else str(answer),
-            void=bool(step_info.get("void", not calls and answer is None)), policy_version=gen.version,
-        ))
+        turns.append(
+            TurnRecord(
+                index=len(turns),
+                text=text,
+                start=start,
+                end=len(b.ids),
+                tool_calls=calls,
+                final_answer=None if answer is None else str(answer),
+                void=bool(step_info.get("void", not calls and answer is None)),
+                policy_version=gen.version,
+            )
+        )
         reward += float(r)
         for name, value in step_info.get("reward_components", {}).items():
             components[name] = components.get(name, 0.0) + float(value)

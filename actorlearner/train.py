@@ -76,9 +76,12 @@ def run_training(config: AlgorithmConfig, *, initial_eval: bool = True) -> dict[
             phases["initial"] = algo.evaluate()
         t = time.monotonic()
         with tqdm(total=config.sft.steps, desc="SFT", unit="step", disable=not show) as bar:
-            sft = algo.pretrain(
-                lambda done, m: (bar.update(done - bar.n), bar.set_postfix(loss=f"{m['sft/loss']:.3f}"))
-            )
+
+            def show_sft(done: int, m: dict[str, float]) -> None:
+                bar.update(done - bar.n)
+                bar.set_postfix(loss=f"{m['sft/loss']:.3f}")
+
+            sft = algo.pretrain(show_sft)
         timings["sft_s"] = time.monotonic() - t
         if sft:
             phases["after SFT"] = algo.evaluate()

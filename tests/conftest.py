@@ -79,9 +79,16 @@ def small_config(tmp_path, num_env_runners: int = 0, **training):
 
     return (
         AlgorithmConfig()
-        .environment("actorlearner/Calculator-v0", env_config={"max_operand": 20}, eval_env_config={"split": "test"})
-        .env_runners(num_env_runners=num_env_runners, group_size=4, groups_in_flight=4, max_new_tokens=16,
-                     max_tokens=96)
+        .environment(
+            "actorlearner/Calculator-v0", env_config={"max_operand": 20}, eval_env_config={"split": "test"}
+        )
+        .env_runners(
+            num_env_runners=num_env_runners,
+            group_size=4,
+            groups_in_flight=4,
+            max_new_tokens=16,
+            max_tokens=96,
+        )
         .training(**{"num_iterations": 3, "train_batch_groups": 2, "lr": 1e-3, **training})
         .sft(steps=4, num_demos=32, batch_size=8)
         .replay(filters=[])

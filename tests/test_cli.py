@@ -19,14 +19,28 @@ BIN = Path(sys.executable).parent / "actorlearner"
 def test_train_then_eval_from_the_command_line(tmp_path: Path) -> None:
     model = [f"model.{k}={v}" for k, v in SMALL_MODEL.items()]
     overrides = [
-        f"reporting.run_dir={tmp_path}", "reporting.name=smoke", "reporting.progress=false",
-        "training.num_iterations=2", "training.train_batch_groups=2", "sft.steps=3", "sft.num_demos=16",
-        "env_runners.num_env_runners=0", "env_runners.group_size=4", "env_runners.groups_in_flight=4",
-        "evaluation.num_episodes=6", "replay.filters=[]", *model,
+        f"reporting.run_dir={tmp_path}",
+        "reporting.name=smoke",
+        "reporting.progress=false",
+        "training.num_iterations=2",
+        "training.train_batch_groups=2",
+        "sft.steps=3",
+        "sft.num_demos=16",
+        "env_runners.num_env_runners=0",
+        "env_runners.group_size=4",
+        "env_runners.groups_in_flight=4",
+        "evaluation.num_episodes=6",
+        "replay.filters=[]",
+        *model,
     ]
     env = {**os.environ, "CI": "true"}
-    train = subprocess.run([str(BIN), "train", "configs/calculator.yaml", *overrides],
-                           capture_output=True, text=True, timeout=300, env=env)
+    train = subprocess.run(
+        [str(BIN), "train", "configs/calculator.yaml", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     assert "after RL" in train.stdout and "greedy success" in train.stdout
     summary = json.loads((tmp_path / "smoke" / "summary.json").read_text())
@@ -34,8 +48,13 @@ def test_train_then_eval_from_the_command_line(tmp_path: Path) -> None:
     assert set(summary["phases"]) == {"initial", "after SFT", "after RL"}
     ckpt = Path(summary["checkpoint"])
     assert (ckpt / "model" / "model.safetensors").is_file() and (ckpt / "optimizer.safetensors").is_file()
-    ev = subprocess.run([str(BIN), "eval", str(ckpt), "evaluation.num_episodes=4", f"reporting.run_dir={tmp_path}"],
-                        capture_output=True, text=True, timeout=300, env=env)
+    ev = subprocess.run(
+        [str(BIN), "eval", str(ckpt), "evaluation.num_episodes=4", f"reporting.run_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert ev.returncode == 0, ev.stderr[-3000:]
-    metrics = json.loads(ev.stdout[ev.stdout.index("{"):])
+    metrics = json.loads(ev.stdout[ev.stdout.index("{") :])
     assert metrics["eval/greedy/episodes"] == 4

@@ -46,11 +46,11 @@ def test_clipped_loss_negative_advantage_and_dual_clip():
 
 
 def test_kl_estimators():
-    l = torch.tensor([0.0, -1.0])
+    lp = torch.tensor([0.0, -1.0])
     ref = torch.tensor([-1.0, -1.0])
-    np.testing.assert_allclose(losses.kl_penalty(l, ref, "k1").numpy(), [1.0, 0.0])
-    np.testing.assert_allclose(losses.kl_penalty(l, ref, "k2").numpy(), [0.5, 0.0])
-    np.testing.assert_allclose(losses.kl_penalty(l, ref, "k3").numpy(), [np.exp(-1) + 1 - 1, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(losses.kl_penalty(lp, ref, "k1").numpy(), [1.0, 0.0])
+    np.testing.assert_allclose(losses.kl_penalty(lp, ref, "k2").numpy(), [0.5, 0.0])
+    np.testing.assert_allclose(losses.kl_penalty(lp, ref, "k3").numpy(), [np.exp(-1) + 1 - 1, 0.0], rtol=1e-6)
     assert losses.kl_penalty(torch.tensor([100.0]), torch.tensor([0.0]), "k1").item() == 10.0
 
 

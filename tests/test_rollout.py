@@ -90,7 +90,7 @@ def _reset(seed: int) -> tuple[list[dict[str, Any]], Any]:
 def test_demonstration_episode_marks_post_tool_turns(model_dir: str) -> None:
     # Find a seed whose demonstration calls the tool, then play it token-in/token-out.
     for seed in range(50):
-        traj, rec, tok = _play(model_dir, seed, lambda engine, tok: DemonstrationTurnPolicy(tok))
+        traj, _rec, tok = _play(model_dir, seed, lambda engine, tok: DemonstrationTurnPolicy(tok))
         if traj.tool_calls:
             break
     assert traj.success and traj.reward == pytest.approx(1.0)
