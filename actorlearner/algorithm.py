@@ -257,12 +257,27 @@ class Algorithm:
 
     def _sample_batch(self) -> Any:
         n = self.config.training.train_batch_groups
+        wait = self.config.training.max_wait_s
         if not self.local:
-            return self.buffer.sample_wait.remote(n, self.version)
+            ref = self.buffer.sample_wait.remote(n, self.version, wait)
+            self._wait_watching_runners(ref)
+            return ref
         buf = self.buffer._obj
-        while buf._fresh(self.version) < n:
+        deadline = time.monotonic() + wait
+        while buf.num_fresh(self.version) < n and time.monotonic() < deadline:
             buf.add(self.runners[0].sample.remote(self.config.env_runners.groups_in_flight))
         return buf.sample(n, self.version)
+
+    def _wait_watching_runners(self, ref: Any) -> None:
+        """Waits for ``ref``; if a runner's rollout loop ends first, raises its error here."""
+        import ray
+
+        while True:
+            ready, _ = ray.wait([ref, *self._run_refs], num_returns=1, timeout=None)
+            if ready[0] == ref:
+                return
+            ray.get(ready[0])  # raises the runner's exception
+            raise RuntimeError("an env runner's rollout loop ended unexpectedly")
 
     def train(self) -> dict[str, float]:
         """One iteration: a batch from the buffer, one learner update, new weights to the runners.

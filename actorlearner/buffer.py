@@ -156,6 +156,10 @@ class GroupReplayBuffer:
         self.counters["groups_evicted_stale"] += len(stale)
         return len(stale)
 
+    def num_fresh(self, learner_version: int) -> int:
+        """Groups held that are not too stale for a learner at ``learner_version``."""
+        return sum(1 for g in self.groups if learner_version - g.min_version <= self.max_staleness)
+
     def sample(self, num_groups: int, learner_version: int) -> list[Group]:
         """Draws up to ``num_groups`` distinct groups with probability ``p^alpha / sum p^alpha``.
 
@@ -255,12 +259,9 @@ class BufferActor(GroupReplayBuffer):
         async with cond:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    cond.wait_for(lambda: self._fresh(learner_version) >= num_groups), timeout_s
+                    cond.wait_for(lambda: self.num_fresh(learner_version) >= num_groups), timeout_s
                 )
         return self.sample(num_groups, learner_version)
-
-    def _fresh(self, learner_version: int) -> int:
-        return sum(1 for g in self.groups if learner_version - g.min_version <= self.max_staleness)
 
     async def size(self) -> int:
         """Number of groups held."""

@@ -131,6 +131,9 @@ class TrainingConfig(_Section):
     kl_beta: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference model.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator.")
     micro_batch_size: int = Field(128, ge=1, description="Trajectories per forward/backward pass.")
+    max_wait_s: float = Field(
+        60.0, gt=0, description="Longest the learner waits for a full batch; then it trains on what is there."
+    )
 
 
 class SFTConfig(_Section):

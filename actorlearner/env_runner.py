@@ -7,6 +7,7 @@ actor until stopped). Weights arrive with a version and are loaded between gener
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -25,6 +26,9 @@ from actorlearner.interfaces import SamplingParams
 from actorlearner.metrics import episode_metrics
 from actorlearner.rollout import DemonstrationTurnPolicy, EnginePolicy, TurnPolicy, run_episode
 from actorlearner.trajectory import Group, Trajectory
+
+
+logger = logging.getLogger(__name__)
 
 
 def make_env(spec: gymnasium.envs.registration.EnvSpec, env_config: Mapping[str, Any]) -> gymnasium.Env:
@@ -87,6 +91,7 @@ class EnvRunner:
         self._paused = False
         self._executor_set = False
         self.episodes_done = 0
+        self.group_errors = 0
 
     def _ensure_executor(self) -> None:
         # Episodes run env.step in threads; the default pool (cores + 4) is too small for many in flight.
@@ -152,14 +157,24 @@ class EnvRunner:
                 await asyncio.sleep(0.05)
                 continue
             done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            result = await buffer.add_groups.remote([t.result() for t in done])
-            pushed += len(done)
+            groups = [g for g in (self._result(t) for t in done) if g is not None]
+            result = await buffer.add_groups.remote(groups)
+            pushed += len(groups)
             while result["size"] >= self.cfg.max_ready_groups and not self._stopping:
                 await asyncio.sleep(0.05)
                 result = {"size": await buffer.size.remote()}
         for task in in_flight:
             task.cancel()
         return pushed
+
+    def _result(self, task: asyncio.Task[Group]) -> Group | None:
+        """A finished group, or None (logged and counted) when playing it raised."""
+        err = task.exception()
+        if err is None:
+            return task.result()
+        self.group_errors += 1
+        logger.error("a group failed and was discarded", exc_info=err)
+        return None
 
     async def pause(self, paused: bool = True) -> None:
         """Stops (or resumes) launching new groups; groups in flight finish."""
@@ -191,7 +206,9 @@ class EnvRunner:
 
     async def stats(self) -> dict[str, float]:
         """Engine counters since the last call (tokens/s, batch sizes), prefixed ``rollout/``."""
-        return {f"rollout/{k}": v for k, v in self.batcher.pop_stats().items()}
+        stats = {f"rollout/{k}": v for k, v in self.batcher.pop_stats().items()}
+        stats["rollout/group_errors"], self.group_errors = float(self.group_errors), 0
+        return stats
 
     async def version(self) -> int:
         """Weights version the next generation step uses (staged weights included)."""

@@ -19,15 +19,16 @@ from actorlearner.config import AlgorithmConfig
 REPORT_KEYS = (
     ("greedy success", "eval/greedy/success_rate"),
     ("sampled success", "eval/sampled/success_rate"),
+    ("greedy tool use", "eval/greedy/tool_use_rate"),
     ("sampled tool use", "eval/sampled/tool_use_rate"),
     ("sampled reward", "eval/sampled/reward_mean"),
 )
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{100 * value:6.1f}%" if abs(value) <= 1.0 else f"{value:7.3f}"
-    return "    n/a"
+def _fmt(key: str, value: Any) -> str:
+    if not (isinstance(value, float) and math.isfinite(value)):
+        return "n/a"
+    return f"{value:.3f}" if "reward" in key else f"{100 * value:.1f}%"
 
 
 def format_report(phases: dict[str, dict[str, float]]) -> str:
@@ -35,7 +36,7 @@ def format_report(phases: dict[str, dict[str, float]]) -> str:
     header = f"{'held-out':<14}" + "".join(f"{label:>18}" for label, _ in REPORT_KEYS)
     rows = [header, "-" * len(header)]
     for phase, metrics in phases.items():
-        rows.append(f"{phase:<14}" + "".join(f"{_fmt(metrics.get(key)):>18}" for _, key in REPORT_KEYS))
+        rows.append(f"{phase:<14}" + "".join(f"{_fmt(key, metrics.get(key)):>18}" for _, key in REPORT_KEYS))
     return "\n".join(rows)
 
 
