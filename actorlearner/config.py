@@ -413,3 +413,13 @@ def config_reference() -> str:
             lines.append(f"| `{key}` | `{_plain(default)!r}` | {field.description} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":  # regenerates the README's configuration reference
+    import re
+    import sys
+
+    readme = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    text = readme.read_text()
+    pattern = r"(<!-- config-reference:start[^>]*-->\n).*?(<!-- config-reference:end -->)"
+    readme.write_text(re.sub(pattern, lambda m: m.group(1) + config_reference() + m.group(2), text, flags=re.S))

@@ -27,7 +27,6 @@ from actorlearner.metrics import episode_metrics
 from actorlearner.rollout import DemonstrationTurnPolicy, EnginePolicy, TurnPolicy, run_episode
 from actorlearner.trajectory import Group, Trajectory
 
-
 logger = logging.getLogger(__name__)
 
 

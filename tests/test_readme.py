@@ -47,7 +47,7 @@ def test_priority_example_registers_and_configures() -> None:
 
 
 def test_config_reference_is_current() -> None:
-    assert config_reference() in README.read_text(), "regenerate the README section with config_reference()"
+    assert config_reference() in README.read_text(), "regenerate it: python -m actorlearner.config README.md"
 
 
 def _documented_patterns() -> list[re.Pattern[str]]:
