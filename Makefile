@@ -31,7 +31,7 @@ test: install lint typecheck
 	$(PY) -m pytest -q -ra --durations=15
 
 bench: install
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/async_vs_sync.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -422,4 +422,5 @@ if __name__ == "__main__":  # regenerates the README's configuration reference
     readme = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
     text = readme.read_text()
     pattern = r"(<!-- config-reference:start[^>]*-->\n).*?(<!-- config-reference:end -->)"
-    readme.write_text(re.sub(pattern, lambda m: m.group(1) + config_reference() + m.group(2), text, flags=re.S))
+    fresh = re.sub(pattern, lambda m: m.group(1) + config_reference() + m.group(2), text, flags=re.S)
+    readme.write_text(fresh)
