@@ -60,10 +60,8 @@ def main() -> None:
     async_ = measure(1, args.iterations, args.warmup)
     ratio = async_["samples_per_s"] / sync["samples_per_s"]
     print(f"{'mode':<28}{'learner samples/s':>20}{'s/iteration':>14}")
-    print(f"{'sync (in-process)':<28}{sync['samples_per_s']:>20.1f}{sync['seconds_per_iteration']:>14.2f}")
-    print(
-        f"{'async (1 runner + learner)':<28}{async_['samples_per_s']:>20.1f}{async_['seconds_per_iteration']:>14.2f}"
-    )
+    for name, m in (("sync (in-process)", sync), ("async (1 runner + learner)", async_)):
+        print(f"{name:<28}{m['samples_per_s']:>20.1f}{m['seconds_per_iteration']:>14.2f}")
     print(f"async / sync: {ratio:.2f}x")
     print(json.dumps({"sync": sync, "async": async_, "ratio": ratio}))
 

@@ -20,8 +20,16 @@ class EchoEnv(gymnasium.Env):
     def reset(self, seed=None, options=None):
         super().reset(seed=seed)
         self.word = self.WORDS[int(self.np_random.integers(len(self.WORDS)))]
-        tools = [{"type": "function", "function": {"name": "reveal", "description": "Says the word.",
-                                                   "parameters": {"type": "object", "properties": {}}}}]
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": "reveal",
+                    "description": "Says the word.",
+                    "parameters": {"type": "object", "properties": {}},
+                },
+            }
+        ]
         info = {"tools": tools, "prompt_id": f"echo:{self.word}", "task_id": "echo", "sub_tasks": ["echo"]}
         return [{"role": "user", "content": "Say the secret word."}], info
 
@@ -31,8 +39,12 @@ class EchoEnv(gymnasium.Env):
             info = {"tool_calls": [call], "final_answer": None, "reward_components": {"answer": 0.0}}
             return [{"role": "tool", "content": self.word}], 0.0, False, False, info
         reward = float(self.word in text)
-        info = {"tool_calls": [], "final_answer": text, "reward_components": {"answer": reward},
-                "success": bool(reward)}
+        info = {
+            "tool_calls": [],
+            "final_answer": text,
+            "reward_components": {"answer": reward},
+            "success": bool(reward),
+        }
         return [], reward, True, False, info
 
 
@@ -40,8 +52,9 @@ class EchoEnv(gymnasium.Env):
 def test_plain_gymnasium_env_registered_in_the_driver_trains_on_ray(ray_session, tmp_path) -> None:
     gymnasium.register("test/Echo-v0", entry_point=EchoEnv)
     try:
-        config = small_config(tmp_path, num_env_runners=1).environment("test/Echo-v0", env_config={},
-                                                                      eval_env_config={})
+        config = small_config(tmp_path, num_env_runners=1).environment(
+            "test/Echo-v0", env_config={}, eval_env_config={}
+        )
         algo = config.build()
         try:
             assert not algo.pretrain()  # no demonstration(): SFT is skipped
