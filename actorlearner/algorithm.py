@@ -28,6 +28,24 @@ from actorlearner.metrics import MetricsLogger, episode_metrics
 from actorlearner.registry import FILTERS, PRIORITIES
 from actorlearner.trajectory import Trajectory
 
+MAX_SKIPPED_ITERATIONS = 3
+"""Consecutive iterations without a single group before ``train()`` raises."""
+
+
+def _check_cross_fields(cfg: AlgorithmConfig) -> None:
+    """Checks that values of different sections fit together (one-line ConfigError)."""
+    runners, training = cfg.env_runners, cfg.training
+    if runners.max_ready_groups < training.train_batch_groups:
+        raise ConfigError(
+            f"env_runners.max_ready_groups: must be >= training.train_batch_groups "
+            f"({training.train_batch_groups}), got {runners.max_ready_groups}"
+        )
+    if runners.max_new_tokens >= runners.max_tokens:
+        raise ConfigError(
+            f"env_runners.max_new_tokens: must be < env_runners.max_tokens ({runners.max_tokens}), "
+            f"got {runners.max_new_tokens}"
+        )
+
 
 def _name_of(spec: Any) -> str:
     if isinstance(spec, str):
@@ -74,7 +92,9 @@ class Algorithm:
         np.random.seed(seed)
         torch.manual_seed(seed)
         self.env_spec = resolve_env_spec(cfg.environment.env)
+        _check_cross_fields(cfg)
         self.model_path = self._resolve_model()
+        self._check_prompt_fits()
         self.local = cfg.env_runners.num_env_runners == 0
         self.run_dir = self._make_run_dir()
         (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
@@ -82,6 +102,8 @@ class Algorithm:
         self.iteration = 0
         self.version = 0
         self._rl_started = False
+        self._optimizer_restored = False
+        self._skipped = 0
         self._run_refs: list[Any] = []
         self._owns_ray = False
         self._loop = asyncio.new_event_loop()
@@ -109,6 +131,22 @@ class Algorithm:
             seed=self.config.debugging.seed,
         )
         return str(path)
+
+    def _check_prompt_fits(self) -> None:
+        """Fails fast when the env's first prompt leaves no room for a turn under ``max_tokens``."""
+        from transformers import AutoTokenizer
+
+        from actorlearner.chat import prompt_ids
+
+        runners = self.config.env_runners
+        messages, info = make_env(self.env_spec, self.config.environment.env_config).reset(seed=0)
+        n = len(prompt_ids(AutoTokenizer.from_pretrained(self.model_path), messages, info.get("tools")))
+        if n + runners.max_new_tokens > runners.max_tokens:
+            raise ConfigError(
+                f"env_runners.max_tokens: {runners.max_tokens} leaves no room for a turn after the "
+                f"env's {n}-token prompt (max_new_tokens {runners.max_new_tokens}); raise it to at least "
+                f"{n + runners.max_new_tokens}"
+            )
 
     def _make_run_dir(self) -> Path:
         rep = self.config.reporting
@@ -139,6 +177,7 @@ class Algorithm:
             learner=cfg.learners,
             temperature=cfg.env_runners.temperature,
             seed=cfg.debugging.seed,
+            max_tokens=cfg.env_runners.max_tokens,
         )
         return {"buffer": buffer_kwargs, "learner": learner_kwargs}
 
@@ -249,7 +288,7 @@ class Algorithm:
         return max(1, min(cpus, os.cpu_count() or 1))
 
     def _start_rl(self) -> None:
-        self._get(self.learner.start_rl.remote())
+        self._get(self.learner.start_rl.remote(reset_optimizer=not self._optimizer_restored))
         if not self.local:
             self._get([r.pause.remote(False) for r in self.runners])
             self._run_refs = [r.run.remote(self.buffer) for r in self.runners]
@@ -292,11 +331,20 @@ class Algorithm:
         waited = time.perf_counter() - start
         learner_metrics = self._get(self.learner.update.remote(batch))
         self.version = int(learner_metrics.get("version", self.version))
+        self._skipped = self._skipped + 1 if learner_metrics.get("skipped") else 0
         self._sync_weights()
         metrics: dict[str, float] = {f"learner/{k}": v for k, v in learner_metrics.items()}
         metrics.update(self._get(self.buffer.metrics.remote()))
         for stats in self._get([r.stats.remote() for r in self.runners]):
             metrics.update(stats)
+        if self._skipped >= MAX_SKIPPED_ITERATIONS:
+            raise RuntimeError(
+                f"no group reached the learner in {self._skipped} iterations of up to "
+                f"{self.config.training.max_wait_s:g}s: rollout/group_errors="
+                f"{metrics.get('rollout/group_errors', 0):g}, filter drops="
+                f"{ {k: v for k, v in metrics.items() if k.endswith('groups_dropped')} }; "
+                "check the runner logs, the env, and replay.filters"
+            )
         metrics["time/wait_for_data_s"] = waited
         metrics["time/iteration_s"] = time.perf_counter() - start
         self.iteration += 1
@@ -348,6 +396,7 @@ class Algorithm:
         src = Path(path)
         state = json.loads((src / "algorithm.json").read_text())
         self._get(self.learner.restore.remote(str(src)))
+        self._optimizer_restored = True  # the RL phase must not reset the restored AdamW moments
         self.iteration = int(state["iteration"])
         self.version = int(state["version"])
         self._sync_weights()

@@ -238,6 +238,7 @@ class BufferActor(GroupReplayBuffer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._changed: asyncio.Condition | None = None
+        self.learner_version = 0
 
     def _condition(self) -> asyncio.Condition:
         if self._changed is None:
@@ -245,8 +246,15 @@ class BufferActor(GroupReplayBuffer):
         return self._changed
 
     async def add_groups(self, groups: Sequence[Group]) -> dict[str, float]:
-        """Adds groups and wakes any waiting sampler."""
+        """Adds groups, drops what is stale for the learner, and wakes any waiting sampler.
+
+        Returns:
+            ``added``, ``dropped`` and ``size`` (groups held, none of them stale): runners pause
+            on ``size``, so stale groups can never hold them back while the learner waits.
+        """
         result = self.add(groups)
+        self.evict_stale(self.learner_version)
+        result["size"] = len(self)
         async with self._condition():
             self._condition().notify_all()
         return result
@@ -255,6 +263,8 @@ class BufferActor(GroupReplayBuffer):
         self, num_groups: int, learner_version: int, timeout_s: float = 600.0
     ) -> list[Group]:
         """Waits until ``num_groups`` fresh groups are held (or the timeout), then samples."""
+        self.learner_version = max(self.learner_version, learner_version)
+        self.evict_stale(learner_version)
         cond = self._condition()
         async with cond:
             with contextlib.suppress(TimeoutError):
@@ -264,7 +274,8 @@ class BufferActor(GroupReplayBuffer):
         return self.sample(num_groups, learner_version)
 
     async def size(self) -> int:
-        """Number of groups held."""
+        """Number of groups held that are not stale for the learner."""
+        self.evict_stale(self.learner_version)
         return len(self.groups)
 
     async def metrics(self) -> dict[str, float]:

@@ -31,6 +31,9 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+EVAL_SECTIONS = ("environment", "env_runners", "model", "evaluation", "debugging")
+
+
 def _eval(args: argparse.Namespace) -> int:
     from actorlearner.train import format_report
 
@@ -40,9 +43,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"checkpoint: {ckpt} has no algorithm.json; pass a directory written by train")
     saved = json.loads(state_file.read_text())["config"]
     config = AlgorithmConfig()
-    for section, values in saved.items():
-        keep = {k: v for k, v in values.items() if not (isinstance(v, str) and ":" in v and k != "env")}
-        config.update(section, **keep)
+    for section in EVAL_SECTIONS:  # what evaluation needs; the rest may name driver-only objects
+        config.update(section, **saved.get(section, {}))
     config.model(model=str(ckpt / "model")).sft(enabled=False).training(num_iterations=0)
     config.reporting(name=f"eval-{ckpt.parent.name}-{ckpt.name}").update_from_overrides(args.overrides)
     algo = config.build()

@@ -25,12 +25,31 @@ class ConfigError(ValueError):
     """A config key is unknown or its value is not allowed (the message is one line)."""
 
 
+def _looks_like_path(env: str) -> bool:
+    module, sep, attr = env.partition(":")
+    return bool(sep) and attr.isidentifier() and all(p.isidentifier() for p in module.split("."))
+
+
+def _import_env_class(path: str) -> Any:
+    import importlib
+
+    module, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"cannot import env class {path!r}: {err}") from None
+
+
 def resolve_env_spec(env: Any) -> gymnasium.envs.registration.EnvSpec:
-    """A gymnasium spec for a registered id or an ``Env`` subclass (carried to Ray workers).
+    """A gymnasium spec for a registered id, an ``Env`` subclass or its ``"pkg.module:Class"`` path.
+
+    The spec is carried to Ray workers, which do not see the driver's gymnasium registry.
 
     Raises:
         ConfigError: If the id is not registered or the value is neither an id nor an Env class.
     """
+    if isinstance(env, str) and env not in gymnasium.registry and _looks_like_path(env):
+        env = _import_env_class(env)
     if isinstance(env, str):
         try:
             return gymnasium.spec(env)

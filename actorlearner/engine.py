@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from actorlearner.interfaces import Engine, Generation, SamplingParams
 from actorlearner.tiny_model import load_model
+
+T = TypeVar("T")
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -268,6 +271,8 @@ class AsyncBatchingEngine:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.quiet_s = quiet_s
+        # Its own thread: generation never queues behind env steps (tool calls) in the default pool.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._pending: list[tuple[list[int], SamplingParams, asyncio.Future[Generation]]] = []
         self._staged: tuple[Mapping[str, Any], int] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -329,6 +334,9 @@ class AsyncBatchingEngine:
             except Exception as exc:  # e.g. staged weights that do not load: fail this batch, go on
                 self._fail(requests, exc)
 
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def _collect(self) -> None:
         """Waits while requests keep arriving, up to ``max_wait_s``."""
         if self.max_wait_s <= 0:
@@ -347,7 +355,7 @@ class AsyncBatchingEngine:
         if self._staged is not None:
             weights, version = self._staged
             self._staged = None
-            await asyncio.to_thread(self.engine.load_weights, weights, version)
+            await self._in_thread(self.engine.load_weights, weights, version)
         groups: dict[SamplingParams, list[tuple[list[int], asyncio.Future[Generation]]]] = {}
         for ids, params, future in requests:
             if not future.done():
@@ -362,7 +370,7 @@ class AsyncBatchingEngine:
     ) -> None:
         start = time.perf_counter()
         try:
-            gens = await asyncio.to_thread(self.engine.generate, [ids for ids, _ in items], params)
+            gens = await self._in_thread(self.engine.generate, [ids for ids, _ in items], params)
         except Exception as exc:
             for _, future in items:
                 if not future.done():

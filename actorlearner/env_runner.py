@@ -95,25 +95,28 @@ class EnvRunner:
     def _ensure_executor(self) -> None:
         # Episodes run env.step in threads; the default pool (cores + 4) is too small for many in flight.
         if not self._executor_set:
-            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64))
+            workers = max(64, self.cfg.groups_in_flight * self.cfg.group_size)
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=workers))
             self._executor_set = True
 
     async def _episode(self, pool: EnvPool, policy: TurnPolicy, seed: int) -> Trajectory:
         env = pool.acquire()
-        try:
-            return await run_episode(
-                env, policy, self.tokenizer, seed, self.cfg.max_tokens, self.cfg.step_timeout_s
-            )
-        finally:
+        traj = await run_episode(
+            env, policy, self.tokenizer, seed, self.cfg.max_tokens, self.cfg.step_timeout_s, self.stops
+        )
+        if traj.env_error is None:  # an env whose step timed out or raised may still be busy: drop it
             pool.release(env)
+        return traj
 
     async def run_group(self, seed: int, policy: TurnPolicy | None = None) -> Group:
         """Plays G episodes of one prompt (same reset seed) concurrently."""
         self._ensure_executor()
         policy = policy or EnginePolicy(self.batcher, self.params)
-        trajs = await asyncio.gather(
-            *(self._episode(self.pool, policy, seed) for _ in range(self.cfg.group_size))
-        )
+        async with asyncio.TaskGroup() as tg:  # one failing episode cancels its siblings
+            tasks = [
+                tg.create_task(self._episode(self.pool, policy, seed)) for _ in range(self.cfg.group_size)
+            ]
+        trajs = [t.result() for t in tasks]
         group_id = uuid.uuid4().hex[:12]
         for t in trajs:
             t.group_id = group_id

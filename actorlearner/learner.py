@@ -133,6 +133,7 @@ class Learner:
         learner: Device and threads.
         temperature: Sampling temperature of the rollouts (log-probs are computed at it).
         seed: Seeds torch.
+        max_tokens: Episode token cap: the constant Dr. GRPO divides token sums by.
     """
 
     def __init__(
@@ -142,8 +143,10 @@ class Learner:
         learner: LearnerConfig,
         temperature: float = 1.0,
         seed: int = 0,
+        max_tokens: int | None = None,
     ) -> None:
         hf_logging.disable_progress_bar()
+        self.max_tokens = max_tokens
         torch.manual_seed(seed)
         self.seed = seed
         self.demos: list[Trajectory] = []
@@ -167,9 +170,14 @@ class Learner:
             self.model.parameters(), lr=lr, betas=self.cfg.adam_betas, weight_decay=self.cfg.weight_decay
         )
 
-    def start_rl(self) -> None:
-        """Resets the optimizer for the RL phase and snapshots the reference model if KL is on."""
-        self.optimizer = self._make_optimizer(self.cfg.lr)
+    def start_rl(self, reset_optimizer: bool = True) -> None:
+        """Starts the RL phase: a fresh optimizer (unless resuming), the reference model if KL is on.
+
+        Dropout is switched off for RL updates, so that the ratio pi_theta / pi_old is not noise.
+        """
+        self.model.eval()
+        if reset_optimizer:
+            self.optimizer = self._make_optimizer(self.cfg.lr)
         if self.cfg.kl_beta > 0:
             import copy
 
@@ -199,7 +207,8 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         for lo in range(0, n_rows, self.cfg.micro_batch_size):
             mb = batch.slice(lo, min(lo + self.cfg.micro_batch_size, n_rows))
-            loss, stats = self._micro_loss(mb, n_rows, total_tokens, batch.input_ids.shape[1])
+            max_len = self.max_tokens or batch.input_ids.shape[1]  # Dr. GRPO's constant
+            loss, stats = self._micro_loss(mb, n_rows, total_tokens, max_len)
             loss.backward()
             for key, value in stats.items():
                 sums[key] += value
@@ -281,6 +290,7 @@ class Learner:
         Returns:
             One metrics dict per step (``sft/loss``, ``sft/token_accuracy``, ``sft/lr``).
         """
+        self.model.train()
         if self.sft_optimizer is None:
             self.sft_optimizer = self._make_optimizer(lr)
         threads = torch.get_num_threads()

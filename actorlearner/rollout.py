@@ -8,6 +8,7 @@ a worker thread with a time limit, so a slow tool never stalls the other episode
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,9 +27,9 @@ class TurnPolicy(Protocol):
     """Produces the next assistant turn as token ids."""
 
     async def __call__(
-        self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]]
+        self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]], budget: int
     ) -> Generation:
-        """Returns the sampled turn for the token ids (and chat messages) so far."""
+        """Returns the next turn for the ids (and chat messages) so far, at most ``budget`` ids."""
         ...
 
 
@@ -45,10 +46,13 @@ class EnginePolicy:
         self.params = params
 
     async def __call__(
-        self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]]
+        self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]], budget: int
     ) -> Generation:
-        """Samples one turn."""
-        return await self.engine.generate(list(ids), self.params)  # type: ignore[no-any-return]
+        """Samples one turn of at most ``min(params.max_new_tokens, budget)`` ids."""
+        params = self.params
+        if budget < params.max_new_tokens:
+            params = dataclasses.replace(params, max_new_tokens=budget)
+        return await self.engine.generate(list(ids), params)  # type: ignore[no-any-return]
 
 
 class DemonstrationTurnPolicy:
@@ -62,11 +66,16 @@ class DemonstrationTurnPolicy:
         self.tokenizer = tokenizer
 
     async def __call__(
-        self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]]
+        self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]], budget: int
     ) -> Generation:
-        """Tokenizes the demonstrated turn (log-probs are 0: they are not used by SFT)."""
+        """Tokenizes the demonstrated turn and closes it with the end-of-turn id.
+
+        The end-of-turn id is part of the turn (loss mask 1), so a model that does not stop at
+        ``</tool_call>`` or ``</answer>`` by itself learns to end its turn. Log-probs are 0: SFT
+        does not use them.
+        """
         text = env.unwrapped.demonstration(messages)  # type: ignore[attr-defined]
-        turn_ids = self.tokenizer.encode(text, add_special_tokens=False)
+        turn_ids = [*self.tokenizer.encode(text, add_special_tokens=False), self.tokenizer.eos_token_id]
         return Generation(token_ids=list(turn_ids), logprobs=[0.0] * len(turn_ids), finish_reason="stop")
 
 
@@ -115,6 +124,7 @@ async def run_episode(
     seed: int,
     max_tokens: int = 256,
     step_timeout_s: float = 30.0,
+    stop_ids: Sequence[int] = (),
 ) -> Trajectory:
     """Plays one episode and returns its trajectory record.
 
@@ -125,6 +135,7 @@ async def run_episode(
         seed: Reset seed; the group's G episodes share it.
         max_tokens: Token cap of the episode; hitting it truncates and flags ``overlong``.
         step_timeout_s: Time limit of one ``env.step``.
+        stop_ids: Ids that end a turn; a turn cut at the token cap without one is ``overlong``.
     """
     messages, info = env.reset(seed=seed)
     conversation = list(messages)
@@ -135,14 +146,17 @@ async def run_episode(
     reward, components = 0.0, dict[str, float]()
     success = terminated = truncated = overlong = False
     after_tool = False
+    env_error: str | None = None
     eos = tokenizer.eos_token_id
+    stops = set(stop_ids) | {eos}
     while True:
         budget = max_tokens - len(b.ids)
         if budget <= 0:
             truncated = overlong = True
             break
-        gen = await policy(b.ids, env, conversation)
+        gen = await policy(b.ids, env, conversation, budget)
         gen_ids = gen.token_ids[:budget]
+        cut = len(gen_ids) >= budget and (not gen_ids or gen_ids[-1] not in stops)
         start = len(b.ids)
         b.extend(
             gen_ids,
@@ -172,6 +186,9 @@ async def run_episode(
         for name, value in step_info.get("reward_components", {}).items():
             components[name] = components.get(name, 0.0) + float(value)
         success = bool(step_info.get("success", success))
+        env_error = step_info.get("env_error", env_error)
+        if cut and not terminated:
+            truncated = overlong = True
         if terminated or truncated:
             break
         obs_ids = chat.observation_ids(tokenizer, list(obs), after_eos=bool(gen_ids) and gen_ids[-1] == eos)
@@ -180,7 +197,7 @@ async def run_episode(
             break
         b.extend(obs_ids, sampled=False, turn=len(turns) - 1)
         conversation.extend(obs)
-        after_tool = bool(calls)
+        after_tool = bool(calls) or any(m.get("role") == "tool" for m in obs)
     return Trajectory(
         token_ids=np.asarray(b.ids, dtype=np.int32),
         loss_mask=np.asarray(b.mask, dtype=np.float32),
@@ -199,4 +216,5 @@ async def run_episode(
         terminated=bool(terminated),
         truncated=bool(truncated),
         overlong=overlong,
+        env_error=env_error,
     )

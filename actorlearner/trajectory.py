@@ -96,6 +96,7 @@ class Trajectory:
         terminated: The env ended the episode (answered).
         truncated: The env or the runner cut the episode (turn or token limit).
         overlong: The episode hit the token cap ``max_tokens``.
+        env_error: Set when ``env.step`` timed out or raised; the episode was cut there.
     """
 
     token_ids: np.ndarray
@@ -116,6 +117,7 @@ class Trajectory:
     terminated: bool = False
     truncated: bool = False
     overlong: bool = False
+    env_error: str | None = None
 
     @property
     def length(self) -> int:
@@ -171,8 +173,8 @@ class Group:
 
     @property
     def min_version(self) -> int:
-        """Oldest weights version among the group's trajectories."""
-        return min((t.min_version for t in self.trajectories), default=0)
+        """Oldest weights version among the group's trajectories (those with sampled turns)."""
+        return min((t.min_version for t in self.trajectories if t.policy_versions), default=0)
 
     @property
     def num_tokens(self) -> int:

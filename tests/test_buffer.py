@@ -1,3 +1,4 @@
+import asyncio
 import math
 
 import numpy as np
@@ -109,3 +110,35 @@ def test_state_round_trip_restores_sampling():
     b.set_state(a.get_state())
     assert [g.group_id for g in a.sample(3, 0)] == [g.group_id for g in b.sample(3, 0)]
     assert b.history("1").num_groups == 3
+
+
+def test_buffer_actor_evicts_stale_groups_so_runners_are_not_held_back():
+    from actorlearner.buffer import BufferActor
+
+    async def main():
+        buf = BufferActor(uniform, FilterChain([]), max_staleness=2)
+        await buf.add_groups([make_group([0, 1], version=0, group_id=str(i)) for i in range(4)])
+        # The learner moves on: waiting for fresh groups evicts the stale ones at once...
+        assert await buf.sample_wait(2, learner_version=5, timeout_s=0.05) == []
+        # ...so the size the runners throttle on counts only fresh groups.
+        result = await buf.add_groups([make_group([0, 1], version=5, group_id="new")])
+        assert result["size"] == 1 and await buf.size() == 1
+
+    asyncio.run(main())
+
+
+def test_sample_wait_wakes_when_enough_groups_arrive():
+    from actorlearner.buffer import BufferActor
+
+    async def main():
+        buf = BufferActor(uniform, FilterChain([]))
+        waiter = asyncio.create_task(buf.sample_wait(2, learner_version=0, timeout_s=5))
+        await asyncio.sleep(0.01)
+        await buf.add_groups([make_group([0, 1], group_id="a")])
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        await buf.add_groups([make_group([0, 1], group_id="b")])
+        batch = await asyncio.wait_for(waiter, 1)
+        assert sorted(g.group_id for g in batch) == ["a", "b"]
+
+    asyncio.run(main())

@@ -78,3 +78,21 @@ def test_cli_reports_bad_key_in_one_line():
     assert proc.stderr.strip().splitlines() == [
         "actorlearner: config error: training.lr: Input should be greater than 0 (got -3)"
     ]
+
+
+def test_cross_field_checks_fail_fast_at_build(tmp_path):
+    from tests.conftest import small_config
+
+    with pytest.raises(
+        ConfigError, match=r"^env_runners\.max_ready_groups: must be >= training\.train_batch_groups"
+    ):
+        small_config(tmp_path).env_runners(max_ready_groups=1).training(train_batch_groups=2).build()
+    with pytest.raises(ConfigError, match=r"^env_runners\.max_tokens: .* leaves no room for a turn"):
+        small_config(tmp_path).env_runners(max_tokens=20, max_new_tokens=8).build()
+
+
+def test_env_given_as_import_path(tmp_path):
+    cfg = AlgorithmConfig().environment("actorlearner.envs.calculator:Calculator")
+    assert cfg.environment.env == "actorlearner.envs.calculator:Calculator"
+    with pytest.raises(ConfigError, match="cannot import env class"):
+        AlgorithmConfig().environment("no_such_module:Env")

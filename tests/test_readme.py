@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from actorlearner.config import config_reference
@@ -31,7 +32,7 @@ def test_tool_env_example_is_at_most_30_lines_of_env() -> None:
 def test_tool_env_example_trains(ray_session, capsys) -> None:
     exec(compile(_example("tool-env"), "README:tool-env", "exec"), {"__name__": "readme_example"})
     losses = [float(x) for x in capsys.readouterr().out.split()]
-    assert len(losses) == 2
+    assert len(losses) == 2 and all(np.isfinite(losses))
 
 
 def test_priority_example_registers_and_configures() -> None:

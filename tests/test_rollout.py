@@ -35,8 +35,8 @@ class Recorder:
         self.inner = inner
         self.calls: list[tuple[list[int], Generation]] = []
 
-    async def __call__(self, ids, env, messages) -> Generation:
-        gen = await self.inner(ids, env, messages)
+    async def __call__(self, ids, env, messages, budget) -> Generation:
+        gen = await self.inner(ids, env, messages, budget)
         self.calls.append((list(ids), gen))
         return gen
 
