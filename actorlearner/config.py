@@ -74,6 +74,16 @@ class _Section(BaseModel):
     _name: str = PrivateAttr("")
     _parent: AlgorithmConfig | None = PrivateAttr(None)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assigning a field (``config.training.lr = 1e-4``) is validated like the builder."""
+        if name.startswith("_"):
+            super().__setattr__(name, value)
+            return
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as err:
+            raise ConfigError(_one_line(self._name or type(self).__name__, type(self), err)) from None
+
     def __call__(self, **values: Any) -> AlgorithmConfig:
         """Validates ``values``, applies them to this section and returns the config for chaining.
 

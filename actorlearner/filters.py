@@ -28,6 +28,10 @@ def zero_variance(group: Group, min_std: float = 1e-3) -> Group | None:
     return group if float(np.std(group.rewards)) >= min_std else None
 
 
+class FilterError(RuntimeError):
+    """A filter raised; the message names it."""
+
+
 def _masked_tokens(group: Group) -> float:
     return float(sum(t.loss_mask.sum() for t in group.trajectories))
 
@@ -49,7 +53,10 @@ class FilterChain:
         for name, fn in self.filters:
             assert current is not None
             before = _masked_tokens(current)
-            kept = fn(current)
+            try:
+                kept = fn(current)
+            except Exception as err:
+                raise FilterError(f"filter {name!r} raised {err!r} on group {group.group_id}") from err
             if kept is None:
                 self.counts[f"{name}/groups_dropped"] += 1
                 self.counts[f"{name}/trajectories_dropped"] += len(current.trajectories)

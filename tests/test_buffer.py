@@ -142,3 +142,13 @@ def test_sample_wait_wakes_when_enough_groups_arrive():
         assert sorted(g.group_id for g in batch) == ["a", "b"]
 
     asyncio.run(main())
+
+
+def test_a_raising_filter_is_named():
+    from actorlearner.filters import FilterError
+
+    def picky(group):
+        raise ValueError("nope")
+
+    with pytest.raises(FilterError, match="filter 'picky' raised ValueError"):
+        _buffer(filters=[("picky", picky)]).add([make_group([0, 1])])

@@ -96,3 +96,11 @@ def test_env_given_as_import_path(tmp_path):
     assert cfg.environment.env == "actorlearner.envs.calculator:Calculator"
     with pytest.raises(ConfigError, match="cannot import env class"):
         AlgorithmConfig().environment("no_such_module:Env")
+
+
+def test_assigning_a_bad_value_is_a_one_line_config_error():
+    cfg = AlgorithmConfig()
+    cfg.training.lr = 1e-5
+    assert cfg.training.lr == 1e-5
+    with pytest.raises(ConfigError, match=r"^training\.lr: Input should be greater than 0 \(got -1\)$"):
+        cfg.training.lr = -1
