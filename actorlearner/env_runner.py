@@ -201,7 +201,7 @@ class EnvRunner:
     async def demonstrations(self, num_episodes: int, seed: int) -> list[Trajectory]:
         """Episodes played by the env's demonstration policy (cold-start SFT data)."""
         self._ensure_executor()
-        policy = DemonstrationTurnPolicy(self.tokenizer)
+        policy = DemonstrationTurnPolicy(self.tokenizer, self.stops)
         rng = np.random.default_rng(seed)
         seeds = rng.integers(0, 2**31 - 1, size=num_episodes).tolist()
         return list(await asyncio.gather(*(self._episode(self.pool, policy, int(s)) for s in seeds)))

@@ -58,25 +58,28 @@ class EnginePolicy:
 class DemonstrationTurnPolicy:
     """Plays the env's own ``demonstration(messages)`` policy, tokenized (for cold-start SFT).
 
+    A demonstrated turn ends where generation would: when its text does not end with a stop id
+    (e.g. ``</answer>`` is not one token in a user's tokenizer), the end-of-turn id is appended to
+    the turn (loss mask 1), so the model learns to stop. Log-probs are 0: SFT does not use them.
+
     Args:
         tokenizer: The policy's tokenizer.
+        stop_ids: Ids that end a turn during generation.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, stop_ids: Sequence[int] = ()) -> None:
         self.tokenizer = tokenizer
+        self.stop_ids = set(stop_ids) | {tokenizer.eos_token_id}
 
     async def __call__(
         self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]], budget: int
     ) -> Generation:
-        """Tokenizes the demonstrated turn and closes it with the end-of-turn id.
-
-        The end-of-turn id is part of the turn (loss mask 1), so a model that does not stop at
-        ``</tool_call>`` or ``</answer>`` by itself learns to end its turn. Log-probs are 0: SFT
-        does not use them.
-        """
+        """Tokenizes the demonstrated turn."""
         text = env.unwrapped.demonstration(messages)  # type: ignore[attr-defined]
-        turn_ids = [*self.tokenizer.encode(text, add_special_tokens=False), self.tokenizer.eos_token_id]
-        return Generation(token_ids=list(turn_ids), logprobs=[0.0] * len(turn_ids), finish_reason="stop")
+        turn_ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        if not turn_ids or turn_ids[-1] not in self.stop_ids:
+            turn_ids.append(self.tokenizer.eos_token_id)
+        return Generation(token_ids=turn_ids, logprobs=[0.0] * len(turn_ids), finish_reason="stop")
 
 
 @dataclass

@@ -90,7 +90,9 @@ def _reset(seed: int) -> tuple[list[dict[str, Any]], Any]:
 def test_demonstration_episode_marks_post_tool_turns(model_dir: str) -> None:
     # Find a seed whose demonstration calls the tool, then play it token-in/token-out.
     for seed in range(50):
-        traj, _rec, tok = _play(model_dir, seed, lambda engine, tok: DemonstrationTurnPolicy(tok))
+        traj, _rec, tok = _play(
+            model_dir, seed, lambda engine, tok: DemonstrationTurnPolicy(tok, chat.stop_token_ids(tok))
+        )
         if traj.tool_calls:
             break
     assert traj.success and traj.reward == pytest.approx(1.0)
@@ -118,3 +120,14 @@ def test_token_cap_truncates_and_flags_overlong(model_dir: str) -> None:
     traj = asyncio.run(main())
     assert traj.overlong and traj.truncated
     assert traj.length <= 40
+
+
+def test_demonstrated_turns_end_where_generation_would(model_dir: str) -> None:
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    env = make_env(SPEC, {})
+    messages, _ = env.reset(seed=0)
+    text = env.unwrapped.demonstration(messages)
+    with_stops = asyncio.run(DemonstrationTurnPolicy(tok, chat.stop_token_ids(tok))([], env, messages, 100))
+    without = asyncio.run(DemonstrationTurnPolicy(tok)([], env, messages, 100))
+    assert with_stops.token_ids == tok.encode(text, add_special_tokens=False)  # ends with </answer> etc.
+    assert without.token_ids == [*with_stops.token_ids, tok.eos_token_id]  # no stop id: learn to stop
