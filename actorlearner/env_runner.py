@@ -87,6 +87,7 @@ class EnvRunner:
         self.rng = np.random.default_rng([seed, index])
         self.params = SamplingParams(config.temperature, config.max_new_tokens, self.stops)
         self._stopping = False
+        self._running = False
         self._paused = False
         self._executor_set = False
         self.episodes_done = 0
@@ -152,21 +153,29 @@ class EnvRunner:
         """
         pushed = 0
         in_flight: set[asyncio.Task[Group]] = set()
-        while not self._stopping:
-            while len(in_flight) < self.cfg.groups_in_flight and not self._paused:
-                in_flight.add(asyncio.create_task(self.run_group(self._next_seed())))
-            if not in_flight:
-                await asyncio.sleep(0.05)
-                continue
-            done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            groups = [g for g in (self._result(t) for t in done) if g is not None]
-            result = await buffer.add_groups.remote(groups)
-            pushed += len(groups)
-            while result["size"] >= self.cfg.max_ready_groups and not self._stopping:
-                await asyncio.sleep(0.05)
-                result = {"size": await buffer.size.remote()}
-        for task in in_flight:
-            task.cancel()
+        self._running = True
+        try:
+            while not self._stopping:
+                while len(in_flight) < self.cfg.groups_in_flight and not self._paused:
+                    in_flight.add(asyncio.create_task(self.run_group(self._next_seed())))
+                if not in_flight:
+                    await asyncio.sleep(0.05)
+                    continue
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                if self._stopping:
+                    break
+                groups = [g for g in (self._result(t) for t in done) if g is not None]
+                result = await buffer.add_groups.remote(groups)
+                pushed += len(groups)
+                while result["size"] >= self.cfg.max_ready_groups and not self._stopping:
+                    await asyncio.sleep(0.05)
+                    result = {"size": await buffer.size.remote()}
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            self._running = False
+            self.batcher.close()
         return pushed
 
     def _result(self, task: asyncio.Task[Group]) -> Group | None:
@@ -183,9 +192,10 @@ class EnvRunner:
         self._paused = paused
 
     async def stop(self) -> None:
-        """Ends :meth:`run` and the engine's batching task."""
+        """Ends :meth:`run` (which then closes the engine's batching task) or closes it now."""
         self._stopping = True
-        self.batcher.close()
+        if not self._running:
+            self.batcher.close()
 
     async def set_weights(self, weights: Mapping[str, Any], version: int) -> None:
         """Stages new weights; the engine loads them before its next generation step."""
