@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[dev]' $(TORCH)
+	$(PIP) install -q --no-deps bfcl-eval
 	touch $@
 
 install: $(VENV)/.installed

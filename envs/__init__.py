@@ -6,6 +6,8 @@ import gymnasium
 
 ENVS: dict[str, str] = {
     "actorlearner/Calculator-v0": "actorlearner.envs.calculator:Calculator",
+    "actorlearner/FunctionCalling-v0": "actorlearner.envs.function_calling:FunctionCalling",
+    "actorlearner/BFCL-v0": "actorlearner.envs.bfcl:BFCL",
 }
 """Gymnasium id -> entry point of each built-in env."""
 
