@@ -1,8 +1,11 @@
 """Group filters and the chain that applies them, counting what each one drops.
 
 A filter sees a group and returns the kept group (possibly with some trajectories' loss masks
-scaled) or None to drop it (ALGORITHMS.md section 5). Register your own with
-:func:`actorlearner.register_filter`.
+scaled) or None to drop it (ALGORITHMS.md section 5). Filters never mutate their input: a filter
+that masks returns a new group whose rewards are untouched, so GRPO's group statistics still include
+the masked trajectories. Built in: ``zero_variance`` (DAPO), ``tool_failure_mask`` and
+``uniform_tool_outcome`` (TAO-RL), ``void_turn`` (SimpleTIR) and ``overlong``. Register your own with
+:func:`actorlearner.register_filter`; options come from config as ``{name: ..., **options}``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 
 from actorlearner.interfaces import GroupFilter
 from actorlearner.registry import register_filter
-from actorlearner.trajectory import Group
+from actorlearner.trajectory import Group, Trajectory
 
 
 @register_filter("zero_variance")
@@ -26,6 +29,126 @@ def zero_variance(group: Group, min_std: float = 1e-3) -> Group | None:
         min_std: Groups with reward standard deviation below this are dropped (DAPO: 1e-3).
     """
     return group if float(np.std(group.rewards)) >= min_std else None
+
+
+def _scale_mask(trajectory: Trajectory, factor: float) -> Trajectory:
+    """A copy of ``trajectory`` whose loss mask is multiplied by ``factor`` (input untouched)."""
+    mask = (trajectory.loss_mask * factor).astype(trajectory.loss_mask.dtype, copy=False)
+    return trajectory.replace(loss_mask=mask)
+
+
+def _mask_where(group: Group, selected: Sequence[bool], factor: float) -> Group:
+    """A copy of ``group`` with the selected trajectories' loss masks scaled by ``factor``.
+
+    Rewards are untouched, so the group's advantage statistics still include every trajectory.
+    Returns ``group`` itself when nothing is selected.
+    """
+    if not any(selected):
+        return group
+    trajectories = [
+        _scale_mask(t, factor) if pick else t for t, pick in zip(group.trajectories, selected, strict=True)
+    ]
+    return group.replace(trajectories=trajectories)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+@register_filter("tool_failure_mask")
+def tool_failure_mask(group: Group, strength: float = 1.0) -> Group:
+    """TAO-RL tool-failure mask: trajectories whose every tool call failed stop teaching.
+
+    A trajectory with at least one tool call and no successful one (``ToolCallRecord.ok``: the tool
+    ran without error and returned output) gets its loss mask multiplied by ``1 - strength``. The
+    group is never dropped and its rewards are untouched, so GRPO's group mean and std still include
+    the masked trajectory's reward (ALGORITHMS.md section 5, arXiv 2606.03762).
+
+    Args:
+        group: The group (not modified).
+        strength: 1 masks such trajectories out entirely; 0 leaves them as they are.
+
+    Returns:
+        A new group with the affected trajectories replaced, or ``group`` if none is affected.
+    """
+    _check_fraction("strength", strength)
+    failed = [bool(t.tool_calls) and not any(c.ok for c in t.tool_calls) for t in group.trajectories]
+    return _mask_where(group, failed, 1.0 - strength)
+
+
+@register_filter("uniform_tool_outcome")
+def uniform_tool_outcome(
+    group: Group,
+    min_std: float = 1e-3,
+    require_uniform_outcome: bool = True,
+    require_no_signal: bool = True,
+    no_calls_uniform: bool = False,
+) -> Group | None:
+    """TAO-RL group filter: drops a group whose tool outcomes are uniform and rewards carry no signal.
+
+    Outcomes are uniform when, over all tool calls of all members, every call failed or every call
+    succeeded (members without calls contribute none). Our choice (ALGORITHMS.md section 5): the
+    group is dropped when *all required* conditions hold; with both requirements off the filter
+    keeps everything.
+
+    A group in which no member made any tool call is not uniform by default (``no_calls_uniform``):
+    there is no tool outcome to learn nothing from, and answering without a tool can be exactly
+    right (e.g. irrelevance tasks). Set ``no_calls_uniform=True`` to count it as uniform.
+
+    Args:
+        group: The group.
+        min_std: Rewards with a standard deviation below this carry no signal (TAO-RL: 1e-3).
+        require_uniform_outcome: Drop only if the tool outcomes are uniform.
+        require_no_signal: Drop only if the reward std is below ``min_std``.
+        no_calls_uniform: Whether a group without any tool call counts as uniform.
+    """
+    if require_uniform_outcome:
+        outcomes = [c.ok for t in group.trajectories for c in t.tool_calls]
+        uniform = (all(outcomes) or not any(outcomes)) if outcomes else no_calls_uniform
+        if not uniform:
+            return group
+    if require_no_signal and group.trajectories and float(np.std(group.rewards)) >= min_std:
+        return group
+    if not (require_uniform_outcome or require_no_signal):
+        return group
+    return None
+
+
+@register_filter("void_turn")
+def void_turn(group: Group) -> Group:
+    """SimpleTIR: a trajectory with a void turn (neither a tool call nor a final answer) is masked out.
+
+    Its loss mask becomes 0; the group is kept and its rewards still count in its statistics.
+
+    Args:
+        group: The group (not modified).
+
+    Returns:
+        A new group with the affected trajectories replaced, or ``group`` if none is affected.
+    """
+    void = [any(turn.void for turn in t.turns) for t in group.trajectories]
+    return _mask_where(group, void, 0.0)
+
+
+@register_filter("overlong")
+def overlong(group: Group, min_n: int = 1, mask: bool = False) -> Group | None:
+    """Drops a group where every member hit the token cap, or fewer than ``min_n`` did not.
+
+    Args:
+        group: The group (not modified).
+        min_n: Fewest members that must end under the cap for the group to be kept.
+        mask: Also mask out the overlong members of a kept group (DAPO's overlong filtering;
+            their rewards still count in the group's statistics). Off by default.
+
+    Returns:
+        None to drop; else the group (a new one when ``mask`` scaled some loss masks).
+    """
+    flags = [t.overlong for t in group.trajectories]
+    n_ok = len(flags) - sum(flags)
+    if n_ok == 0 or n_ok < min_n:
+        return None
+    return _mask_where(group, flags, 0.0) if mask else group
 
 
 class FilterError(RuntimeError):

@@ -12,12 +12,17 @@ import numpy as np
 class PromptHistory:
     """What the buffer remembers about one prompt across the groups scored for it.
 
+    The buffer records every arriving group here *before* its filters run and before the priority
+    function is called, so a priority function sees the current group as the newest entry. In
+    DSCL's notation (ALGORITHMS.md section 7a) for prompt i after its j-th group: ``last_mean`` is
+    ``M_ij``, ``last_var`` is ``V_sample,ij`` and ``epoch_variance`` is ``V_epoch,i`` over the window.
+
     Attributes:
         prompt_id: The prompt.
         group_means: Mean group reward of the last ``window`` groups (oldest first).
         group_vars: Within-group reward variance of the same groups.
         num_groups: Groups seen for this prompt in total.
-        window: How many groups the history keeps.
+        window: How many groups the history keeps (DSCL's W, 8 by default: our choice).
     """
 
     prompt_id: str
@@ -36,6 +41,27 @@ class PromptHistory:
         self.num_groups += 1
 
     @property
+    def last_mean(self) -> float | None:
+        """Mean reward of the newest group (``M_ij``), or None before any group."""
+        return self.group_means[-1] if self.group_means else None
+
+    @property
+    def last_var(self) -> float | None:
+        """Within-group reward variance of the newest group (``V_sample,ij``), or None."""
+        return self.group_vars[-1] if self.group_vars else None
+
+    @property
     def epoch_variance(self) -> float:
         """Variance of the group means across the window (DSCL's V_epoch); 0 with < 2 groups."""
-        return float(np.var(self.group_means)) if len(self.group_means) > 1 else 0.0
+        return self.epoch_variance_over(None)
+
+    def epoch_variance_over(self, window: int | None) -> float:
+        """Variance of the newest ``window`` group means (all kept ones when None); 0 with < 2.
+
+        Args:
+            window: How many of the newest group means to use; at most ``self.window`` are kept.
+        """
+        means = list(self.group_means)
+        if window is not None:
+            means = means[-window:] if window > 0 else []
+        return float(np.var(means)) if len(means) > 1 else 0.0

@@ -162,3 +162,50 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over positions where ``mask`` > 0."""
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def entropy_guided_advantages(
+    advantages: torch.Tensor,
+    entropy: torch.Tensor,
+    post_tool: torch.Tensor,
+    mask: torch.Tensor,
+    coef: float = 0.01,
+    detach: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TAO-RL entropy-guided advantage at post-tool tokens (ALGORITHMS.md section 6).
+
+    ``z_t = (H_t - mean(H)) / (std(H) + 1e-8)`` with the mean and (population) std over the valid
+    response tokens of the micro-batch (``mask > 0``); on valid tokens with ``post_tool = 1``,
+    ``A'_t = A_t * (1 + coef * z_t)``; every other token keeps ``A_t``. As in the reference code the
+    std is taken as 1 when fewer than two tokens are valid, and nothing changes when none is.
+
+    Our choice: ``H`` is detached by default (the coefficient shapes the advantage; it is not a
+    gradient path). ``detach=False`` reproduces the reference, where gradient flows through ``H``.
+
+    Args:
+        advantages: Per-token advantages ``[batch, time]``, or anything broadcastable to
+            ``entropy`` (e.g. ``[batch, 1]``).
+        entropy: Policy token entropy ``H_t``, ``[batch, time]``.
+        post_tool: 1 on tokens of an assistant turn that directly follows a tool result.
+        mask: Loss mask; tokens with ``mask > 0`` are the valid response tokens.
+        coef: ``c`` (TAO-RL: 0.01).
+        detach: Stop gradients through ``entropy``.
+
+    Returns:
+        ``(new_advantages, mean_abs_change)``: advantages with ``entropy``'s shape, and the mean of
+        ``|A' - A|`` over valid tokens as a detached scalar tensor (log it as a metric).
+    """
+    h = entropy.detach() if detach else entropy
+    adv = torch.broadcast_to(advantages, h.shape).to(h.dtype)
+    valid = mask > 0
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        return adv.clone(), torch.zeros((), dtype=h.dtype, device=h.device)
+    values = h[valid]
+    mean = values.mean()
+    std = values.std(unbiased=False) if n_valid > 1 else torch.ones((), dtype=h.dtype, device=h.device)
+    z = (h - mean) / (std + 1e-8)
+    shaped = valid & (post_tool > 0)
+    new = torch.where(shaped, adv * (1.0 + coef * z), adv)
+    change = ((new - adv).abs().detach() * valid).sum() / n_valid
+    return new, change

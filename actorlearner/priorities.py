@@ -1,11 +1,14 @@
 """Priority functions: a group and its prompt's history -> a non-negative float.
 
 The buffer samples groups with probability proportional to ``priority ** alpha``
-(ALGORITHMS.md section 8). Register your own with :func:`actorlearner.register_priority`.
+(ALGORITHMS.md section 8). Built in: ``uniform`` and ``dscl`` (:class:`~actorlearner.dscl.DSCLPriority`,
+stateful: each resolve from config builds a fresh instance). Register your own with
+:func:`actorlearner.register_priority`.
 """
 
 from __future__ import annotations
 
+from actorlearner.dscl import DSCLPriority
 from actorlearner.history import PromptHistory
 from actorlearner.registry import register_priority
 from actorlearner.trajectory import Group
@@ -16,3 +19,6 @@ def uniform(group: Group, history: PromptHistory) -> float:
     """Every group is equally likely: plain replay."""
     del group, history
     return 1.0
+
+
+__all__ = ["DSCLPriority", "uniform"]

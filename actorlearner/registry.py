@@ -2,12 +2,20 @@
 
 A name in YAML, a ``"package.module:function"`` path, or a callable in Python all resolve to a
 callable. Duplicate names raise; an unknown name lists the known ones.
+
+A registered (or imported, or given) *class* is a factory: resolving it builds a fresh instance,
+with the options of ``{"name": ..., **options}`` as constructor keywords. Stateful extensions such
+as the DSCL priority (which tracks warm-up and sub-task mastery across groups) register a class
+whose instances are the callables; plain functions get their options bound with
+``functools.partial``. Options are checked against the signature at resolve time, so a typo in a
+config fails when the config is validated, not in the middle of a run.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -58,18 +66,27 @@ class Registry(Generic[F]):
     def resolve(self, spec: str | F | Mapping[str, Any]) -> F:
         """Turns a name, an import path, a callable or ``{"name": ..., **options}`` into a callable.
 
-        Options given in a mapping are bound as keyword arguments with ``functools.partial``.
+        Options given in a mapping are bound as keyword arguments with ``functools.partial``; a class
+        (registered, imported or given) is instantiated with them instead, so each resolve of a
+        stateful extension gets fresh state.
 
         Raises:
-            RegistryError: If the name is unknown or the path does not import.
+            RegistryError: If the name is unknown, the path does not import, or the options do not
+                fit the callable's signature (or its constructor rejects them).
         """
         if isinstance(spec, Mapping):
             options = dict(spec)
             name = options.pop("name", None)
             if name is None:
                 raise RegistryError(f"a {self.kind} given as a mapping needs a 'name' key")
-            fn = self.resolve(name)
-            return functools.partial(fn, **options) if options else fn  # type: ignore[return-value]
+            return self._bind(self._lookup(name), options, str(name))
+        if isinstance(spec, type):
+            return self._bind(spec, {}, spec.__name__)  # type: ignore[arg-type]
+        if callable(spec):
+            return spec
+        return self._bind(self._lookup(spec), {}, spec)
+
+    def _lookup(self, spec: str | F) -> F:
         if callable(spec):
             return spec
         if spec in self._items:
@@ -77,6 +94,25 @@ class Registry(Generic[F]):
         if ":" in spec:
             return self._import(spec)
         raise RegistryError(f"unknown {self.kind} {spec!r}; known: {', '.join(self.names())}")
+
+    def _bind(self, target: F, options: dict[str, Any], label: str) -> F:
+        if isinstance(target, type):
+            try:
+                return target(**options)  # type: ignore[no-any-return]
+            except (TypeError, ValueError) as err:
+                raise RegistryError(f"{self.kind} {label!r}: bad options {options}: {err}") from err
+        if not options:
+            return target
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):  # builtins without a signature: bind blindly
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind_partial(**options)
+            except TypeError as err:
+                raise RegistryError(f"{self.kind} {label!r}: bad options {options}: {err}") from err
+        return functools.partial(target, **options)  # type: ignore[return-value]
 
     def _import(self, path: str) -> F:
         module_name, _, attr = path.partition(":")

@@ -78,3 +78,52 @@ def test_token_logprobs_uses_temperature():
     lp2 = losses.token_logprobs(logits, t, 2.0).item()
     assert lp1 == pytest.approx(np.log(np.exp(2) / (np.exp(2) + 1)))
     assert lp2 == pytest.approx(np.log(np.exp(1) / (np.exp(1) + 1)))
+
+
+def test_entropy_guided_advantages_match_hand_computed_values():
+    entropy = torch.tensor([[1.0, 2.0, 3.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the 9.0 is not a response token: not in the stats
+    post_tool = torch.tensor([[0, 1, 1, 1]])
+    adv = torch.full((1, 4), 2.0)
+    new, change = losses.entropy_guided_advantages(adv, entropy, post_tool, mask, coef=0.1)
+    # mean 2, population std sqrt(2/3); z = [-1.2247, 0, 1.2247]
+    z3 = 1.0 / np.sqrt(2.0 / 3.0)
+    expected = [2.0, 2.0, 2.0 * (1 + 0.1 * z3), 2.0]  # token 0 is not post-tool, token 3 is masked
+    np.testing.assert_allclose(new.numpy()[0], expected, rtol=1e-6)
+    assert change.item() == pytest.approx(2.0 * 0.1 * z3 / 3, rel=1e-6)
+    assert not change.requires_grad
+
+
+def test_entropy_guided_advantages_broadcast_and_default_coef():
+    entropy = torch.tensor([[0.0, 2.0], [4.0, 2.0]])
+    mask = torch.ones(2, 2)
+    post_tool = torch.tensor([[1, 0], [1, 0]])
+    adv = torch.tensor([[1.0], [-1.0]])  # one advantage per sequence
+    new, _ = losses.entropy_guided_advantages(adv, entropy, post_tool, mask)
+    # mean 2, std sqrt(2): z = -sqrt(2), +sqrt(2) on the post-tool tokens
+    s = np.sqrt(2.0)
+    np.testing.assert_allclose(new.numpy(), [[1 - 0.01 * s, 1.0], [-(1 + 0.01 * s), -1.0]], rtol=1e-6)
+
+
+def test_entropy_guided_advantages_edge_cases():
+    adv = torch.ones(1, 3)
+    post = torch.ones(1, 3)
+    new, change = losses.entropy_guided_advantages(adv, torch.rand(1, 3), post, torch.zeros(1, 3))
+    assert torch.equal(new, adv) and change.item() == 0.0
+    one = torch.tensor([[1.0, 0.0, 0.0]])  # a single valid token: std taken as 1, z = 0
+    new, change = losses.entropy_guided_advantages(adv, torch.tensor([[5.0, 1.0, 2.0]]), post, one)
+    assert torch.equal(new, adv) and change.item() == 0.0
+
+
+def test_entropy_guided_advantages_detach_flag_controls_the_gradient_path():
+    entropy = torch.tensor([[1.0, 2.0, 4.0]], requires_grad=True)
+    mask = torch.ones(1, 3)
+    post = torch.tensor([[1, 1, 0]])
+    adv = torch.tensor([[1.0, -2.0, 3.0]])
+    detached, _ = losses.entropy_guided_advantages(adv, entropy, post, mask, coef=0.5)
+    assert not detached.requires_grad
+    attached, _ = losses.entropy_guided_advantages(adv, entropy, post, mask, coef=0.5, detach=False)
+    assert attached.requires_grad
+    attached.sum().backward()
+    assert entropy.grad is not None and entropy.grad.abs().sum() > 0
+    torch.testing.assert_close(attached.detach(), detached)

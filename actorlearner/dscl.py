@@ -1,0 +1,542 @@
+"""DSCL: dual dynamic sampling with curriculum, as a priority function (ALGORITHMS.md section 7).
+
+DSCL (arXiv 2509.14718) decides which prompts the learner trains on in two ways:
+
+* **Reward-based dynamic sampling** (7a). Per prompt: ``M`` the group's mean reward, ``V_sample``
+  its within-group variance, ``V_epoch`` the variance of the prompt's group means over a window.
+  Prompts fall in three categories (:func:`categorize`): *mastered* (at the reward maximum with no
+  variance), *hard* (below ``t_mean`` with no variance) and *informative*. The priority is
+  :func:`dscl_priority`; mastered prompts are excluded (priority 0) except with probability
+  ``p_revisit``; hard ones are down-weighted. All of it stays off until the warm-up gate opens
+  (:class:`WarmupGate`: the batch mean reward above ``t_warm`` for K consecutive batches).
+* **Task-based curriculum** (7b). Sub-tasks are the reward components (format, tool name, keys,
+  values) and the env's task categories (``group.sub_tasks``). Mastery ``mu_s`` is an EMA of the
+  normalized sub-task score per batch; focus ``w_s = softmax((1 - mu_s) / tau)``
+  (:func:`focus_weights`); a prompt's priority is multiplied by ``1 + kappa * sum_s w_s (1 - score_s)``
+  (:func:`curriculum_multiplier`). :func:`reweight_reward` is the optional second use (scalar reward
+  reweighted by focus), for the reward side to call.
+
+The pure math is in plain functions; :class:`DSCLPriority` (registered as ``"dscl"``) holds the state
+that spans groups (warm-up, mastery) and is what the buffer calls as ``fn(group, history)``.
+Everything marked *our choice* fills a detail the paper leaves open and is a constructor knob.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from actorlearner.history import PromptHistory
+from actorlearner.registry import register_priority
+from actorlearner.trajectory import Group, Trajectory
+
+Category = Literal["mastered", "hard", "informative"]
+CATEGORIES: tuple[Category, ...] = ("mastered", "hard", "informative")
+
+TOOLRL_REWARD_RANGE = (-3.0, 4.0)
+"""ToolRL's reward range (``R_format + R_correct``, ALGORITHMS.md section 2)."""
+
+TOOLRL_COMPONENT_RANGES: dict[str, tuple[float, float]] = {
+    "format": (0.0, 1.0),
+    "name": (0.0, 1.0),
+    "keys": (0.0, 1.0),
+    "values": (0.0, 1.0),
+}
+"""Default curriculum sub-tasks: reward components and the range each is normalized by."""
+
+CORRECTNESS_COMPONENTS = ("name", "keys", "values")
+"""The components :func:`reweight_reward` reweights by focus (format is left as it is)."""
+
+TASK_PREFIX = "task/"
+"""Sub-tasks from ``group.sub_tasks`` are named ``task/<label>`` beside the reward components."""
+
+
+def normalize(value: float, value_range: tuple[float, float]) -> float:
+    """Maps ``value`` from ``value_range`` to [0, 1], clipped."""
+    lo, hi = value_range
+    return float(np.clip((value - lo) / (hi - lo), 0.0, 1.0))
+
+
+def categorize(mean: float, var: float, reward_max: float, t_mean: float, atol: float = 1e-6) -> Category:
+    """DSCL's category of a prompt from its newest group (ALGORITHMS.md section 7a).
+
+    Args:
+        mean: ``M``, the group's mean reward.
+        var: ``V_sample``, the within-group reward variance.
+        reward_max: The top of the reward range.
+        t_mean: Below this mean (with no variance) a prompt is hard.
+        atol: Tolerance of "no variance" (std below it) and "at the maximum".
+
+    Returns:
+        "mastered" (``M`` at the maximum, no variance), "hard" (``M < t_mean``, no variance) or
+        "informative".
+    """
+    if math.sqrt(max(var, 0.0)) < atol:
+        if mean >= reward_max - atol:
+            return "mastered"
+        if mean < t_mean:
+            return "hard"
+    return "informative"
+
+
+def dscl_priority(
+    m: float, v_sample: float, v_epoch: float, eps: float = 0.01, lambda_s: float = 1.0, lambda_e: float = 1.0
+) -> float:
+    """``eps + (1 - m) + lambda_s * sqrt(V_sample) + lambda_e * sqrt(V_epoch)`` (our choice, section 7a).
+
+    Low mean and high variance rise; mastered prompts sink to ``eps``.
+
+    Args:
+        m: Mean reward normalized to [0, 1].
+        v_sample: Within-group variance (on the scale the caller chose; :class:`DSCLPriority` uses
+            normalized rewards).
+        v_epoch: Variance of the prompt's group means over the window (same scale).
+        eps: Floor, so no informative prompt reaches 0.
+        lambda_s: Weight of the within-group spread.
+        lambda_e: Weight of the across-epoch spread.
+    """
+    return (
+        eps + (1.0 - m) + lambda_s * math.sqrt(max(v_sample, 0.0)) + lambda_e * math.sqrt(max(v_epoch, 0.0))
+    )
+
+
+def focus_weights(mastery: Mapping[str, float], tau: float = 0.2) -> dict[str, float]:
+    """Curriculum focus ``w_s = softmax((1 - mu_s) / tau)`` (tau = 0.2 is our choice, section 7b).
+
+    Args:
+        mastery: ``mu_s`` per sub-task, in [0, 1].
+        tau: Softmax temperature; smaller focuses harder on the most lagging sub-task.
+
+    Returns:
+        Weights summing to 1 (empty when ``mastery`` is).
+    """
+    if not mastery:
+        return {}
+    names = list(mastery)
+    logits = np.array([(1.0 - mastery[s]) / tau for s in names], dtype=np.float64)
+    weights = np.exp(logits - logits.max())
+    weights /= weights.sum()
+    return {s: float(w) for s, w in zip(names, weights, strict=True)}
+
+
+def curriculum_multiplier(
+    focus: Mapping[str, float], scores: Mapping[str, float], kappa: float = 1.0
+) -> float:
+    """``1 + kappa * sum_s w_s * (1 - score_s)`` over the sub-tasks the prompt has a score for.
+
+    Args:
+        focus: ``w_s`` per sub-task.
+        scores: The prompt's normalized score per sub-task (sub-tasks without focus are ignored).
+        kappa: Strength of the curriculum.
+    """
+    return 1.0 + kappa * sum(focus[s] * (1.0 - score) for s, score in scores.items() if s in focus)
+
+
+def ema_update(
+    mastery: Mapping[str, float], batch_scores: Mapping[str, float], decay: float
+) -> dict[str, float]:
+    """``mu_s <- decay * mu_s + (1 - decay) * batch_score_s``; a new sub-task starts at its score.
+
+    Args:
+        mastery: Current ``mu_s``.
+        batch_scores: The batch's mean normalized score per sub-task.
+        decay: EMA decay (our choice: 0.8 per batch).
+
+    Returns:
+        The updated mastery (sub-tasks absent from the batch keep their value).
+    """
+    out = dict(mastery)
+    for s, score in batch_scores.items():
+        out[s] = decay * out[s] + (1.0 - decay) * score if s in out else score
+    return out
+
+
+def trajectory_component_scores(
+    trajectory: Trajectory, component_ranges: Mapping[str, tuple[float, float]]
+) -> dict[str, float]:
+    """A trajectory's normalized score in [0, 1] per component sub-task.
+
+    If the trajectory carries ``sub_task_scores`` (a mapping of already normalized scores, e.g.
+    ToolRL's name/keys/values match fractions, whose signed parts in ``reward_components`` depend
+    on the prompt's ``S_max``), those are used, clipped to [0, 1]. Otherwise each component named in
+    ``component_ranges`` is read from ``reward_components`` and normalized by its range. Non-finite
+    values are skipped.
+    """
+    given = getattr(trajectory, "sub_task_scores", None)
+    if isinstance(given, Mapping) and given:
+        items = [(str(k), float(v), (0.0, 1.0)) for k, v in given.items()]
+    else:
+        items = [
+            (name, float(trajectory.reward_components[name]), value_range)
+            for name, value_range in component_ranges.items()
+            if name in trajectory.reward_components
+        ]
+    return {name: normalize(value, r) for name, value, r in items if math.isfinite(value)}
+
+
+def group_sub_task_scores(
+    group: Group,
+    component_ranges: Mapping[str, tuple[float, float]],
+    reward_range: tuple[float, float],
+    use_task_labels: bool = True,
+) -> dict[str, float]:
+    """A prompt's normalized score per sub-task, from one group (``score_{i,s}`` of section 7b).
+
+    Component sub-tasks: the mean over the trajectories that report the component. Task-label
+    sub-tasks (``task/<label>`` for each of ``group.sub_tasks``): the group's normalized mean reward
+    (our choice: a task category is scored by the reward on tasks of that category).
+    """
+    sums: dict[str, list[float]] = {}
+    for t in group.trajectories:
+        for name, score in trajectory_component_scores(t, component_ranges).items():
+            sums.setdefault(name, []).append(score)
+    scores = {name: float(np.mean(values)) for name, values in sums.items()}
+    if use_task_labels and group.sub_tasks:
+        rewards = _finite(group.rewards)
+        if rewards.size:
+            m = normalize(float(rewards.mean()), reward_range)
+            scores.update({TASK_PREFIX + str(label): m for label in group.sub_tasks})
+    return scores
+
+
+def reweight_reward(
+    components: Mapping[str, float],
+    focus: Mapping[str, float],
+    correctness: Sequence[str] = CORRECTNESS_COMPONENTS,
+) -> float:
+    """The optional second use of the curriculum (7b): correctness components reweighted by focus.
+
+    Each correctness component present in both ``components`` and ``focus`` is multiplied by
+    ``n * w_s / sum(w)`` over those n components (our choice of normalization: uniform focus gives
+    back the plain sum); every other component is added as it is.
+
+    Args:
+        components: The trajectory's reward components.
+        focus: Focus weights from :meth:`DSCLPriority.focus`.
+        correctness: Which components are reweighted.
+    """
+    chosen = [c for c in correctness if c in components and c in focus]
+    total = sum(focus[c] for c in chosen)
+    out = sum(float(v) for k, v in components.items() if k not in chosen)
+    if chosen and total > 0:
+        out += sum(len(chosen) * focus[c] / total * float(components[c]) for c in chosen)
+    else:
+        out += sum(float(components[c]) for c in chosen)
+    return out
+
+
+@dataclass
+class WarmupGate:
+    """DSCL's warm-up gate: once open, dynamic sampling stays on.
+
+    Closed until the batch mean reward exceeds ``threshold`` for ``patience`` consecutive batches
+    (paper: > 1.0 for 7 batches on the [-3, 4] scale); a batch at or below it resets the streak.
+
+    Attributes:
+        threshold: ``t_warm``.
+        patience: K; 0 opens the gate at once.
+        streak: Consecutive batches above the threshold so far.
+        is_open: Whether dynamic sampling is on.
+    """
+
+    threshold: float = 1.0
+    patience: int = 7
+    streak: int = 0
+    is_open: bool = False
+
+    def __post_init__(self) -> None:
+        if self.patience <= 0:
+            self.is_open = True
+
+    def update(self, batch_mean: float) -> bool:
+        """Records one batch's mean reward; returns whether the gate is open."""
+        if not self.is_open:
+            self.streak = self.streak + 1 if batch_mean > self.threshold else 0
+            self.is_open = self.streak >= self.patience
+        return self.is_open
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    return values[np.isfinite(values)]
+
+
+def _pair(value: Iterable[float], what: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(f"{what} must be a finite [low, high] with high > low, got {value!r}")
+    return lo, hi
+
+
+@register_priority("dscl")
+class DSCLPriority:
+    """The DSCL priority function, stateful across groups: ``DSCLPriority(**knobs)(group, history)``.
+
+    Resolving ``"dscl"`` or ``{name: dscl, **knobs}`` from config builds a fresh instance (a
+    registered class is a factory, see :mod:`actorlearner.registry`). The buffer calls it on each kept
+    group with the prompt's history (which already holds this group). It always returns a finite
+    float >= 0: non-finite rewards and components are ignored.
+
+    Batches: the warm-up gate and the mastery EMA update once per batch. By default (our choice) a
+    batch is every ``batch_groups`` consecutive groups the instance is called on, since the buffer
+    computes priorities as groups arrive; set ``batch_groups=0`` and call :meth:`observe_batch` to
+    define batches yourself (or ``auto_observe=False`` and :meth:`observe` per group, e.g. to see
+    groups before the filters drop them).
+
+    Args:
+        reward_range: Range that normalizes rewards to [0, 1] (default ToolRL's [-3, 4]); its top is
+            "the reward maximum" of the mastered category.
+        eps: Priority floor of :func:`dscl_priority`.
+        lambda_s: Weight of ``sqrt(V_sample)``.
+        lambda_e: Weight of ``sqrt(V_epoch)``.
+        normalize_variance: Our choice: take both variances on normalized rewards, so the three
+            terms share the [0, 1] scale of ``1 - m``; False uses raw reward units.
+        epoch_window: W, the group means ``V_epoch`` is over (our choice 8; the buffer's
+            ``history_window`` caps it).
+        t_warm: Warm-up threshold on the batch mean reward (paper: 1.0).
+        warmup_batches: K consecutive batches above ``t_warm`` (paper: 7; 0 disables warm-up).
+        batch_groups: Groups per batch for the automatic batching (0: call :meth:`observe_batch`).
+        auto_observe: Whether each call also feeds the group to :meth:`observe`.
+        t_mean: Below this group mean (with no variance) a prompt is hard (our choice: 0.0).
+        atol: Tolerance of "no variance" and "at the maximum".
+        p_revisit: Chance that a mastered prompt keeps its priority instead of 0 (our choice: 0.05).
+        hard_weight: Factor on the priority of hard prompts (our choice: 0.5).
+        uniform_priority: Priority of every group before the warm-up gate opens (still times the
+            curriculum multiplier when the curriculum is on).
+        curriculum: Whether to multiply priorities by the curriculum multiplier (on by default).
+        kappa: Curriculum strength (our choice: 1.0).
+        tau: Focus softmax temperature (our choice: 0.2).
+        mastery_decay: EMA decay of the sub-task mastery per batch (our choice: 0.8).
+        component_ranges: Reward components that are sub-tasks and the range normalizing each
+            (default: format, name, keys, values, each in [0, 1]). Used only for trajectories
+            without ``sub_task_scores`` (see :func:`trajectory_component_scores`): ToolRL's signed
+            name/keys/values parts scale with the prompt's ``S_max``, so no fixed range fits them;
+            ``{format: [0, 1], correct: [-3, 3]}`` is the fixed-range alternative.
+        use_task_labels: Whether ``group.sub_tasks`` labels are sub-tasks too.
+        seed: Seeds the revisit draws.
+    """
+
+    def __init__(
+        self,
+        reward_range: Sequence[float] = TOOLRL_REWARD_RANGE,
+        eps: float = 0.01,
+        lambda_s: float = 1.0,
+        lambda_e: float = 1.0,
+        normalize_variance: bool = True,
+        epoch_window: int = 8,
+        t_warm: float = 1.0,
+        warmup_batches: int = 7,
+        batch_groups: int = 32,
+        auto_observe: bool = True,
+        t_mean: float = 0.0,
+        atol: float = 1e-6,
+        p_revisit: float = 0.05,
+        hard_weight: float = 0.5,
+        uniform_priority: float = 1.0,
+        curriculum: bool = True,
+        kappa: float = 1.0,
+        tau: float = 0.2,
+        mastery_decay: float = 0.8,
+        component_ranges: Mapping[str, Sequence[float]] | None = None,
+        use_task_labels: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.reward_range = _pair(reward_range, "reward_range")
+        ranges = TOOLRL_COMPONENT_RANGES if component_ranges is None else component_ranges
+        self.component_ranges = {str(k): _pair(v, f"component_ranges[{k!r}]") for k, v in ranges.items()}
+        for name, value, low in [
+            ("eps", eps, 0.0),
+            ("lambda_s", lambda_s, 0.0),
+            ("lambda_e", lambda_e, 0.0),
+            ("hard_weight", hard_weight, 0.0),
+            ("uniform_priority", uniform_priority, 0.0),
+            ("kappa", kappa, 0.0),
+            ("epoch_window", epoch_window, 0),
+            ("batch_groups", batch_groups, 0),
+            ("warmup_batches", warmup_batches, 0),
+        ]:
+            if not (math.isfinite(value) and value >= low):
+                raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
+        for name, value in [("p_revisit", p_revisit), ("mastery_decay", mastery_decay)]:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau!r}")
+        self.eps, self.lambda_s, self.lambda_e = float(eps), float(lambda_s), float(lambda_e)
+        self.normalize_variance = bool(normalize_variance)
+        self.epoch_window = int(epoch_window)
+        self.batch_groups, self.auto_observe = int(batch_groups), bool(auto_observe)
+        self.t_mean, self.atol = float(t_mean), float(atol)
+        self.p_revisit, self.hard_weight = float(p_revisit), float(hard_weight)
+        self.uniform_priority = float(uniform_priority)
+        self.curriculum, self.kappa, self.tau = bool(curriculum), float(kappa), float(tau)
+        self.mastery_decay, self.use_task_labels = float(mastery_decay), bool(use_task_labels)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.gate = WarmupGate(float(t_warm), int(warmup_batches))
+        self.mastery: dict[str, float] = {}
+        self.num_batches = 0
+        self._batch: dict[str, float] = {}  # running sums of the open batch
+        self._counts: dict[str, float] = {}  # metrics since the last metrics() call
+
+    def __repr__(self) -> str:
+        return (
+            f"DSCLPriority(reward_range={self.reward_range}, lambda_s={self.lambda_s}, "
+            f"lambda_e={self.lambda_e}, kappa={self.kappa}, tau={self.tau})"
+        )
+
+    # -- the priority ---------------------------------------------------------------------------
+
+    def __call__(self, group: Group, history: PromptHistory) -> float:
+        """The group's priority (>= 0, finite); also observes the group when ``auto_observe``."""
+        priority, category = self.priority(group, history)
+        self._count(f"category/{category}")
+        self._count("priority_sum", priority)
+        self._counts["priority_min"] = min(self._counts.get("priority_min", math.inf), priority)
+        self._counts["priority_max"] = max(self._counts.get("priority_max", -math.inf), priority)
+        if self.auto_observe:
+            self.observe(group)
+        return priority
+
+    def priority(self, group: Group, history: PromptHistory) -> tuple[float, Category]:
+        """The group's priority and category, without observing the group (no batch state changes).
+
+        Before the warm-up gate opens the base priority is ``uniform_priority``; after, it is
+        :func:`dscl_priority`, 0 for a mastered prompt (unless the ``p_revisit`` draw revisits it)
+        and times ``hard_weight`` for a hard one. With the curriculum on it is then multiplied by
+        :func:`curriculum_multiplier` under the current focus.
+        """
+        rewards = _finite(group.rewards)
+        with np.errstate(over="ignore", invalid="ignore"):  # absurd rewards end in the eps fallback
+            mean = float(rewards.mean()) if rewards.size else self.reward_range[0]
+            var = float(rewards.var()) if rewards.size else 0.0
+        category = categorize(mean, var, self.reward_range[1], self.t_mean, self.atol)
+        if self.gate.is_open:
+            base = self._dynamic_priority(mean, var, history, category)
+        else:
+            base = self.uniform_priority
+        if self.curriculum and base > 0:
+            scores = group_sub_task_scores(
+                group, self.component_ranges, self.reward_range, self.use_task_labels
+            )
+            base *= curriculum_multiplier(self.focus(), scores, self.kappa)
+        return (base if math.isfinite(base) and base >= 0 else self.eps), category
+
+    def _dynamic_priority(self, mean: float, var: float, history: PromptHistory, category: Category) -> float:
+        if category == "mastered":
+            revisit = self.p_revisit > 0 and float(self.rng.random()) < self.p_revisit
+            self._count("revisited" if revisit else "excluded")
+            if not revisit:
+                return 0.0
+        v_epoch = history.epoch_variance_over(self.epoch_window) if history is not None else 0.0
+        v_epoch = v_epoch if math.isfinite(v_epoch) else 0.0
+        if self.normalize_variance:
+            width = self.reward_range[1] - self.reward_range[0]
+            var, v_epoch = var / width**2, v_epoch / width**2
+        p = dscl_priority(
+            normalize(mean, self.reward_range), var, v_epoch, self.eps, self.lambda_s, self.lambda_e
+        )
+        return p * self.hard_weight if category == "hard" else p
+
+    def focus(self) -> dict[str, float]:
+        """Current focus weights ``w_s`` over the sub-tasks with a mastery estimate."""
+        return focus_weights(self.mastery, self.tau)
+
+    # -- batch-level state ------------------------------------------------------------------------
+
+    def observe(self, group: Group) -> None:
+        """Adds a group to the open batch; closes it after ``batch_groups`` groups (if > 0)."""
+        self._accumulate(group)
+        if self.batch_groups and self._batch["groups"] >= self.batch_groups:
+            self.close_batch()
+
+    def observe_batch(self, groups: Iterable[Group]) -> None:
+        """Treats ``groups`` (plus any group observed since the last batch closed) as one batch."""
+        for group in groups:
+            self._accumulate(group)
+        self.close_batch()
+
+    def _accumulate(self, group: Group) -> None:
+        b = self._batch
+        rewards = _finite(group.rewards)
+        b["reward_sum"] = b.get("reward_sum", 0.0) + float(rewards.sum())
+        b["reward_n"] = b.get("reward_n", 0.0) + float(rewards.size)
+        b["groups"] = b.get("groups", 0.0) + 1
+        scores: list[tuple[str, float]] = [
+            item
+            for t in group.trajectories
+            for item in trajectory_component_scores(t, self.component_ranges).items()
+        ]
+        if self.use_task_labels and group.sub_tasks and rewards.size:
+            m = normalize(float(rewards.mean()), self.reward_range)
+            scores += [(TASK_PREFIX + str(label), m) for label in group.sub_tasks]
+        for name, score in scores:
+            b[f"sum/{name}"] = b.get(f"sum/{name}", 0.0) + score
+            b[f"n/{name}"] = b.get(f"n/{name}", 0.0) + 1
+
+    def close_batch(self) -> None:
+        """Updates the warm-up gate and the sub-task mastery from the open batch, then empties it."""
+        b, self._batch = self._batch, {}
+        if not b.get("groups"):
+            return
+        if b.get("reward_n"):
+            self.gate.update(b["reward_sum"] / b["reward_n"])
+        scores = {k[4:]: v / b["n/" + k[4:]] for k, v in b.items() if k.startswith("sum/")}
+        self.mastery = ema_update(self.mastery, scores, self.mastery_decay)
+        self.num_batches += 1
+
+    # -- metrics and state ------------------------------------------------------------------------
+
+    def _count(self, key: str, value: float = 1.0) -> None:
+        self._counts[key] = self._counts.get(key, 0.0) + value
+
+    def metrics(self, reset: bool = True) -> dict[str, float]:
+        """DSCL's metrics, keys prefixed ``dscl/``.
+
+        ``category/<mastered|hard|informative>``, ``excluded``, ``revisited`` (mastered groups sent to
+        priority 0 / kept by the revisit draw) and ``priority_mean|min|max`` count the calls since
+        the last reset; ``mastery/<sub_task>``, ``focus/<sub_task>``, ``warm`` (1 once the warm-up
+        gate is open), ``warmup_streak`` and ``batches`` are the current state.
+
+        Args:
+            reset: Start the counts afresh after reading them.
+        """
+        c = self._counts
+        n = sum(c.get(f"category/{k}", 0.0) for k in CATEGORIES)
+        out = {f"dscl/category/{k}": c.get(f"category/{k}", 0.0) for k in CATEGORIES}
+        out["dscl/excluded"] = c.get("excluded", 0.0)
+        out["dscl/revisited"] = c.get("revisited", 0.0)
+        if n:
+            out["dscl/priority_mean"] = c["priority_sum"] / n
+            out["dscl/priority_min"] = c["priority_min"]
+            out["dscl/priority_max"] = c["priority_max"]
+        out.update({f"dscl/mastery/{s}": mu for s, mu in self.mastery.items()})
+        out.update({f"dscl/focus/{s}": w for s, w in self.focus().items()})
+        out["dscl/warm"] = float(self.gate.is_open)
+        out["dscl/warmup_streak"] = float(self.gate.streak)
+        out["dscl/batches"] = float(self.num_batches)
+        if reset:
+            self._counts = {}
+        return out
+
+    def get_state(self) -> dict[str, Any]:
+        """The state that spans groups (warm-up, mastery, open batch, RNG), for checkpoints."""
+        return {
+            "gate": (self.gate.streak, self.gate.is_open),
+            "mastery": dict(self.mastery),
+            "num_batches": self.num_batches,
+            "batch": dict(self._batch),
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restores what :meth:`get_state` returned."""
+        self.gate.streak, self.gate.is_open = state["gate"]
+        self.mastery = dict(state["mastery"])
+        self.num_batches = int(state["num_batches"])
+        self._batch = dict(state["batch"])
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,203 @@
+import numpy as np
+import pytest
+
+from actorlearner.filters import (
+    FilterChain,
+    overlong,
+    tool_failure_mask,
+    uniform_tool_outcome,
+    void_turn,
+    zero_variance,
+)
+from actorlearner.losses import group_advantages
+from actorlearner.registry import FILTERS, RegistryError
+from actorlearner.trajectory import Group, ToolCallRecord, Trajectory, TurnRecord
+from tests.conftest import make_trajectory
+
+
+def _call(ok: bool) -> ToolCallRecord:
+    return ToolCallRecord(name="f", arguments={}, ok=ok, error=None if ok else "boom")
+
+
+def _traj(
+    reward: float, calls: tuple[bool, ...] = (), void: bool = False, overlong: bool = False
+) -> Trajectory:
+    """A trajectory whose single turn made tool calls with the given outcomes (True = ok)."""
+    t = make_trajectory(reward)
+    turn = TurnRecord(index=0, text="x", start=3, end=7, tool_calls=[_call(ok) for ok in calls], void=void)
+    return t.replace(turns=[turn], overlong=overlong)
+
+
+def _group(*trajectories: Trajectory, group_id: str = "g") -> Group:
+    return Group(group_id=group_id, prompt_id="p0", trajectories=list(trajectories))
+
+
+# -- tool_failure_mask -------------------------------------------------------------------------
+
+
+def test_tool_failure_mask_masks_only_all_failed_trajectories_and_keeps_rewards():
+    group = _group(
+        _traj(-1.0, calls=(False, False)),  # every call failed -> masked
+        _traj(1.0, calls=(False, True)),  # one success -> kept
+        _traj(0.5),  # no call at all -> kept
+        _traj(2.0, calls=(True,)),
+    )
+    masks_before = [t.loss_mask.copy() for t in group.trajectories]
+    kept = tool_failure_mask(group)
+    assert kept is not group
+    assert kept.trajectories[0].loss_mask.sum() == 0.0
+    for before, after in zip(masks_before[1:], kept.trajectories[1:], strict=True):
+        np.testing.assert_array_equal(after.loss_mask, before)
+    # inputs are never mutated
+    for before, t in zip(masks_before, group.trajectories, strict=True):
+        np.testing.assert_array_equal(t.loss_mask, before)
+    assert kept.trajectories[0].loss_mask.dtype == np.float32
+    # the masked trajectory's reward still counts in the group's statistics
+    np.testing.assert_array_equal(kept.rewards, group.rewards)
+    np.testing.assert_allclose(group_advantages(kept.rewards), group_advantages(group.rewards))
+    assert group_advantages(kept.rewards)[0] < 0  # its low reward still pulls the mean down
+
+
+def test_tool_failure_mask_strength_scales_the_mask():
+    group = _group(_traj(0.0, calls=(False,)), _traj(1.0, calls=(True,)))
+    kept = tool_failure_mask(group, strength=0.25)
+    np.testing.assert_allclose(kept.trajectories[0].loss_mask, group.trajectories[0].loss_mask * 0.75)
+    assert tool_failure_mask(group, strength=0.0).trajectories[0].loss_mask.sum() == 4.0
+    with pytest.raises(ValueError, match="strength"):
+        tool_failure_mask(group, strength=1.5)
+
+
+def test_tool_failure_mask_without_failures_returns_the_group_unchanged():
+    group = _group(_traj(0.0, calls=(True,)), _traj(1.0))
+    assert tool_failure_mask(group) is group
+
+
+# -- uniform_tool_outcome ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("calls", "rewards", "kwargs", "dropped"),
+    [
+        # defaults: uniform outcome AND no signal
+        ([(False,), (False, False)], [1.0, 1.0], {}, True),  # all failed, no signal
+        ([(True,), (True, True)], [1.0, 1.0], {}, True),  # all succeeded, no signal
+        ([(True,), (False,)], [1.0, 1.0], {}, False),  # mixed outcomes
+        ([(False,), (False,)], [0.0, 1.0], {}, False),  # uniform but rewards carry signal
+        ([(False,), ()], [1.0, 1.0], {}, True),  # members without calls contribute no outcome
+        ([(), ()], [1.0, 1.0], {}, False),  # no tool calls at all: not uniform by default
+        ([(), ()], [1.0, 1.0], {"no_calls_uniform": True}, True),
+        # each condition on its own
+        ([(False,), (False,)], [0.0, 1.0], {"require_no_signal": False}, True),
+        ([(True,), (False,)], [1.0, 1.0], {"require_uniform_outcome": False}, True),
+        ([(True,), (False,)], [0.0, 1.0], {"require_uniform_outcome": False}, False),
+        (
+            [(False,), (False,)],
+            [1.0, 1.0],
+            {"require_uniform_outcome": False, "require_no_signal": False},
+            False,
+        ),
+        # min_std is the signal threshold
+        ([(False,), (False,)], [0.0, 0.01], {}, False),
+        ([(False,), (False,)], [0.0, 0.01], {"min_std": 0.1}, True),
+    ],
+)
+def test_uniform_tool_outcome(calls, rewards, kwargs, dropped):
+    group = _group(*[_traj(r, calls=c) for c, r in zip(calls, rewards, strict=True)])
+    out = uniform_tool_outcome(group, **kwargs)
+    assert (out is None) == dropped
+    if not dropped:
+        assert out is group
+
+
+# -- void_turn ---------------------------------------------------------------------------------
+
+
+def test_void_turn_masks_the_whole_trajectory_and_keeps_its_reward():
+    group = _group(_traj(0.0, void=True), _traj(1.0, calls=(True,)), _traj(0.5))
+    kept = void_turn(group)
+    assert kept is not None
+    assert [float(t.loss_mask.sum()) for t in kept.trajectories] == [0.0, 4.0, 4.0]
+    assert group.trajectories[0].loss_mask.sum() == 4.0  # input untouched
+    np.testing.assert_array_equal(kept.rewards, group.rewards)
+    assert void_turn(_group(_traj(0.0), _traj(1.0))) is not None
+
+
+def test_void_turn_checks_every_turn():
+    t = make_trajectory(0.0)
+    t = t.replace(
+        turns=[
+            TurnRecord(index=0, text="a", start=3, end=5, tool_calls=[_call(True)]),
+            TurnRecord(index=1, text="b", start=5, end=7, void=True),
+        ]
+    )
+    assert void_turn(_group(t, _traj(1.0))).trajectories[0].loss_mask.sum() == 0.0
+
+
+# -- overlong ----------------------------------------------------------------------------------
+
+
+def test_overlong_drops_all_overlong_groups_and_honours_min_n():
+    all_long = _group(_traj(0.0, overlong=True), _traj(1.0, overlong=True))
+    one_short = _group(_traj(0.0, overlong=True), _traj(1.0), _traj(0.5, overlong=True))
+    assert overlong(all_long) is None
+    assert overlong(all_long, min_n=0) is None
+    assert overlong(one_short) is one_short
+    assert overlong(one_short, min_n=2) is None
+    assert overlong(_group(_traj(0.0), _traj(1.0)), min_n=2) is not None
+
+
+def test_overlong_mask_option_masks_overlong_members():
+    group = _group(_traj(0.0, overlong=True), _traj(1.0), _traj(0.5))
+    kept = overlong(group, mask=True)
+    assert kept is not None
+    assert [float(t.loss_mask.sum()) for t in kept.trajectories] == [0.0, 4.0, 4.0]
+    np.testing.assert_array_equal(kept.rewards, group.rewards)
+
+
+# -- the chain and the registry ----------------------------------------------------------------
+
+
+def test_chain_counts_drops_and_masks_per_filter():
+    chain = FilterChain(
+        [
+            ("void_turn", void_turn),
+            ("uniform_tool_outcome", uniform_tool_outcome),
+            ("tool_failure_mask", tool_failure_mask),
+            ("overlong", overlong),
+            ("zero_variance", zero_variance),
+        ]
+    )
+    groups = [
+        # kept, one trajectory masked by tool_failure_mask (4 tokens), one by void_turn (4 tokens)
+        _group(_traj(0.0, calls=(False,)), _traj(1.0, calls=(True,)), _traj(0.5, void=True), group_id="a"),
+        # all calls failed, equal rewards -> uniform_tool_outcome drops 2 trajectories
+        _group(_traj(0.0, calls=(False,)), _traj(0.0, calls=(False,)), group_id="b"),
+        # every member overlong -> overlong drops it
+        _group(_traj(0.0, overlong=True), _traj(1.0, overlong=True), group_id="c"),
+        # no calls, equal rewards -> passes uniform_tool_outcome, zero_variance drops it
+        _group(_traj(1.0), _traj(1.0), _traj(1.0), group_id="d"),
+    ]
+    kept = [g.group_id for g in groups if chain(g) is not None]
+    assert kept == ["a"]
+    counts = chain.pop_counts()
+    assert counts["void_turn/tokens_masked"] == 4
+    assert counts["tool_failure_mask/tokens_masked"] == 4  # group b never reached it
+    assert counts["uniform_tool_outcome/groups_dropped"] == 1
+    assert counts["uniform_tool_outcome/trajectories_dropped"] == 2
+    assert counts["uniform_tool_outcome/tokens_dropped"] == 8
+    assert counts["overlong/groups_dropped"] == 1
+    assert counts["zero_variance/groups_dropped"] == 1
+    assert counts["zero_variance/trajectories_dropped"] == 3
+    assert counts["zero_variance/tokens_dropped"] == 12
+    assert chain.pop_counts() == {}
+
+
+def test_registered_filters_resolve_with_options():
+    for name in ["tool_failure_mask", "uniform_tool_outcome", "void_turn", "overlong", "zero_variance"]:
+        assert name in FILTERS
+    fn = FILTERS.resolve({"name": "overlong", "min_n": 2})
+    assert fn(_group(_traj(0.0), _traj(1.0, overlong=True))) is None
+    half = FILTERS.resolve({"name": "tool_failure_mask", "strength": 0.5})
+    assert half(_group(_traj(0.0, calls=(False,)), _traj(1.0))).trajectories[0].loss_mask.sum() == 2.0
+    with pytest.raises(RegistryError, match=r"overlong.*min_m"):
+        FILTERS.resolve({"name": "overlong", "min_m": 2})
