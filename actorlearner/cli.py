@@ -1,4 +1,4 @@
-"""Command line: ``actorlearner train CONFIG [section.key=value ...]`` and ``actorlearner eval``."""
+"""Command line: ``actorlearner train CONFIG [section.key=value ...]``, ``eval`` and ``report``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="held-out evaluation of a checkpoint")
     ev.add_argument("checkpoint", help="a checkpoint directory written by train")
     ev.add_argument("overrides", nargs="*", help="section.key=value, e.g. evaluation.num_episodes=100")
+    report = sub.add_parser("report", help="PNG plots and report.md from a run's metrics.jsonl")
+    report.add_argument("run_dir", help="a run directory written by train")
+    report.add_argument("--out", help="output directory (default: RUN_DIR/report)")
     return parser
 
 
@@ -57,11 +60,25 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from actorlearner.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise ConfigError(f"report: {run_dir} has no metrics.jsonl; pass a run directory written by train")
+    for path in write_report(run_dir, Path(args.out) if args.out else None):
+        print(path)
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "report": _report}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``actorlearner`` console script."""
     args = _parser().parse_args(argv)
     try:
-        return _train(args) if args.command == "train" else _eval(args)
+        return COMMANDS[args.command](args)
     except ConfigError as err:
         print(f"actorlearner: config error: {err}", file=sys.stderr)
         return 2
