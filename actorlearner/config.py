@@ -159,6 +159,12 @@ class TrainingConfig(_Section):
     dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c (e.g. 3), off when null.")
     kl_beta: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference model.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator.")
+    entropy_advantage_coef: float = Field(
+        0.0, ge=0, description="TAO-RL: c of A' = A(1 + c z(H)) at post-tool tokens (0 off; paper 0.01)."
+    )
+    entropy_advantage_detach: bool = Field(
+        True, description="Detach the entropy in that shaping (our choice); false reproduces the reference."
+    )
     micro_batch_size: int = Field(128, ge=1, description="Trajectories per forward/backward pass.")
     max_wait_s: float = Field(
         60.0, gt=0, description="Longest the learner waits for a full batch; then it trains on what is there."

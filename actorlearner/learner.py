@@ -183,10 +183,12 @@ class Learner:
 
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
-    def _logprobs(self, model: torch.nn.Module, mb: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logprobs(
+        self, model: torch.nn.Module, mb: Batch, entropy_grad: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
         logp = losses.token_logprobs(logits, mb.targets, self.temperature)
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             dist = torch.log_softmax(logits.float() / self.temperature, dim=-1)
             entropy = -(dist.exp() * dist).sum(-1)
         return logp, entropy
@@ -203,7 +205,8 @@ class Learner:
         batch = group_batch(groups, self.cfg.advantage, self.pad_id).sorted_by_length().to(self.device)
         total_tokens = float(batch.mask.sum().item())
         n_rows = batch.input_ids.shape[0]
-        sums: dict[str, float] = dict.fromkeys(("loss", "clip_frac", "mismatch_kl", "entropy", "kl"), 0.0)
+        keys = ("loss", "clip_frac", "mismatch_kl", "entropy", "kl", "entropy_advantage_change")
+        sums: dict[str, float] = dict.fromkeys(keys, 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         for lo in range(0, n_rows, self.cfg.micro_batch_size):
             mb = batch.slice(lo, min(lo + self.cfg.micro_batch_size, n_rows))
@@ -236,9 +239,22 @@ class Learner:
         self, mb: Batch, n_rows: int, total_tokens: float, max_len: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        logp, entropy = self._logprobs(self.model, mb)
+        shaping = cfg.entropy_advantage_coef > 0
+        logp, entropy = self._logprobs(
+            self.model, mb, entropy_grad=shaping and not cfg.entropy_advantage_detach
+        )
+        advantages, adv_change = mb.advantages, torch.zeros(())
+        if shaping:
+            advantages, adv_change = losses.entropy_guided_advantages(
+                mb.advantages,
+                entropy,
+                mb.post_tool,
+                mb.mask,
+                cfg.entropy_advantage_coef,
+                cfg.entropy_advantage_detach,
+            )
         per_token, clipped = losses.clipped_policy_loss(
-            logp, mb.old_logprobs, mb.advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip
+            logp, mb.old_logprobs, advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip
         )
         per_token = per_token * mb.is_weights
         kl_sum = 0.0
@@ -260,8 +276,9 @@ class Learner:
             "loss": float(loss.item()),
             "clip_frac": float((clipped * mb.mask).sum().item()),
             "mismatch_kl": float((mismatch * mb.mask).sum().item()),
-            "entropy": float((entropy * mb.mask).sum().item()),
+            "entropy": float((entropy.detach() * mb.mask).sum().item()),
             "kl": kl_sum,
+            "entropy_advantage_change": float(adv_change.item()) * float(mb.mask.sum().item()),
         }
         return loss, stats
 

@@ -104,3 +104,26 @@ def test_restore_before_rl_keeps_the_optimizer_moments(model_dir, groups, tmp_pa
     state_a, state_b = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
     assert state_b and all(torch.equal(state_a[k]["exp_avg"], state_b[k]["exp_avg"]) for k in state_a)
     assert b.version == a.version == 1
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_entropy_guided_advantage_changes_the_update_only_through_post_tool_tokens(model_dir, groups, detach):
+    def grads(coef: float, post_tool: bool) -> torch.Tensor:
+        marked = []
+        for g in groups:
+            trajs = [
+                t.replace(post_tool=(t.loss_mask > 0).astype(np.int8) if post_tool else t.post_tool * 0)
+                for t in g.trajectories
+            ]
+            marked.append(g.replace(trajectories=trajs))
+        learner = _learner(model_dir, entropy_advantage_coef=coef, entropy_advantage_detach=detach)
+        learner.start_rl()
+        learner.optimizer.step = lambda: None
+        metrics = learner.update(marked)
+        if coef and post_tool:
+            assert metrics["entropy_advantage_change"] > 0
+        return torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None])
+
+    base = grads(0.0, True)
+    torch.testing.assert_close(grads(0.5, False), base)  # no post-tool token: nothing changes
+    assert not torch.allclose(grads(0.5, True), base)
