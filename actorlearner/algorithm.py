@@ -378,6 +378,20 @@ class Algorithm:
             self._get([r.pause.remote(False) for r in self.runners])
         return out
 
+    def evaluate_on(
+        self, env: Any, env_config: dict[str, Any], num_episodes: int, temperature: float = 0.0
+    ) -> list[Trajectory]:
+        """Episodes of another env (seeds ``0..n-1``), e.g. one BFCL category, with the current policy."""
+        spec = resolve_env_spec(env)
+        seeds = list(range(num_episodes))
+        shards = [seeds[i :: len(self.runners)] for i in range(len(self.runners))]
+        refs = [
+            r.evaluate.remote(s, temperature, spec, env_config)
+            for r, s in zip(self.runners, shards, strict=True)
+            if s
+        ]
+        return [t for chunk in self._get(refs) for t in chunk]
+
     # ----------------------------------------------------------------------- save and restore
     def save(self, path: str | None = None) -> str:
         """Writes a checkpoint (model as safetensors, optimizer tensors, JSON state); returns it."""

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from actorlearner.config import AlgorithmConfig, ConfigError
 
@@ -20,6 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="held-out evaluation of a checkpoint")
     ev.add_argument("checkpoint", help="a checkpoint directory written by train")
     ev.add_argument("overrides", nargs="*", help="section.key=value, e.g. evaluation.num_episodes=100")
+    ev.add_argument(
+        "--bfcl",
+        nargs="*",
+        metavar="CATEGORY",
+        help="report greedy accuracy per BFCL v4 category instead (all supported ones when none given); "
+        "evaluation.num_episodes caps the tasks per category",
+    )
     report = sub.add_parser("report", help="PNG plots and report.md from a run's metrics.jsonl")
     report.add_argument("run_dir", help="a run directory written by train")
     report.add_argument("--out", help="output directory (default: RUN_DIR/report)")
@@ -52,12 +60,35 @@ def _eval(args: argparse.Namespace) -> int:
     config.reporting(name=f"eval-{ckpt.parent.name}-{ckpt.name}").update_from_overrides(args.overrides)
     algo = config.build()
     try:
-        metrics = algo.evaluate()
+        if args.bfcl is not None:
+            metrics = _bfcl(algo, args.bfcl, config.evaluation.num_episodes)
+        else:
+            metrics = algo.evaluate()
+            print(format_report({ckpt.name: metrics}))
     finally:
         algo.stop()
-    print(format_report({ckpt.name: metrics}))
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _bfcl(algo: Any, categories: list[str], max_episodes: int) -> dict[str, float]:
+    """Greedy BFCL accuracy per category (the first ``max_episodes`` tasks of each)."""
+    from actorlearner.envs.bfcl import CATEGORIES, bfcl_accuracy, load_bfcl
+
+    unknown = sorted(set(categories) - set(CATEGORIES))
+    if unknown:
+        raise ConfigError(f"--bfcl: unknown categories {unknown}; allowed: {', '.join(CATEGORIES)}")
+    results = {}
+    for category in categories or CATEGORIES:
+        n = min(max_episodes, len(load_bfcl(category)))
+        results[category] = algo.evaluate_on("actorlearner/BFCL-v0", {"category": category}, n)
+    accuracy = bfcl_accuracy(results)
+    width = max(len(c) for c in accuracy)
+    print(f"{'BFCL category':<{width}}  accuracy  tasks")
+    for category, value in accuracy.items():
+        tasks = len(results[category]) if category in results else sum(len(r) for r in results.values())
+        print(f"{category:<{width}}  {100 * value:7.1f}%  {tasks:5d}")
+    return accuracy
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -201,12 +201,23 @@ class EnvRunner:
         """Stages new weights; the engine loads them before its next generation step."""
         self.batcher.stage_weights(weights, version)
 
-    async def evaluate(self, seeds: list[int], temperature: float) -> list[Trajectory]:
-        """One held-out episode per seed (greedy when ``temperature`` is 0)."""
+    async def evaluate(
+        self,
+        seeds: list[int],
+        temperature: float,
+        env_spec: gymnasium.envs.registration.EnvSpec | None = None,
+        env_config: Mapping[str, Any] | None = None,
+    ) -> list[Trajectory]:
+        """One held-out episode per seed (greedy when ``temperature`` is 0).
+
+        ``env_spec``/``env_config`` evaluate on another env (e.g. a BFCL category) instead of the
+        held-out split of the training env.
+        """
         self._ensure_executor()
         params = SamplingParams(temperature, self.cfg.max_new_tokens, self.stops)
         policy = EnginePolicy(self.batcher, params)
-        return list(await asyncio.gather(*(self._episode(self.eval_pool, policy, s) for s in seeds)))
+        pool = self.eval_pool if env_spec is None else EnvPool(env_spec, env_config or {})
+        return list(await asyncio.gather(*(self._episode(pool, policy, s) for s in seeds)))
 
     async def demonstrations(self, num_episodes: int, seed: int) -> list[Trajectory]:
         """Episodes played by the env's demonstration policy (cold-start SFT data)."""

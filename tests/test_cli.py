@@ -58,3 +58,24 @@ def test_train_then_eval_from_the_command_line(tmp_path: Path) -> None:
     assert ev.returncode == 0, ev.stderr[-3000:]
     metrics = json.loads(ev.stdout[ev.stdout.index("{") :])
     assert metrics["eval/greedy/episodes"] == 4
+    bfcl = subprocess.run(
+        [
+            str(BIN),
+            "eval",
+            str(ckpt),
+            "evaluation.num_episodes=3",
+            "env_runners.max_tokens=1024",
+            f"reporting.run_dir={tmp_path}",
+            "--bfcl",
+            "simple_python",
+            "irrelevance",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert bfcl.returncode == 0, bfcl.stderr[-3000:]
+    accuracy = json.loads(bfcl.stdout[bfcl.stdout.index("{") :])
+    assert set(accuracy) == {"simple_python", "irrelevance", "overall"}
+    assert all(0.0 <= v <= 1.0 for v in accuracy.values())
