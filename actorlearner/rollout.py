@@ -150,6 +150,7 @@ async def run_episode(
     success = terminated = truncated = overlong = False
     after_tool = False
     env_error: str | None = None
+    sub_task_scores: dict[str, float] = {}
     eos = tokenizer.eos_token_id
     stops = set(stop_ids) | {eos}
     while True:
@@ -190,6 +191,9 @@ async def run_episode(
             components[name] = components.get(name, 0.0) + float(value)
         success = bool(step_info.get("success", success))
         env_error = step_info.get("env_error", env_error)
+        scores = step_info.get("sub_task_scores")
+        if isinstance(scores, dict):
+            sub_task_scores = {str(k): float(v) for k, v in scores.items()}
         if cut and not terminated:
             truncated = overlong = True
         if terminated or truncated:
@@ -220,4 +224,5 @@ async def run_episode(
         truncated=bool(truncated),
         overlong=overlong,
         env_error=env_error,
+        sub_task_scores=sub_task_scores,
     )

@@ -97,6 +97,8 @@ class Trajectory:
         truncated: The env or the runner cut the episode (turn or token limit).
         overlong: The episode hit the token cap ``max_tokens``.
         env_error: Set when ``env.step`` timed out or raised; the episode was cut there.
+        sub_task_scores: Per-sub-task scores in [0, 1] from the env's last ``info["sub_task_scores"]``
+            (e.g. ToolRL's format/name/keys/values normalized); DSCL's curriculum reads them.
     """
 
     token_ids: np.ndarray
@@ -118,6 +120,7 @@ class Trajectory:
     truncated: bool = False
     overlong: bool = False
     env_error: str | None = None
+    sub_task_scores: dict[str, float] = field(default_factory=dict)
 
     @property
     def length(self) -> int:

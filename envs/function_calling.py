@@ -571,6 +571,7 @@ class FunctionCalling(ToolEnv):
             components["otc"] = otc_reward(self._num_calls, len(truth), self.otc_c, self.otc_alpha, fraction)
         info["success"] = bool(terminated and predicted is not None and parts["correct"] >= 3.0 - 1e-9)
         info["toolrl"] = parts
+        info["sub_task_scores"] = _sub_task_scores(predicted, truth, parts["format"])
         info["ground_truth"] = [dict(c) for c in truth]
         return messages, float(sum(components.values())), terminated, truncated, info
 
@@ -619,3 +620,17 @@ def _check_categories(categories: Sequence[str] | str) -> tuple[str, ...]:
     ):
         raise ValueError(f"categories must be distinct names among {list(CATEGORIES)}, got {categories!r}")
     return tuple(names)
+
+
+def _sub_task_scores(
+    predicted: list[dict[str, Any]] | None, truth: Any, format_score: float
+) -> dict[str, float]:
+    """ToolRL's parts normalized to [0, 1] (DSCL's curriculum sub-tasks); unparsable scores 0."""
+    m = toolrl_match(predicted or [], truth)
+    parsed = predicted is not None
+    return {
+        "format": float(format_score),
+        "name": m.name if parsed else 0.0,
+        "keys": (m.keys / m.max_keys if m.max_keys else 1.0) if parsed else 0.0,
+        "values": (m.values / m.max_values if m.max_values else 1.0) if parsed else 0.0,
+    }

@@ -333,3 +333,21 @@ def test_registered_and_passes_check_env() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_final_step_reports_normalized_sub_task_scores() -> None:
+    from actorlearner.envs.function_calling import FunctionCalling
+
+    env = FunctionCalling()
+    messages, _ = env.reset(seed=3)
+    info: dict = {}
+    for _ in range(env.max_turns):
+        text = env.demonstration(messages)
+        out, _, terminated, truncated, info = env.step(text)
+        messages = [*messages, {"role": "assistant", "content": text}, *out]
+        if terminated or truncated:
+            break
+    assert info["sub_task_scores"] == {"format": 1.0, "name": 1.0, "keys": 1.0, "values": 1.0}
+    env.reset(seed=3)
+    _, _, _, _, info = env.step("<answer>no idea</answer>")
+    assert all(0.0 <= v <= 1.0 for v in info["sub_task_scores"].values())
