@@ -5,6 +5,10 @@ Groups enter through the filter chain; each kept group gets a priority from the 
 importance-sampling weights ``(N P(i)) ** -beta / max``. Groups leave after ``max_reuse`` samples,
 when they are more than ``max_staleness`` versions behind the learner, or when capacity is reached
 (oldest first).
+
+Groups live in ``capacity`` fixed slots (per-slot numpy arrays, a free list, an insertion-order
+queue); each slot is a leaf of a :class:`~actorlearner.sumtree.SumTree`, so a batch is drawn, and
+priorities are written, in a few numpy calls whatever the capacity.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections import defaultdict
+import sys
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +27,11 @@ from actorlearner.filters import FilterChain
 from actorlearner.history import PromptHistory
 from actorlearner.interfaces import PriorityFn
 from actorlearner.metrics import group_metrics
+from actorlearner.sumtree import SumTree, sample_distinct
 from actorlearner.trajectory import Group
+
+_NO_VERSION = sys.maxsize
+"""The version lower bound of an empty buffer: nothing in it can be stale."""
 
 
 class PriorityError(ValueError):
@@ -64,7 +73,12 @@ def importance_weights(probs: np.ndarray, size: int, beta: float) -> np.ndarray:
 
 
 class GroupReplayBuffer:
-    """Stores groups and samples them by priority.
+    """Stores groups in ``capacity`` slots and samples them by priority through a :class:`SumTree`.
+
+    Each slot's leaf holds ``priority ** alpha``. A batch is drawn stratified (one uniform prefix
+    sum per equal segment of the total) with no group twice (see :func:`sample_distinct`); a group
+    with priority 0 is never drawn unless every priority is 0, when the draw is uniform. Freed slots
+    go to a free list; when none is free the oldest group is evicted.
 
     Args:
         priority_fn: ``fn(group, history) -> float >= 0``.
@@ -77,6 +91,7 @@ class GroupReplayBuffer:
         max_staleness: Groups more than this many versions behind the learner leave.
         history_window: Groups of per-prompt history kept.
         seed: Seeds the sampling generator.
+        fanout: Children per node of the sum-tree (a power of two; only speed depends on it).
     """
 
     def __init__(
@@ -91,7 +106,10 @@ class GroupReplayBuffer:
         max_staleness: int = 4,
         history_window: int = 8,
         seed: int = 0,
+        fanout: int = 32,
     ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.priority_fn = priority_fn
         self.filters = filters
         self.capacity = capacity
@@ -102,21 +120,41 @@ class GroupReplayBuffer:
         self.max_staleness = max_staleness
         self.history_window = history_window
         self.rng = np.random.default_rng(seed)
-        self.groups: list[Group] = []
-        self.priorities: list[float] = []
-        self.uses: list[int] = []
         self.histories: dict[str, PromptHistory] = {}
         self.num_samples = 0
         self.counters: dict[str, float] = defaultdict(float)
         self.arrived: list[Group] = []
+        self._tree = SumTree(capacity, fanout=fanout)
+        self._clear_slots()
+
+    def _clear_slots(self) -> None:
+        """Empties every slot: the per-slot arrays, the free list and the insertion order."""
+        cap = self.capacity
+        self._slots: list[Group | None] = [None] * cap
+        self._priority = np.zeros(cap, dtype=np.float64)  # as the priority function returned it
+        self._uses = np.zeros(cap, dtype=np.int64)
+        self._version = np.zeros(cap, dtype=np.int64)  # the group's min_version
+        self._seq = np.full(cap, -1, dtype=np.int64)  # insertion number; -1 marks a free slot
+        self._free = list(range(cap - 1, -1, -1))  # a stack: slot 0 is used first
+        self._order: deque[tuple[int, int]] = deque()  # (seq, slot), oldest first; may hold freed slots
+        self._slot_of: dict[str, int] = {}
+        self._next_seq = 0
+        self._size = 0
+        self._min_version = _NO_VERSION  # a lower bound on the versions held
+        self._tree.set_all(np.zeros(cap))
 
     def __len__(self) -> int:
-        return len(self.groups)
+        return self._size
+
+    @property
+    def groups(self) -> list[Group]:
+        """The groups held, oldest first."""
+        return [self._slots[s] for s in self._live_slots()]  # type: ignore[misc]
 
     @property
     def beta(self) -> float:
         """The current IS exponent."""
-        frac = min(1.0, self.num_samples / self.beta_anneal_iters)
+        frac = min(1.0, self.num_samples / self.beta_anneal_iters) if self.beta_anneal_iters > 0 else 1.0
         return self.beta0 + frac * (1.0 - self.beta0)
 
     def history(self, prompt_id: str) -> PromptHistory:
@@ -128,37 +166,74 @@ class GroupReplayBuffer:
     def add(self, groups: Sequence[Group]) -> dict[str, float]:
         """Records each group in its prompt's history, filters it and stores what is kept.
 
+        Nothing is stored if a priority function fails on any group of the call.
+
         Returns:
             ``{"added": n, "dropped": m, "size": len(self)}``.
         """
-        added = 0
         self.arrived.extend(groups)
+        kept: list[Group] = []
+        priorities: list[float] = []
         for group in groups:
             history = self.history(group.prompt_id)
             history.record(group.rewards)
-            kept = self.filters(group)
-            if kept is None:
-                continue
-            priority = compute_priority(self.priority_fn, kept, history)
-            self.groups.append(kept)
-            self.priorities.append(priority)
-            self.uses.append(0)
-            added += 1
-        self._evict_to_capacity()
-        self.counters["groups_added"] += added
-        self.counters["groups_dropped"] += len(groups) - added
-        return {"added": added, "dropped": len(groups) - added, "size": len(self)}
+            group_kept = self.filters(group)
+            if group_kept is not None:
+                kept.append(group_kept)
+                priorities.append(compute_priority(self.priority_fn, group_kept, history))
+        if kept:
+            raw = np.asarray(priorities, dtype=np.float64)
+            scaled = self._scale(raw, "a priority function")
+            slots = np.array([self._insert(g, p) for g, p in zip(kept, raw.tolist(), strict=True)])
+            self._tree.update(slots, scaled)  # a slot reused within this call: its last value wins
+        self.counters["groups_added"] += len(kept)
+        self.counters["groups_dropped"] += len(groups) - len(kept)
+        return {"added": len(kept), "dropped": len(groups) - len(kept), "size": len(self)}
+
+    def update_priorities(self, group_ids: Sequence[str], priorities: Sequence[float]) -> int:
+        """Re-prioritizes held groups (e.g. from the learner); ids no longer held are ignored.
+
+        Group ids are taken to be unique; if two held groups share one, the newer is updated.
+
+        Returns:
+            How many groups were updated.
+
+        Raises:
+            PriorityError: If a priority is not a finite float >= 0 (nothing is updated then).
+        """
+        if len(group_ids) != len(priorities):
+            raise ValueError(f"{len(group_ids)} group ids but {len(priorities)} priorities")
+        raw = np.asarray(priorities, dtype=np.float64).reshape(-1)
+        if raw.size and not (raw.min() >= 0 and np.isfinite(raw.max())):
+            raise PriorityError(f"update_priorities got {raw.tolist()!r}; each must be a finite float >= 0")
+        last = {gid: j for j, gid in enumerate(group_ids)}  # a repeated id: its last priority wins
+        found = [(j, self._slot_of[gid]) for gid, j in last.items() if gid in self._slot_of]
+        if not found:
+            return 0
+        rows, slots = (np.array(x, dtype=np.int64) for x in zip(*found, strict=True))
+        scaled = self._scale(raw[rows], "update_priorities")
+        self._priority[slots] = raw[rows]
+        self._tree.update(slots, scaled)
+        return len(found)
 
     def evict_stale(self, learner_version: int) -> int:
         """Removes groups more than ``max_staleness`` versions behind; returns how many."""
-        stale = [i for i, g in enumerate(self.groups) if learner_version - g.min_version > self.max_staleness]
-        self._remove(stale)
+        stale = np.empty(0, dtype=np.int64)
+        if learner_version - self._min_version > self.max_staleness:
+            live = self._seq >= 0
+            stale = np.flatnonzero(live & (learner_version - self._version > self.max_staleness))
+            self._remove(stale)
+            held = self._version[self._seq >= 0]
+            self._min_version = int(held.min()) if held.size else _NO_VERSION
         self.counters["groups_evicted_stale"] += len(stale)
         return len(stale)
 
     def num_fresh(self, learner_version: int) -> int:
         """Groups held that are not too stale for a learner at ``learner_version``."""
-        return sum(1 for g in self.groups if learner_version - g.min_version <= self.max_staleness)
+        if learner_version - self._min_version <= self.max_staleness:
+            return self._size
+        fresh = (self._seq >= 0) & (learner_version - self._version <= self.max_staleness)
+        return int(np.count_nonzero(fresh))
 
     def sample(self, num_groups: int, learner_version: int) -> list[Group]:
         """Draws up to ``num_groups`` distinct groups with probability ``p^alpha / sum p^alpha``.
@@ -166,35 +241,94 @@ class GroupReplayBuffer:
         Each returned group is a copy with ``is_weight`` set; groups reach ``max_reuse`` and leave.
         """
         self.evict_stale(learner_version)
-        if not self.groups:
+        if not self._size or num_groups <= 0:
             return []
-        scaled = np.asarray(self.priorities, dtype=np.float64) ** self.alpha
-        total = scaled.sum()
-        probs = scaled / total if total > 0 else np.full(len(scaled), 1.0 / len(scaled))
-        k = min(num_groups, int(np.count_nonzero(probs)) or len(probs))
-        idx = self.rng.choice(len(self.groups), size=k, replace=False, p=probs if total > 0 else None)
-        weights = importance_weights(probs[idx], len(self.groups), self.beta)
-        batch = [self.groups[i].replace(is_weight=float(w)) for i, w in zip(idx, weights, strict=True)]
-        for i in idx:
-            self.uses[i] += 1
-        self._remove([i for i in idx if self.uses[i] >= self.max_reuse])
+        slots, probs = self._draw(num_groups)
+        weights = importance_weights(probs, self._size, self.beta)
+        batch = [
+            self._slots[s].replace(is_weight=w)  # type: ignore[union-attr]
+            for s, w in zip(slots.tolist(), weights.tolist(), strict=True)
+        ]
+        ages = learner_version - self._version[slots]
+        self._uses[slots] += 1
+        self._remove(slots[self._uses[slots] >= self.max_reuse])
         self.num_samples += 1
-        ages = [learner_version - g.min_version for g in batch]
-        self.counters["sample_age_sum"] += float(sum(ages))
-        self.counters["sample_age_max"] = max(self.counters["sample_age_max"], float(max(ages, default=0)))
+        self.counters["sample_age_sum"] += float(ages.sum())
+        self.counters["sample_age_max"] = max(self.counters["sample_age_max"], float(ages.max()))
         self.counters["sampled_groups"] += len(batch)
-        self.counters["is_weight_min"] = float(weights.min()) if weights.size else 1.0
+        self.counters["is_weight_min"] = float(weights.min())
         return batch
 
-    def _remove(self, indices: Sequence[int]) -> None:
-        for i in sorted(set(int(i) for i in indices), reverse=True):
-            del self.groups[i], self.priorities[i], self.uses[i]
+    def _draw(self, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct slots to sample and the probability of each under one draw."""
+        total = self._tree.total
+        if total > 0:
+            slots = sample_distinct(self._tree, num_groups, self.rng)
+            return slots, self._tree[slots] / total
+        live = np.flatnonzero(self._seq >= 0)  # every priority is 0: uniform
+        slots = self.rng.choice(live, size=min(num_groups, live.size), replace=False)
+        return slots, np.full(slots.size, 1.0 / live.size)
 
-    def _evict_to_capacity(self) -> None:
-        excess = len(self.groups) - self.capacity
-        if excess > 0:
-            self._remove(range(excess))
-            self.counters["groups_evicted_capacity"] += excess
+    def _scale(self, raw: np.ndarray, source: str) -> np.ndarray:
+        """``raw ** alpha``, checked finite so that a bad value never reaches the tree."""
+        scaled = raw**self.alpha
+        if not np.isfinite(scaled).all():
+            raise PriorityError(f"{source} gave priorities whose power alpha={self.alpha} overflows")
+        return scaled
+
+    def _insert(self, group: Group, priority: float) -> int:
+        """Puts a group in a free slot (evicting the oldest if none is free); returns the slot.
+
+        The caller writes the slot's sum-tree leaf.
+        """
+        if not self._free:
+            self._release([self._oldest_slot()])
+            self.counters["groups_evicted_capacity"] += 1
+        slot = self._free.pop()
+        version = group.min_version
+        self._slots[slot] = group
+        self._priority[slot] = priority
+        self._uses[slot] = 0
+        self._version[slot] = version
+        self._seq[slot] = self._next_seq
+        self._order.append((self._next_seq, slot))
+        self._next_seq += 1
+        self._slot_of[group.group_id] = slot
+        self._size += 1
+        self._min_version = min(self._min_version, version)
+        if len(self._order) > 2 * self.capacity:
+            self._order = deque((int(self._seq[s]), int(s)) for s in self._live_slots())
+        return slot
+
+    def _oldest_slot(self) -> int:
+        while True:
+            seq, slot = self._order.popleft()
+            if self._seq[slot] == seq:
+                return slot
+
+    def _live_slots(self) -> np.ndarray:
+        """Occupied slots, oldest first."""
+        live = np.flatnonzero(self._seq >= 0)
+        return live[np.argsort(self._seq[live])]
+
+    def _release(self, slots: Sequence[int] | np.ndarray) -> None:
+        """Frees slots (not their sum-tree leaves)."""
+        for slot in [int(s) for s in slots]:
+            group = self._slots[slot]
+            assert group is not None
+            if self._slot_of.get(group.group_id) == slot:
+                del self._slot_of[group.group_id]
+            self._slots[slot] = None
+            self._free.append(slot)
+        self._seq[slots] = -1
+        self._priority[slots] = 0.0
+        self._size -= len(slots)
+
+    def _remove(self, slots: np.ndarray) -> None:
+        """Frees slots and zeroes their sum-tree leaves."""
+        if len(slots):
+            self._release(slots)
+            self._tree.update(slots, np.zeros(len(slots)))
 
     def pop_metrics(self) -> dict[str, float]:
         """Rollout metrics of the groups that arrived, buffer and filter counters since the last call."""
@@ -203,8 +337,8 @@ class GroupReplayBuffer:
         if counters.get("sampled_groups"):
             counters["sample_age_mean"] = age_sum / counters["sampled_groups"]
         counters["size"] = float(len(self))
-        if self.priorities:
-            counters["priority_mean"] = float(np.mean(self.priorities))
+        if self._size:
+            counters["priority_mean"] = float(self._priority.sum() / self._size)
         out = {f"buffer/{k}": v for k, v in counters.items()}
         out.update(group_metrics(self.arrived, prefix="rollout/"))
         out.update({f"filter/{k}": v for k, v in self.filters.pop_counts().items()})
@@ -212,21 +346,58 @@ class GroupReplayBuffer:
         return out
 
     def get_state(self) -> dict[str, Any]:
-        """Everything needed to resume: groups, priorities, reuse counts, histories, RNG."""
+        """Everything needed to resume: the groups and their slots, the free list, histories, RNG.
+
+        Groups are listed oldest first, with their priorities, reuse counts and slots.
+        """
+        live = self._live_slots()
         return {
-            "groups": list(self.groups),
-            "priorities": list(self.priorities),
-            "uses": list(self.uses),
+            "capacity": self.capacity,
+            "alpha": self.alpha,
+            "groups": [self._slots[s] for s in live],
+            "priorities": self._priority[live].tolist(),
+            "scaled": self._tree[live].tolist(),
+            "uses": self._uses[live].tolist(),
+            "slots": live.tolist(),
+            "free": list(self._free),
             "histories": dict(self.histories),
             "num_samples": self.num_samples,
             "rng": self.rng.bit_generator.state,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restores what :meth:`get_state` returned."""
-        self.groups = list(state["groups"])
-        self.priorities = list(state["priorities"])
-        self.uses = list(state["uses"])
+        """Restores what :meth:`get_state` returned.
+
+        With the same capacity the slot layout is restored too, so the samples that follow are the
+        ones the saved buffer would have drawn. With another capacity (or a state without slots) the
+        newest groups that fit are laid out afresh.
+        """
+        groups, raw, uses = list(state["groups"]), list(state["priorities"]), list(state["uses"])
+        n = min(len(groups), self.capacity)
+        same_layout = state.get("capacity") == self.capacity and "slots" in state
+        if same_layout:
+            slots, free = list(state["slots"]), list(state["free"])
+        else:
+            groups, raw, uses = groups[len(groups) - n :], raw[len(raw) - n :], uses[len(uses) - n :]
+            slots, free = list(range(n)), list(range(self.capacity - 1, n - 1, -1))
+        self._clear_slots()
+        for slot, group in zip(slots, groups, strict=True):
+            self._slots[slot] = group
+            self._slot_of[group.group_id] = slot
+        idx = np.asarray(slots, dtype=np.int64)
+        versions = np.array([g.min_version for g in groups], dtype=np.int64)
+        self._priority[idx] = raw
+        self._uses[idx] = uses
+        self._version[idx] = versions
+        self._seq[idx] = np.arange(n)
+        self._free = free
+        self._order = deque(enumerate(slots))
+        self._next_seq = self._size = n
+        self._min_version = int(versions.min()) if n else _NO_VERSION
+        reuse_scaled = same_layout and state.get("alpha") == self.alpha and "scaled" in state
+        leaves = np.zeros(self.capacity)
+        leaves[idx] = state["scaled"] if reuse_scaled else np.asarray(raw, dtype=np.float64) ** self.alpha
+        self._tree.set_all(leaves)
         self.histories = dict(state["histories"])
         self.num_samples = int(state["num_samples"])
         self.rng.bit_generator.state = state["rng"]
@@ -276,7 +447,7 @@ class BufferActor(GroupReplayBuffer):
     async def size(self) -> int:
         """Number of groups held that are not stale for the learner."""
         self.evict_stale(self.learner_version)
-        return len(self.groups)
+        return len(self)
 
     async def metrics(self) -> dict[str, float]:
         """Counters since the last call."""

@@ -152,3 +152,142 @@ def test_a_raising_filter_is_named():
 
     with pytest.raises(FilterError, match="filter 'picky' raised ValueError"):
         _buffer(filters=[("picky", picky)]).add([make_group([0, 1])])
+
+
+def _ids(batch):
+    return [g.group_id for g in batch]
+
+
+def test_batches_hold_distinct_groups_even_when_one_priority_dominates():
+    buf = _buffer(priority_fn=lambda g, h: 1000.0 if g.group_id == "0" else 1.0, alpha=1.0, max_reuse=10**9)
+    buf.add([make_group([0, 1], group_id=str(i)) for i in range(8)])
+    for _ in range(50):
+        ids = _ids(buf.sample(5, 0))
+        assert len(ids) == len(set(ids)) == 5
+        assert "0" in ids
+    assert len(buf._tree.leaves) == 1024 and buf._tree.total == pytest.approx(1007.0)  # tree restored
+
+
+def test_zero_priority_groups_are_never_drawn_unless_all_are_zero():
+    buf = _buffer(priority_fn=lambda g, h: 0.0 if g.group_id.startswith("z") else 1.0, max_reuse=10**9)
+    buf.add([make_group([0, 1], group_id=i) for i in ["z1", "z2", "a", "b"]])
+    for _ in range(20):
+        assert sorted(_ids(buf.sample(4, 0))) == ["a", "b"]
+    zeros = _buffer(priority_fn=lambda g, h: 0.0, max_reuse=10**9)
+    zeros.add([make_group([0, 1], group_id=str(i)) for i in range(3)])
+    batch = zeros.sample(2, 0)
+    assert len(set(_ids(batch))) == 2 and all(g.is_weight == 1.0 for g in batch)
+
+
+def test_update_priorities_steers_sampling_and_ignores_unknown_ids():
+    buf = _buffer(alpha=1.0, max_reuse=10**9)
+    buf.add([make_group([0, 1], group_id=i) for i in ["a", "b", "c"]])
+    assert buf.update_priorities(["a", "b", "gone"], [0.0, 0.0, 5.0]) == 2
+    assert all(_ids(buf.sample(1, 0)) == ["c"] for _ in range(20))
+    with pytest.raises(PriorityError, match="finite"):
+        buf.update_priorities(["a", "c"], [1.0, math.nan])
+    assert _ids(buf.sample(3, 0)) == ["c"]  # the bad call changed nothing
+    with pytest.raises(ValueError):
+        buf.update_priorities(["a"], [1.0, 2.0])
+
+
+def test_is_weights_use_held_count_and_beta_anneals_to_one():
+    buf = _buffer(
+        priority_fn=lambda g, h: float(g.prompt_id), alpha=1.0, beta=0.5, beta_anneal_iters=4, max_reuse=99
+    )
+    buf.add([make_group([0, 1], prompt_id=str(p), group_id=i) for p, i in [(1, "a"), (1, "b"), (2, "c")]])
+    weights = {g.group_id: g.is_weight for g in buf.sample(3, 0)}
+    # P = 1/4, 1/4, 1/2; N = 3; beta = 0.5 -> (3/4)^-0.5 is the max, (3/2)^-0.5 / (3/4)^-0.5 = 2^-0.5
+    assert weights == pytest.approx({"a": 1.0, "b": 1.0, "c": 2**-0.5})
+    for _ in range(5):
+        buf.sample(1, 0)
+    assert buf.beta == 1.0
+
+
+def test_capacity_eviction_is_oldest_first_after_holes_and_counts():
+    buf = _buffer(capacity=4, max_reuse=1, priority_fn=lambda g, h: 1.0 if g.group_id in "ab" else 0.0)
+    buf.add([make_group([0, 1], group_id=i) for i in "abcd"])
+    assert sorted(_ids(buf.sample(2, 0))) == ["a", "b"]  # consumed: two free slots
+    buf.add([make_group([0, 1], group_id=i) for i in "efg"])  # fills the holes, then evicts "c"
+    assert _ids(buf.groups) == ["d", "e", "f", "g"]
+    metrics = buf.pop_metrics()
+    assert metrics["buffer/groups_evicted_capacity"] == 1
+    assert metrics["buffer/groups_added"] == 7 and metrics["buffer/size"] == 4
+    buf.add([make_group([0, 1], group_id=str(i)) for i in range(9)])  # more than capacity at once
+    assert _ids(buf.groups) == ["5", "6", "7", "8"]
+    assert len(buf) == 4 and buf._tree.num_nonzero == 0
+
+
+def test_staleness_eviction_and_num_fresh():
+    buf = _buffer(max_staleness=2, max_reuse=10**9)
+    buf.add([make_group([0, 1], version=v, group_id=str(v)) for v in [0, 3, 5, 1]])
+    assert buf.num_fresh(3) == 3 and buf.num_fresh(5) == 2 and len(buf) == 4
+    assert buf.evict_stale(2) == 0
+    assert buf.evict_stale(5) == 2
+    assert sorted(_ids(buf.groups)) == ["3", "5"]
+    assert buf.num_fresh(5) == 2 and buf.num_fresh(7) == 1
+    assert sorted(_ids(buf.sample(5, 7))) == ["5"]
+
+
+def test_metrics_keys_are_the_documented_ones():
+    buf = _buffer(filters=[("zero_variance", zero_variance)], capacity=1, max_staleness=0)
+    buf.add([make_group([0, 1], group_id=str(i)) for i in range(2)] + [make_group([1, 1])])
+    buf.sample(1, 0)
+    buf.add([make_group([0, 1], group_id="x", version=0)])
+    buf.evict_stale(3)
+    buf.add([make_group([0, 1], group_id="y", version=3)])
+    keys = {k for k in buf.pop_metrics() if k.startswith("buffer/")}
+    assert keys == {
+        f"buffer/{k}"
+        for k in [
+            "groups_added",
+            "groups_dropped",
+            "groups_evicted_stale",
+            "groups_evicted_capacity",
+            "sampled_groups",
+            "sample_age_mean",
+            "sample_age_max",
+            "is_weight_min",
+            "size",
+            "priority_mean",
+        ]
+    }
+
+
+def test_state_round_trip_after_evictions_reproduces_every_later_sample():
+    def prio(group, history):
+        return 1.0 + int(group.group_id) % 5
+
+    def run(buf, start):
+        out = []
+        for step in range(start, start + 6):
+            buf.add([make_group([0, 1], group_id=str(10 * step + j), version=step) for j in range(5)])
+            out.append(_ids(buf.sample(4, step)))
+            buf.update_priorities(out[-1][:2], [0.5, 3.0])
+        return out
+
+    kwargs = dict(priority_fn=prio, capacity=16, max_reuse=2, max_staleness=3, seed=5)
+    a = _buffer(**kwargs)
+    run(a, 0)
+    b = _buffer(**{**kwargs, "seed": 77})
+    b.set_state(a.get_state())
+    assert _ids(b.groups) == _ids(a.groups)
+    assert run(a, 6) == run(b, 6)
+
+
+def test_state_into_a_smaller_buffer_keeps_the_newest_groups():
+    a = _buffer(capacity=8)
+    a.add([make_group([0, 1], group_id=str(i)) for i in range(6)])
+    b = _buffer(capacity=4)
+    b.set_state(a.get_state())
+    assert _ids(b.groups) == ["2", "3", "4", "5"]
+    assert len(b.sample(4, 0)) == 4 and len(b) == 0
+
+
+def test_sampling_does_not_depend_on_the_tree_fanout():
+    batches = []
+    for fanout in [2, 16]:
+        buf = _buffer(max_reuse=3, seed=1, fanout=fanout)
+        buf.add([make_group([0, 1], group_id=str(i)) for i in range(40)])
+        batches.append([_ids(buf.sample(7, 0)) for _ in range(10)])
+    assert batches[0] == batches[1]

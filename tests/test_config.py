@@ -47,7 +47,7 @@ def test_yaml_and_overrides(tmp_path):
 
 
 def test_shipped_configs_load():
-    for name in ["configs/calculator.yaml"]:
+    for name in ["configs/calculator.yaml", "configs/function_calling.yaml"]:
         AlgorithmConfig.from_yaml(name)
 
 

@@ -1,0 +1,191 @@
+import numpy as np
+import pytest
+
+from actorlearner.sumtree import SumTree, sample_distinct
+
+FANOUTS = [2, 4, 16, 32]
+
+
+def _reference_find(priorities: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Brute force: the leaf whose cumulative interval [cum[i-1], cum[i]) holds each query."""
+    return np.searchsorted(np.cumsum(priorities), queries, side="right")
+
+
+def _random_tree(rng, capacity, fanout, zero_frac=0.3):
+    """A tree with integer-valued priorities (sums exact in float64), some of them 0."""
+    values = rng.integers(1, 100, size=capacity).astype(np.float64)
+    values[rng.random(capacity) < zero_frac] = 0.0
+    tree = SumTree(capacity, fanout=fanout)
+    tree.update(np.arange(capacity), values)
+    return tree, values
+
+
+@pytest.mark.parametrize("fanout", FANOUTS)
+@pytest.mark.parametrize("capacity", [1, 2, 3, 17, 64, 1000])
+def test_find_matches_brute_force_cumsum(fanout, capacity):
+    rng = np.random.default_rng(capacity * 100 + fanout)
+    tree, values = _random_tree(rng, capacity, fanout)
+    if values.sum() == 0:
+        values[0] = 1.0
+        tree.update(np.array([0]), values[:1])
+    total = values.sum()
+    assert tree.total == total
+    queries = np.concatenate([rng.random(500) * total, np.cumsum(values)[:-1], [0.0]])  # incl. boundaries
+    queries = queries[queries < total]
+    np.testing.assert_array_equal(tree.find(queries), _reference_find(values, queries))
+
+
+@pytest.mark.parametrize("fanout", FANOUTS)
+def test_random_batched_updates_with_duplicates_match_a_loop(fanout):
+    rng = np.random.default_rng(fanout)
+    capacity = 300
+    tree = SumTree(capacity, fanout=fanout)
+    reference = np.zeros(capacity)
+    for step in range(200):
+        size = int(rng.integers(1, 64 if step % 2 else 400))  # small batches and sorted large ones
+        idx = rng.integers(0, capacity, size=size)  # duplicates are frequent
+        idx[: size // 4] = idx[0]
+        values = rng.integers(0, 50, size=size).astype(np.float64)
+        tree.update(idx, values)
+        for i, v in zip(idx, values, strict=True):
+            reference[i] = v  # the last write wins
+        np.testing.assert_array_equal(tree.leaves, reference)
+        assert tree.total == reference.sum()
+        assert tree.num_nonzero == np.count_nonzero(reference)
+    queries = rng.random(1000) * reference.sum()
+    np.testing.assert_array_equal(tree.find(queries), _reference_find(reference, queries))
+
+
+@pytest.mark.parametrize("fanout", FANOUTS)
+def test_incremental_tree_is_bit_identical_to_a_rebuild(fanout):
+    rng = np.random.default_rng(1)
+    tree = SumTree(1000, fanout=fanout)
+    for _ in range(100):
+        idx = rng.integers(0, 1000, size=32)
+        tree.update(idx, rng.random(32) ** 3)
+    rebuilt = SumTree(1000, fanout=fanout)
+    rebuilt.set_state(tree.get_state())
+    for ours, theirs in zip(tree._levels, rebuilt._levels, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    queries = rng.random(500) * tree.total
+    np.testing.assert_array_equal(tree.find(queries), rebuilt.find(queries))
+
+
+@pytest.mark.parametrize("fanout", FANOUTS)
+def test_float_priorities_land_in_their_interval_and_never_on_zero(fanout):
+    rng = np.random.default_rng(7)
+    values = rng.random(5000) ** 4
+    values[rng.random(5000) < 0.5] = 0.0
+    tree = SumTree(5000, fanout=fanout)
+    tree.update(np.arange(5000), values)
+    queries = np.concatenate([rng.random(4000) * tree.total, [tree.total * (1 - 1e-16), tree.total]])
+    found = tree.find(queries)
+    assert (values[found] > 0).all()
+    cum = np.cumsum(values)
+    lo, hi = cum[found] - values[found], cum[found]
+    tol = 1e-9 * tree.total
+    assert ((queries >= lo - tol) & (queries < hi + tol)).all()
+
+
+def test_zeros_are_skipped_and_out_of_range_queries_are_clamped():
+    tree = SumTree(8, fanout=2)
+    tree.update(np.array([1, 3, 4, 6]), np.array([2.0, 0.0, 3.0, 1.0]))
+    # leaves: [0, 2, 0, 0, 3, 0, 1, 0]; intervals: 1 -> [0, 2), 4 -> [2, 5), 6 -> [5, 6)
+    np.testing.assert_array_equal(tree.find(np.array([0.0, 1.99, 2.0, 4.99, 5.0, 5.5])), [1, 1, 4, 4, 6, 6])
+    np.testing.assert_array_equal(tree.find(np.array([-3.0, 6.0, 100.0, np.inf])), [1, 6, 6, 6])
+    assert tree.num_nonzero == 3
+    assert tree[4] == 3.0
+    np.testing.assert_array_equal(tree[np.array([6, 1])], [1.0, 2.0])
+
+
+def test_capacity_that_is_not_a_power_of_two_never_returns_padding():
+    tree = SumTree(5, fanout=4)
+    tree.update(np.arange(5), np.ones(5))
+    assert tree.find(np.array([4.5, 5.0, 1e9])).tolist() == [4, 4, 4]
+    with pytest.raises(ValueError, match="indices"):
+        tree.update(np.array([5]), np.array([1.0]))
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.nan, np.inf])
+def test_bad_priorities_raise_and_leave_the_tree_unchanged(bad):
+    tree = SumTree(4)
+    tree.update(np.array([0, 1]), np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="finite"):
+        tree.update(np.array([2, 3]), np.array([1.0, bad]))
+    np.testing.assert_array_equal(tree.leaves, [1.0, 2.0, 0.0, 0.0])
+    assert tree.total == 3.0
+
+
+def test_find_on_an_empty_tree_and_nan_queries_raise():
+    tree = SumTree(4)
+    with pytest.raises(ValueError, match="total"):
+        tree.find(np.array([0.0]))
+    tree.update(np.array([0]), np.array([1.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        tree.find(np.array([np.nan]))
+    assert tree.find(np.array([])).size == 0
+
+
+def test_constructor_validates():
+    with pytest.raises(ValueError, match="fanout"):
+        SumTree(8, fanout=3)
+    with pytest.raises(ValueError, match="capacity"):
+        SumTree(0)
+
+
+def test_leaves_are_read_only():
+    tree = SumTree(4)
+    with pytest.raises(ValueError):
+        tree.leaves[0] = 1.0
+
+
+@pytest.mark.parametrize("fanout", [2, 16])
+def test_sample_distinct_returns_distinct_nonzero_leaves_and_restores_the_tree(fanout):
+    rng = np.random.default_rng(0)
+    values = np.array([100.0, 0.0, 1.0, 1.0, 0.0, 5.0, 1.0, 0.5])  # leaf 0 outweighs many segments
+    tree = SumTree(8, fanout=fanout)
+    tree.update(np.arange(8), values)
+    before = [level.copy() for level in tree._levels]
+    for k in [1, 3, 6, 10]:
+        drawn = sample_distinct(tree, k, rng)
+        assert len(drawn) == min(k, 6) == len(set(drawn.tolist()))
+        assert (values[drawn] > 0).all()
+        for ours, saved in zip(tree._levels, before, strict=True):
+            np.testing.assert_array_equal(ours, saved)
+        assert tree.num_nonzero == 6
+    assert sample_distinct(tree, 0, rng).size == 0
+    assert sample_distinct(SumTree(4), 3, rng).size == 0
+
+
+def test_sample_distinct_single_draws_follow_the_priorities():
+    rng = np.random.default_rng(3)
+    values = np.array([1.0, 2.0, 0.0, 7.0])
+    tree = SumTree(4)
+    tree.update(np.arange(4), values)
+    counts = np.bincount(np.concatenate([sample_distinct(tree, 1, rng) for _ in range(4000)]), minlength=4)
+    np.testing.assert_allclose(counts / 4000, values / values.sum(), atol=0.03)
+
+
+def test_stratified_batch_covers_each_segment():
+    # Ten equal priorities and a batch of ten: one draw per segment hits every leaf exactly once.
+    tree = SumTree(10)
+    tree.update(np.arange(10), np.ones(10))
+    drawn = sample_distinct(tree, 10, np.random.default_rng(0))
+    assert sorted(drawn.tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("fanout", FANOUTS)
+def test_per_query_descent_below_the_searched_level_matches_brute_force(fanout):
+    # 2^17 leaves and 100 queries: find() searches a level of <= 2048 nodes, then descends per query.
+    rng = np.random.default_rng(fanout + 11)
+    capacity = 100_000
+    tree, values = _random_tree(rng, capacity, fanout, zero_frac=0.6)
+    values[-5000:] = 0.0  # a zero tail: queries at or past the total must stop before it
+    tree.update(np.arange(capacity - 5000, capacity), np.zeros(5000))
+    total = values.sum()
+    cum = np.cumsum(values)
+    queries = np.concatenate([rng.random(60) * total, cum[rng.integers(0, capacity - 5000, 30)], [0.0]])
+    queries = queries[queries < total]
+    np.testing.assert_array_equal(tree.find(queries), _reference_find(values, queries))
+    last = np.flatnonzero(values)[-1]
+    np.testing.assert_array_equal(tree.find(np.array([total, total * 2, np.inf])), [last] * 3)
