@@ -112,6 +112,11 @@ class GroupReplayBuffer:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.priority_fn = priority_fn
         self.filters = filters
+        # A stateful priority with observe() (DSCL) sees every arriving group, before the filters
+        # drop any: mastered and hard groups are exactly what zero_variance drops.
+        self._observe = getattr(priority_fn, "observe", None)
+        if self._observe is not None and hasattr(priority_fn, "auto_observe"):
+            priority_fn.auto_observe = False
         self.capacity = capacity
         self.alpha = alpha
         self.beta0 = beta
@@ -177,6 +182,8 @@ class GroupReplayBuffer:
         for group in groups:
             history = self.history(group.prompt_id)
             history.record(group.rewards)
+            if self._observe is not None:
+                self._observe(group)
             group_kept = self.filters(group)
             if group_kept is not None:
                 kept.append(group_kept)
@@ -342,6 +349,9 @@ class GroupReplayBuffer:
         out = {f"buffer/{k}": v for k, v in counters.items()}
         out.update(group_metrics(self.arrived, prefix="rollout/"))
         out.update({f"filter/{k}": v for k, v in self.filters.pop_counts().items()})
+        priority_metrics = getattr(self.priority_fn, "metrics", None)
+        if callable(priority_metrics):
+            out.update(priority_metrics())
         self.arrived = []
         return out
 
@@ -363,6 +373,7 @@ class GroupReplayBuffer:
             "histories": dict(self.histories),
             "num_samples": self.num_samples,
             "rng": self.rng.bit_generator.state,
+            "priority_fn": self.priority_fn.get_state() if hasattr(self.priority_fn, "get_state") else None,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -372,6 +383,8 @@ class GroupReplayBuffer:
         ones the saved buffer would have drawn. With another capacity (or a state without slots) the
         newest groups that fit are laid out afresh.
         """
+        if state.get("priority_fn") is not None and hasattr(self.priority_fn, "set_state"):
+            self.priority_fn.set_state(state["priority_fn"])
         groups, raw, uses = list(state["groups"]), list(state["priorities"]), list(state["uses"])
         n = min(len(groups), self.capacity)
         same_layout = state.get("capacity") == self.capacity and "slots" in state

@@ -393,9 +393,9 @@ class DSCLPriority:
 
     def __call__(self, group: Group, history: PromptHistory) -> float:
         """The group's priority (>= 0, finite); also observes the group when ``auto_observe``."""
-        priority, category = self.priority(group, history)
-        self._count(f"category/{category}")
+        priority, _ = self.priority(group, history)
         self._count("priority_sum", priority)
+        self._count("priority_n")
         self._counts["priority_min"] = min(self._counts.get("priority_min", math.inf), priority)
         self._counts["priority_max"] = max(self._counts.get("priority_max", -math.inf), priority)
         if self.auto_observe:
@@ -449,7 +449,15 @@ class DSCLPriority:
     # -- batch-level state ------------------------------------------------------------------------
 
     def observe(self, group: Group) -> None:
-        """Adds a group to the open batch; closes it after ``batch_groups`` groups (if > 0)."""
+        """Counts the group's category and adds it to the open batch.
+
+        The batch closes after ``batch_groups`` groups (if > 0). The buffer calls this for every
+        arriving group, before its filters drop any, so category counts cover all groups.
+        """
+        rewards = _finite(group.rewards)
+        if rewards.size:
+            mean, var = float(rewards.mean()), float(rewards.var())
+            self._count(f"category/{categorize(mean, var, self.reward_range[1], self.t_mean, self.atol)}")
         self._accumulate(group)
         if self.batch_groups and self._batch["groups"] >= self.batch_groups:
             self.close_batch()
@@ -497,16 +505,17 @@ class DSCLPriority:
     def metrics(self, reset: bool = True) -> dict[str, float]:
         """DSCL's metrics, keys prefixed ``dscl/``.
 
-        ``category/<mastered|hard|informative>``, ``excluded``, ``revisited`` (mastered groups sent to
-        priority 0 / kept by the revisit draw) and ``priority_mean|min|max`` count the calls since
-        the last reset; ``mastery/<sub_task>``, ``focus/<sub_task>``, ``warm`` (1 once the warm-up
-        gate is open), ``warmup_streak`` and ``batches`` are the current state.
+        ``category/<mastered|hard|informative>`` count the observed groups (in the buffer: every
+        arriving group), ``excluded``, ``revisited`` (mastered groups sent to priority 0 / kept by
+        the revisit draw) and ``priority_mean|min|max`` the priorities given since the last reset;
+        ``mastery/<sub_task>``, ``focus/<sub_task>``, ``warm`` (1 once the warm-up gate is open),
+        ``warmup_streak`` and ``batches`` are the current state.
 
         Args:
             reset: Start the counts afresh after reading them.
         """
         c = self._counts
-        n = sum(c.get(f"category/{k}", 0.0) for k in CATEGORIES)
+        n = c.get("priority_n", 0.0)
         out = {f"dscl/category/{k}": c.get(f"category/{k}", 0.0) for k in CATEGORIES}
         out["dscl/excluded"] = c.get("excluded", 0.0)
         out["dscl/revisited"] = c.get("revisited", 0.0)

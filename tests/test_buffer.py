@@ -291,3 +291,23 @@ def test_sampling_does_not_depend_on_the_tree_fanout():
         buf.add([make_group([0, 1], group_id=str(i)) for i in range(40)])
         batches.append([_ids(buf.sample(7, 0)) for _ in range(10)])
     assert batches[0] == batches[1]
+
+
+def test_dscl_sees_groups_the_filters_drop_and_its_metrics_and_state_travel_with_the_buffer():
+    from actorlearner.dscl import DSCLPriority
+    from actorlearner.registry import PRIORITIES
+
+    dscl = PRIORITIES.resolve({"name": "dscl", "reward_range": [0, 1], "warmup_batches": 0})
+    assert isinstance(dscl, DSCLPriority)
+    buf = _buffer(priority_fn=dscl, filters=[("zero_variance", zero_variance)])
+    assert dscl.auto_observe is False  # the buffer feeds it every arriving group itself
+    buf.add(
+        [make_group([1, 1, 1, 1], prompt_id="easy", group_id="m"), make_group([0, 1, 0, 1], group_id="i")]
+    )
+    metrics = buf.pop_metrics()
+    assert metrics["filter/zero_variance/groups_dropped"] == 1
+    assert metrics["dscl/category/mastered"] == 1  # seen although the filter dropped it
+    state = buf.get_state()
+    other = _buffer(priority_fn=PRIORITIES.resolve({"name": "dscl", "reward_range": [0, 1]}))
+    other.set_state(state)
+    assert other.priority_fn.get_state() == dscl.get_state()
