@@ -47,6 +47,24 @@ def _check_cross_fields(cfg: AlgorithmConfig) -> None:
         )
 
 
+def _check_picklable(fn: Any, key: str) -> None:
+    """Priority functions and filters run inside the buffer actor: they must pickle.
+
+    Raises:
+        ConfigError: Naming the key and the function when cloudpickle cannot serialize it.
+    """
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.dumps(fn)
+    except Exception as err:
+        name = getattr(getattr(fn, "func", fn), "__qualname__", repr(fn))
+        raise ConfigError(
+            f"{key}: {name} cannot be pickled for the replay-buffer actor ({type(err).__name__}: {err}); "
+            "define it at module level and keep locks, files and sockets out of its closure"
+        ) from None
+
+
 def _name_of(spec: Any) -> str:
     if isinstance(spec, str):
         return spec
@@ -216,6 +234,9 @@ class Algorithm:
             self._owns_ray = True
         self._check_resources(ray.cluster_resources())
         args = self._component_args()
+        _check_picklable(args["buffer"]["priority_fn"], "replay.priority_fn")
+        for name, fn in args["buffer"]["filters"].filters:
+            _check_picklable(fn, f"replay.filters ({name})")
         gpus = 1 if torch.cuda.is_available() and cfg.learners.device != "cpu" else 0
         self.buffer = ray.remote(num_cpus=0)(BufferActor).options(max_concurrency=64).remote(**args["buffer"])
         self.learner = ray.remote(num_cpus=cfg.learners.num_cpus, num_gpus=gpus)(Learner).remote(

@@ -337,16 +337,21 @@ class GroupReplayBuffer:
             self._release(slots)
             self._tree.update(slots, np.zeros(len(slots)))
 
-    def pop_metrics(self) -> dict[str, float]:
+    def pop_metrics(self) -> dict[str, Any]:
         """Rollout metrics of the groups that arrived, buffer and filter counters since the last call."""
         counters, self.counters = dict(self.counters), defaultdict(float)
         age_sum = counters.pop("sample_age_sum", 0.0)
         if counters.get("sampled_groups"):
             counters["sample_age_mean"] = age_sum / counters["sampled_groups"]
         counters["size"] = float(len(self))
+        out: dict[str, Any] = {}
         if self._size:
             counters["priority_mean"] = float(self._priority.sum() / self._size)
-        out = {f"buffer/{k}": v for k, v in counters.items()}
+            live = self._priority[self._live_slots()]
+            hist, edges = np.histogram(live, bins=10)
+            out["buffer/priority_hist"] = hist.tolist()
+            out["buffer/priority_bins"] = edges.tolist()
+        out.update({f"buffer/{k}": v for k, v in counters.items()})
         out.update(group_metrics(self.arrived, prefix="rollout/"))
         out.update({f"filter/{k}": v for k, v in self.filters.pop_counts().items()})
         priority_metrics = getattr(self.priority_fn, "metrics", None)

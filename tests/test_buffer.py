@@ -250,6 +250,8 @@ def test_metrics_keys_are_the_documented_ones():
             "is_weight_min",
             "size",
             "priority_mean",
+            "priority_hist",
+            "priority_bins",
         ]
     }
 

@@ -104,3 +104,20 @@ def test_assigning_a_bad_value_is_a_one_line_config_error():
     assert cfg.training.lr == 1e-5
     with pytest.raises(ConfigError, match=r"^training\.lr: Input should be greater than 0 \(got -1\)$"):
         cfg.training.lr = -1
+
+
+@pytest.mark.ray
+def test_unpicklable_priority_function_is_named_at_build(ray_session, tmp_path):
+    import threading
+
+    from tests.conftest import small_config
+
+    lock = threading.Lock()
+
+    def locked_priority(group, history):
+        with lock:
+            return 1.0
+
+    config = small_config(tmp_path, num_env_runners=1).replay(priority_fn=locked_priority)
+    with pytest.raises(ConfigError, match=r"^replay\.priority_fn: .*locked_priority cannot be pickled"):
+        config.build()
