@@ -328,6 +328,11 @@ class Algorithm:
             buf.add(self.runners[0].sample.remote(self.config.env_runners.groups_in_flight))
         return buf.sample(n, self.version)
 
+    def _steer_prompts(self) -> None:
+        """Passes the prompts the priority function wants rarely re-issued (DSCL) to the runners."""
+        skip = self.buffer.skip_list.remote()
+        self._get([r.set_skip_prompts.remote(*self._get(skip)) for r in self.runners])
+
     def _wait_watching_runners(self, ref: Any) -> None:
         """Waits for ``ref``; if a runner's rollout loop ends first, raises its error here."""
         import ray
@@ -354,6 +359,7 @@ class Algorithm:
         self.version = int(learner_metrics.get("version", self.version))
         self._skipped = self._skipped + 1 if learner_metrics.get("skipped") else 0
         self._sync_weights()
+        self._steer_prompts()
         metrics: dict[str, float] = {f"learner/{k}": v for k, v in learner_metrics.items()}
         metrics.update(self._get(self.buffer.metrics.remote()))
         for stats in self._get([r.stats.remote() for r in self.runners]):

@@ -197,6 +197,18 @@ class GroupReplayBuffer:
         self.counters["groups_dropped"] += len(groups) - len(kept)
         return {"added": len(kept), "dropped": len(groups) - len(kept), "size": len(self)}
 
+    def prompts_to_skip(self) -> tuple[list[str], float]:
+        """Prompts the priority function asks runners to rarely re-issue (DSCL: mastered ones).
+
+        Returns:
+            ``(prompt_ids, p_revisit)``: the ids, and the probability of issuing one anyway.
+        """
+        skip = getattr(self.priority_fn, "skip_prompt", None)
+        if skip is None:
+            return [], 1.0
+        ids = [pid for pid, history in self.histories.items() if skip(history)]
+        return ids, float(getattr(self.priority_fn, "p_revisit", 0.0))
+
     def update_priorities(self, group_ids: Sequence[str], priorities: Sequence[float]) -> int:
         """Re-prioritizes held groups (e.g. from the learner); ids no longer held are ignored.
 
@@ -461,6 +473,10 @@ class BufferActor(GroupReplayBuffer):
                     cond.wait_for(lambda: self.num_fresh(learner_version) >= num_groups), timeout_s
                 )
         return self.sample(num_groups, learner_version)
+
+    async def skip_list(self) -> tuple[list[str], float]:
+        """:meth:`prompts_to_skip`, for the driver to pass on to the runners."""
+        return self.prompts_to_skip()
 
     async def size(self) -> int:
         """Number of groups held that are not stale for the learner."""

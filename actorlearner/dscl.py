@@ -442,6 +442,16 @@ class DSCLPriority:
         )
         return p * self.hard_weight if category == "hard" else p
 
+    def skip_prompt(self, history: PromptHistory) -> bool:
+        """Whether runners should rarely re-issue this prompt: mastered, once warm-up is over.
+
+        Runners skip such a prompt unless a draw below ``p_revisit`` revisits it.
+        """
+        mean, var = history.last_mean, history.last_var
+        if not self.gate.is_open or mean is None or var is None:
+            return False
+        return categorize(mean, var, self.reward_range[1], self.t_mean, self.atol) == "mastered"
+
     def focus(self) -> dict[str, float]:
         """Current focus weights ``w_s`` over the sub-tasks with a mastery estimate."""
         return focus_weights(self.mastery, self.tau)

@@ -92,6 +92,9 @@ class EnvRunner:
         self._executor_set = False
         self.episodes_done = 0
         self.group_errors = 0
+        self.prompts_skipped = 0
+        self._skip: set[str] = set()
+        self._p_revisit = 1.0
 
     def _ensure_executor(self) -> None:
         # Episodes run env.step in threads; the default pool (cores + 4) is too small for many in flight.
@@ -132,8 +135,29 @@ class EnvRunner:
             created_at=time.time(),
         )
 
-    def _next_seed(self) -> int:
-        return int(self.rng.integers(0, 2**31 - 1))
+    def _next_seed(self, max_draws: int = 20) -> int:
+        """A new task seed; prompts in the skip set are redrawn unless a ``p_revisit`` draw keeps them."""
+        seed = int(self.rng.integers(0, 2**31 - 1))
+        for _ in range(max_draws):
+            if not self._skip or self._prompt_id(seed) not in self._skip:
+                return seed
+            if float(self.rng.random()) < self._p_revisit:
+                return seed
+            self.prompts_skipped += 1
+            seed = int(self.rng.integers(0, 2**31 - 1))
+        return seed
+
+    def _prompt_id(self, seed: int) -> str:
+        env = self.pool.acquire()
+        try:
+            _, info = env.reset(seed=seed)
+        finally:
+            self.pool.release(env)
+        return str(info.get("prompt_id", seed))
+
+    async def set_skip_prompts(self, prompt_ids: list[str], p_revisit: float) -> None:
+        """Prompts to rarely re-issue (DSCL's mastered ones) and the chance of issuing one anyway."""
+        self._skip, self._p_revisit = set(prompt_ids), float(p_revisit)
 
     async def sample(self, num_groups: int) -> list[Group]:
         """Plays ``num_groups`` groups (``groups_in_flight`` at a time) and returns them."""
@@ -231,6 +255,7 @@ class EnvRunner:
         """Engine counters since the last call (tokens/s, batch sizes), prefixed ``rollout/``."""
         stats = {f"rollout/{k}": v for k, v in self.batcher.pop_stats().items()}
         stats["rollout/group_errors"], self.group_errors = float(self.group_errors), 0
+        stats["rollout/prompts_skipped"], self.prompts_skipped = float(self.prompts_skipped), 0
         return stats
 
     async def version(self) -> int:

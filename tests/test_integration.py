@@ -70,3 +70,43 @@ def test_local_mode_trains_saves_and_restores(tmp_path) -> None:
         assert ev["eval/greedy/episodes"] == 4 and "eval/sampled/success_rate" in ev
     finally:
         algo.stop()
+
+
+def test_runner_rarely_reissues_prompts_the_priority_function_marks_mastered(tmp_path) -> None:
+    import copy
+
+    algo = small_config(tmp_path, num_env_runners=0).build()
+    try:
+        runner = algo.runners[0]._obj
+        peek = copy.deepcopy(runner.rng)
+        upcoming = [int(peek.integers(0, 2**31 - 1)) for _ in range(5)]
+        skip = [runner._prompt_id(s) for s in upcoming[:3]]
+        algo._loop.run_until_complete(runner.set_skip_prompts(skip, 0.0))
+        seed = runner._next_seed()
+        assert runner._prompt_id(seed) not in skip
+        assert runner.prompts_skipped >= 1  # the first upcoming draw was skipped
+        assert algo._loop.run_until_complete(runner.stats())["rollout/prompts_skipped"] >= 1
+    finally:
+        algo.stop()
+
+
+def test_dscl_marks_mastered_prompts_for_the_runners_after_warm_up() -> None:
+    from actorlearner.buffer import GroupReplayBuffer
+    from actorlearner.filters import FilterChain
+    from actorlearner.registry import PRIORITIES
+    from tests.conftest import make_group
+
+    dscl = PRIORITIES.resolve(
+        {
+            "name": "dscl",
+            "reward_range": [0, 1],
+            "warmup_batches": 1,
+            "t_warm": 0.1,
+            "batch_groups": 1,
+            "p_revisit": 0.05,
+        }
+    )
+    buf = GroupReplayBuffer(dscl, FilterChain([]))
+    buf.add([make_group([1, 1, 1, 1], prompt_id="solved"), make_group([0, 1, 0, 1], prompt_id="open")])
+    ids, p_revisit = buf.prompts_to_skip()
+    assert ids == ["solved"] and p_revisit == 0.05
