@@ -23,7 +23,6 @@ from actorlearner.chat import stop_token_ids
 from actorlearner.config import EnvRunnersConfig
 from actorlearner.engine import AsyncBatchingEngine, HFEngine
 from actorlearner.interfaces import SamplingParams
-from actorlearner.metrics import episode_metrics
 from actorlearner.rollout import DemonstrationTurnPolicy, EnginePolicy, TurnPolicy, run_episode
 from actorlearner.trajectory import Group, Trajectory
 
@@ -90,7 +89,6 @@ class EnvRunner:
         self._running = False
         self._paused = False
         self._executor_set = False
-        self.episodes_done = 0
         self.group_errors = 0
         self.prompts_skipped = 0
         self._skip: set[str] = set()
@@ -125,7 +123,6 @@ class EnvRunner:
         for t in trajs:
             t.group_id = group_id
         first = trajs[0]
-        self.episodes_done += len(trajs)
         return Group(
             group_id=group_id,
             prompt_id=first.prompt_id,
@@ -261,8 +258,3 @@ class EnvRunner:
     async def version(self) -> int:
         """Weights version the next generation step uses (staged weights included)."""
         return int(self.batcher.version)
-
-
-def summarize_eval(trajectories: list[Trajectory]) -> dict[str, float]:
-    """Held-out metrics of evaluation episodes."""
-    return episode_metrics(trajectories)

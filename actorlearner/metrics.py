@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +113,3 @@ def _jsonable(value: Any) -> Any:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Reads a ``metrics.jsonl`` file back."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def mean_of(records: Iterable[Mapping[str, Any]], key: str) -> float:
-    """Mean of ``key`` over the records that have a number for it (nan when none do)."""
-    values = [r[key] for r in records if isinstance(r.get(key), int | float)]
-    return float(np.mean(values)) if values else math.nan
