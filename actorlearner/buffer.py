@@ -117,6 +117,8 @@ class GroupReplayBuffer:
         self._observe = getattr(priority_fn, "observe", None)
         if self._observe is not None and hasattr(priority_fn, "auto_observe"):
             priority_fn.auto_observe = False
+        # ... and may reweight a kept group's rewards after its priority (DSCL's reweight_rewards).
+        self._reweight = getattr(priority_fn, "reweight_group", None)
         self.capacity = capacity
         self.alpha = alpha
         self.beta0 = beta
@@ -188,6 +190,8 @@ class GroupReplayBuffer:
             if group_kept is not None:
                 kept.append(group_kept)
                 priorities.append(compute_priority(self.priority_fn, group_kept, history))
+                if self._reweight is not None:
+                    self._reweight(group_kept)
         if kept:
             raw = np.asarray(priorities, dtype=np.float64)
             scaled = self._scale(raw, "a priority function")

@@ -317,6 +317,10 @@ class DSCLPriority:
             name/keys/values parts scale with the prompt's ``S_max``, so no fixed range fits them;
             ``{format: [0, 1], correct: [-3, 3]}`` is the fixed-range alternative.
         use_task_labels: Whether ``group.sub_tasks`` labels are sub-tasks too.
+        reweight_rewards: The optional second use of the curriculum (7b, off by default): the
+            buffer calls :meth:`reweight_group` on each kept group, after its priority, so the
+            learner's advantages come from rewards whose correctness components are reweighted
+            by focus (:func:`reweight_reward`). Categories and priorities use the raw rewards.
         seed: Seeds the revisit draws.
     """
 
@@ -343,6 +347,7 @@ class DSCLPriority:
         mastery_decay: float = 0.8,
         component_ranges: Mapping[str, Sequence[float]] | None = None,
         use_task_labels: bool = True,
+        reweight_rewards: bool = False,
         seed: int = 0,
     ) -> None:
         self.reward_range = _pair(reward_range, "reward_range")
@@ -375,6 +380,7 @@ class DSCLPriority:
         self.uniform_priority = float(uniform_priority)
         self.curriculum, self.kappa, self.tau = bool(curriculum), float(kappa), float(tau)
         self.mastery_decay, self.use_task_labels = float(mastery_decay), bool(use_task_labels)
+        self.reweight_rewards = bool(reweight_rewards)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.gate = WarmupGate(float(t_warm), int(warmup_batches))
@@ -456,6 +462,27 @@ class DSCLPriority:
         """Current focus weights ``w_s`` over the sub-tasks with a mastery estimate."""
         return focus_weights(self.mastery, self.tau)
 
+    def reweight_group(self, group: Group) -> None:
+        """Reweights each trajectory's reward by focus in place, if ``reweight_rewards`` is on.
+
+        Only the correctness components change: ``reward += reweight_reward(c) - sum(c)`` over
+        the correctness components ``c`` the trajectory has, so any other term of the reward
+        (format, OTC, penalties) stays as the env gave it. Nothing changes before any mastery
+        estimate exists.
+        """
+        focus = self.focus()
+        if not self.reweight_rewards or not focus:
+            return
+        for t in group.trajectories:
+            comps = t.reward_components
+            parts = {c: float(comps[c]) for c in CORRECTNESS_COMPONENTS if c in comps}
+            if not parts or not all(math.isfinite(v) for v in parts.values()):
+                continue
+            delta = reweight_reward(parts, focus) - sum(parts.values())
+            t.reward = float(t.reward) + delta
+            self._count("reweight_delta_sum", abs(delta))
+            self._count("reweight_n")
+
     # -- batch-level state ------------------------------------------------------------------------
 
     def observe(self, group: Group) -> None:
@@ -535,6 +562,8 @@ class DSCLPriority:
             out["dscl/priority_max"] = c["priority_max"]
         out.update({f"dscl/mastery/{s}": mu for s, mu in self.mastery.items()})
         out.update({f"dscl/focus/{s}": w for s, w in self.focus().items()})
+        if c.get("reweight_n"):
+            out["dscl/reweight_abs_delta"] = c["reweight_delta_sum"] / c["reweight_n"]
         out["dscl/warm"] = float(self.gate.is_open)
         out["dscl/warmup_streak"] = float(self.gate.streak)
         out["dscl/batches"] = float(self.num_batches)

@@ -313,3 +313,30 @@ def test_dscl_sees_groups_the_filters_drop_and_its_metrics_and_state_travel_with
     other = _buffer(priority_fn=PRIORITIES.resolve({"name": "dscl", "reward_range": [0, 1]}))
     other.set_state(state)
     assert other.priority_fn.get_state() == dscl.get_state()
+
+
+def _with_components(group, comps):
+    for t, c in zip(group.trajectories, comps, strict=True):
+        t.reward_components = dict(c)
+        t.reward = sum(c.values())
+    return group
+
+
+def test_dscl_reweight_rewards_shifts_learner_rewards_toward_the_lagging_component_only_when_on():
+    from actorlearner.registry import PRIORITIES
+
+    comps = [{"format": 1.0, "name": 1.0, "keys": 1.0, "values": v} for v in (0.0, 1.0)]
+    kept_rewards = {}
+    for on in (False, True):
+        dscl = PRIORITIES.resolve({"name": "dscl", "reweight_rewards": on, "batch_groups": 1})
+        buf = _buffer(priority_fn=dscl)
+        buf.add([_with_components(make_group([0, 0], group_id="warm"), comps)])  # one batch: mastery
+        assert dscl.mastery["values"] < dscl.mastery["name"]  # values lag, so they get the focus
+        group = _with_components(make_group([0, 0], group_id="x"), comps)
+        buf.add([group])
+        kept_rewards[on] = list(group.rewards)
+        assert ("dscl/reweight_abs_delta" in buf.pop_metrics()) == on
+    assert kept_rewards[False] == [3.0, 4.0]  # the env's rewards, untouched when off
+    assert kept_rewards[True][0] < 3.0  # values missed: the focused component costs more
+    assert kept_rewards[True][1] == pytest.approx(4.0)  # all correct: reweighting keeps the sum
+    assert kept_rewards[True][1] - kept_rewards[True][0] > 1.0  # the lagging component counts for more
