@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -421,7 +422,13 @@ class Algorithm:
 
     # ----------------------------------------------------------------------- save and restore
     def save(self, path: str | None = None) -> str:
-        """Writes a checkpoint (model as safetensors, optimizer tensors, JSON state); returns it."""
+        """Writes a checkpoint and returns its directory.
+
+        It holds the model (safetensors, with the tokenizer), the optimizer tensors, the JSON state
+        and the replay buffer's state (``buffer.pkl``: groups, priorities, prompt histories, the
+        priority function's state such as DSCL's mastery). ``buffer.pkl`` is a pickle: restore
+        only checkpoints you trust.
+        """
         from transformers import AutoTokenizer
 
         out = Path(path or self.run_dir / "checkpoint")
@@ -430,13 +437,19 @@ class Algorithm:
         AutoTokenizer.from_pretrained(self.model_path).save_pretrained(out / "model")
         state = {"iteration": self.iteration, "version": self.version, "config": self.config.to_dict()}
         (out / "algorithm.json").write_text(json.dumps(state, indent=2))
+        (out / "buffer.pkl").write_bytes(pickle.dumps(self._get(self.buffer.state.remote())))
         return str(out)
 
     def restore(self, path: str) -> None:
-        """Loads a checkpoint written by :meth:`save` and sends its weights to the runners."""
+        """Loads a checkpoint written by :meth:`save` and sends its weights to the runners.
+
+        The replay buffer is restored too when the checkpoint has ``buffer.pkl``.
+        """
         src = Path(path)
         state = json.loads((src / "algorithm.json").read_text())
         self._get(self.learner.restore.remote(str(src)))
+        if (src / "buffer.pkl").exists():
+            self._get(self.buffer.load_state.remote(pickle.loads((src / "buffer.pkl").read_bytes())))
         self._optimizer_restored = True  # the RL phase must not reset the restored AdamW moments
         self.iteration = int(state["iteration"])
         self.version = int(state["version"])

@@ -61,11 +61,16 @@ def test_local_mode_trains_saves_and_restores(tmp_path) -> None:
         assert m["learner/version"] == 2 and m["rollout/groups"] >= 2
         ckpt = algo.save(str(tmp_path / "ckpt"))
         saved = _weights(algo)
+        buffered = algo._get(algo.buffer.state.remote())
         algo.train()
         assert any(not torch.equal(saved[k], v) for k, v in _weights(algo).items())
         algo.restore(ckpt)
         assert all(torch.equal(saved[k], v) for k, v in _weights(algo).items())
         assert algo.version == 2 and algo.iteration == 1
+        restored = algo._get(algo.buffer.state.remote())
+        assert [g.group_id for g in restored["groups"]] == [g.group_id for g in buffered["groups"]]
+        seen = {k: h.num_groups for k, h in buffered["histories"].items()}
+        assert seen and {k: h.num_groups for k, h in restored["histories"].items()} == seen
         ev = algo.evaluate(num_episodes=4)
         assert ev["eval/greedy/episodes"] == 4 and "eval/sampled/success_rate" in ev
     finally:
