@@ -1,13 +1,14 @@
 """actorlearner: asynchronous actor-learner RL for multi-turn tool-using LLM agents.
 
-Public names: :class:`ToolEnv` and :func:`tool` to write tool envs, :class:`AlgorithmConfig` to
-configure and build an :class:`Algorithm`, :func:`register_priority` and :func:`register_filter`
-to decide what the learner trains on.
+Public names: :class:`ToolEnv` and :func:`tool` to write tool envs, :func:`check_env` to check one
+against the protocol, :class:`AlgorithmConfig` to configure and build an :class:`Algorithm`,
+:func:`register_priority` and :func:`register_filter` to decide what the learner trains on.
 """
 
 from actorlearner import filters as _filters  # noqa: F401  (registers the built-in filters)
 from actorlearner import priorities as _priorities  # noqa: F401  (registers the built-in priorities)
 from actorlearner.config import AlgorithmConfig, ConfigError
+from actorlearner.env_checker import EnvCheckError, check_env
 from actorlearner.registry import register_filter, register_priority
 from actorlearner.toolenv import ToolEnv, tool
 from actorlearner.trajectory import Group, ToolCallRecord, Trajectory, TurnRecord
@@ -19,11 +20,13 @@ _register_envs()
 __all__ = [
     "AlgorithmConfig",
     "ConfigError",
+    "EnvCheckError",
     "Group",
     "ToolCallRecord",
     "ToolEnv",
     "Trajectory",
     "TurnRecord",
+    "check_env",
     "register_filter",
     "register_priority",
     "tool",

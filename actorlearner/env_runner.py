@@ -43,8 +43,11 @@ class EnvPool:
         self._free: list[gymnasium.Env] = []
 
     def acquire(self) -> gymnasium.Env:
-        """A free env, or a new one."""
-        return self._free.pop() if self._free else make_env(self.spec, self.env_config)
+        """A free env, or a new one (safe to call from several threads at once)."""
+        try:
+            return self._free.pop()
+        except IndexError:
+            return make_env(self.spec, self.env_config)
 
     def release(self, env: gymnasium.Env) -> None:
         """Returns an env for reuse."""
@@ -102,7 +105,7 @@ class EnvRunner:
             self._executor_set = True
 
     async def _episode(self, pool: EnvPool, policy: TurnPolicy, seed: int) -> Trajectory:
-        env = pool.acquire()
+        env = await asyncio.to_thread(pool.acquire)  # building an env may be slow (e.g. a database)
         traj = await run_episode(
             env, policy, self.tokenizer, seed, self.cfg.max_tokens, self.cfg.step_timeout_s, self.stops
         )
@@ -132,11 +135,16 @@ class EnvRunner:
             created_at=time.time(),
         )
 
-    def _next_seed(self, max_draws: int = 20) -> int:
+    async def _next_group(self) -> Group:
+        """Plays a group on the next task seed."""
+        self._ensure_executor()
+        return await self.run_group(await self._next_seed())
+
+    async def _next_seed(self, max_draws: int = 20) -> int:
         """A new task seed; prompts in the skip set are redrawn unless a ``p_revisit`` draw keeps them."""
         seed = int(self.rng.integers(0, 2**31 - 1))
         for _ in range(max_draws):
-            if not self._skip or self._prompt_id(seed) not in self._skip:
+            if not self._skip or await asyncio.to_thread(self._prompt_id, seed) not in self._skip:
                 return seed
             if float(self.rng.random()) < self._p_revisit:
                 return seed
@@ -160,11 +168,11 @@ class EnvRunner:
         """Plays ``num_groups`` groups (``groups_in_flight`` at a time) and returns them."""
         sem = asyncio.Semaphore(self.cfg.groups_in_flight)
 
-        async def one(seed: int) -> Group:
+        async def one() -> Group:
             async with sem:
-                return await self.run_group(seed)
+                return await self._next_group()
 
-        return list(await asyncio.gather(*(one(self._next_seed()) for _ in range(num_groups))))
+        return list(await asyncio.gather(*(one() for _ in range(num_groups))))
 
     async def run(self, buffer: Any) -> int:
         """Ray mode: keeps ``groups_in_flight`` groups going, pushing each to ``buffer`` when done.
@@ -178,7 +186,7 @@ class EnvRunner:
         try:
             while not self._stopping:
                 while len(in_flight) < self.cfg.groups_in_flight and not self._paused:
-                    in_flight.add(asyncio.create_task(self.run_group(self._next_seed())))
+                    in_flight.add(asyncio.create_task(self._next_group()))
                 if not in_flight:
                     await asyncio.sleep(0.05)
                     continue

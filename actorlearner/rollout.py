@@ -140,7 +140,7 @@ async def run_episode(
         step_timeout_s: Time limit of one ``env.step``.
         stop_ids: Ids that end a turn; a turn cut at the token cap without one is ``overlong``.
     """
-    messages, info = env.reset(seed=seed)
+    messages, info = await asyncio.to_thread(env.reset, seed=seed)  # a slow reset never stalls the loop
     conversation = list(messages)
     prompt = chat.prompt_ids(tokenizer, messages, tools=info.get("tools"))
     b = _Builder()

@@ -29,26 +29,44 @@ The protocol the rollout runner relies on:
 
 Format penalty: each problem of a turn costs ``format_penalty`` in the ``"format"`` component: each
 format error of the parser (bad JSON, unclosed or nested tag, ...), each call to an unknown tool,
-with bad arguments, that raised or returned None, and a void turn. The penalties of an episode add up
-to at most ``max_format_penalty``; once it is reached further problems cost nothing.
+with bad arguments, that raised, returned None or timed out, and a void turn. The penalties of an
+episode add up to at most ``max_format_penalty``; once it is reached further problems cost nothing.
+
+Tool-call format: ``parser`` names a :class:`~actorlearner.parsing.ToolCallFormat` (``"json_tags"``,
+``"python_call"``, or one you register). The instruction after a void turn follows it, and
+:meth:`ToolEnv.format_call` / :meth:`ToolEnv.format_answer` write turns in it, so a demonstration
+that uses them follows whatever format the env is configured with.
+
+Tool timeouts: each call runs in a fresh daemon thread and the env waits at most ``tool_timeout_s``
+for it. A call that takes longer becomes the error ``"<tool> timed out after N s"`` (a failed call,
+charged like a raising tool) and the episode goes on. Python cannot kill a thread: the stray call
+finishes in the background (its result is dropped) and may still touch the env's state, so a tool
+that can run away (user code, a database query) should enforce a hard limit itself, e.g. in a
+subprocess, or stop the stray call in :meth:`ToolEnv.on_tool_timeout`. ``tool_timeout_s=math.inf``
+runs tools inline in the caller's thread (for tools tied to one thread). The rollout runner's
+``step_timeout_s`` stays the outer guard on a whole turn: keep it above the longest turn you allow
+(up to ``MAX_CALLS`` calls of ``tool_timeout_s`` each).
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import hashlib
 import inspect
 import json
+import math
 import string
+import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
 from transformers.utils import get_json_schema
 
-from actorlearner.parsing import PARSERS, ParsedCall, ParsedTurn, parse_turn
+from actorlearner.parsing import PARSERS, ParsedCall, ParsedTurn, ToolCallFormat, get_format, parse_turn
 
 F = TypeVar("F", bound=Callable[..., Any])
 Messages = list[dict[str, Any]]
@@ -70,6 +88,14 @@ def tool(fn: F) -> F:
 
 class ToolDefinitionError(TypeError):
     """A ``@tool`` method cannot be turned into a JSON schema (no type hints or docstring Args)."""
+
+
+class ToolTimeout(Exception):
+    """A tool call ran longer than the env's ``tool_timeout_s`` (internal; becomes an error message)."""
+
+
+_DEFAULT_INSTRUCTION = "Reply with a tool call or <answer>...</answer>."
+"""Instruction after a void turn when the env's parser is a bare parser (no format to quote)."""
 
 
 class ChatMessages(gym.spaces.Space[Messages]):
@@ -125,7 +151,9 @@ class ToolEnv(gym.Env[Messages, str]):
             component).
         max_format_penalty: Cap on the total format penalty of an episode.
         max_output_chars: Tool outputs and error texts are cut to this many characters.
-        parser: Name of the tool-call parser in :data:`actorlearner.parsing.PARSERS`.
+        parser: Name of the tool-call format (or bare parser) in :data:`actorlearner.parsing.PARSERS`.
+        tool_timeout_s: Longest wait for one tool call, in seconds (> 0; ``math.inf`` runs tools
+            inline without a thread). See the module docstring.
         render_mode: Unused; tool envs do not render.
 
     Raises:
@@ -141,12 +169,11 @@ class ToolEnv(gym.Env[Messages, str]):
     max_format_penalty: float = 1.0
     max_output_chars: int = 2000
     parser: str = "json_tags"
+    tool_timeout_s: float = 10.0
     max_action_chars: int = 16_384
     """Informational length bound of ``action_space`` (turns are never rejected for length)."""
-    void_message: str = (
-        'Reply with <tool_call>{"name": ..., "arguments": {...}}</tool_call> or <answer>...</answer>.'
-    )
-    """The user message that follows a void turn."""
+    void_message: str | None = None
+    """The user message that follows a void turn; None uses the parser format's instruction."""
 
     def __init__(
         self,
@@ -156,6 +183,7 @@ class ToolEnv(gym.Env[Messages, str]):
         max_format_penalty: float | None = None,
         max_output_chars: int | None = None,
         parser: str | None = None,
+        tool_timeout_s: float | None = None,
         render_mode: str | None = None,
     ) -> None:
         knobs = {
@@ -164,12 +192,17 @@ class ToolEnv(gym.Env[Messages, str]):
             "max_format_penalty": max_format_penalty,
             "max_output_chars": max_output_chars,
             "parser": parser,
+            "tool_timeout_s": tool_timeout_s,
         }
         for key, value in knobs.items():
             if value is not None:
                 setattr(self, key, value)
         self._validate_knobs()
         self._parse = PARSERS.resolve(self.parser)
+        if self.void_message is None:
+            self.void_message = _DEFAULT_INSTRUCTION
+            if isinstance(self._parse, ToolCallFormat):
+                self.void_message = self._parse.instruction
         self.render_mode = render_mode
         self.action_space = gym.spaces.Text(
             max_length=self.max_action_chars, min_length=0, charset=string.printable
@@ -194,6 +227,9 @@ class ToolEnv(gym.Env[Messages, str]):
             raise ValueError(f"max_format_penalty must be >= 0, got {self.max_format_penalty!r}")
         if not (isinstance(self.max_output_chars, int) and self.max_output_chars >= 16):
             raise ValueError(f"max_output_chars must be an int >= 16, got {self.max_output_chars!r}")
+        timeout = self.tool_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"tool_timeout_s must be a number > 0 (math.inf: no limit), got {timeout!r}")
 
     def _collect_tools(self) -> tuple[dict[str, Callable[..., Any]], list[dict[str, Any]]]:
         """Finds the ``@tool`` methods and builds their schemas, in name order."""
@@ -244,6 +280,12 @@ class ToolEnv(gym.Env[Messages, str]):
         """
         raise NotImplementedError
 
+    def on_tool_timeout(self, name: str) -> None:
+        """Called (in the step's thread) when a call to tool ``name`` timed out; does nothing.
+
+        Override it to stop the stray call if the tool allows it, e.g. ``sqlite3.Connection.interrupt``.
+        """
+
     def task_labels(self, task: dict[str, Any]) -> list[str]:
         """Sub-task labels of ``task`` (the curriculum reads them); none by default."""
         return []
@@ -269,6 +311,26 @@ class ToolEnv(gym.Env[Messages, str]):
     def tool_schemas(self) -> list[dict[str, Any]]:
         """JSON schemas of the tools in the transformers format (a copy, safe to mutate)."""
         return copy.deepcopy(self._schemas)
+
+    def format_call(self, name: str, arguments: Mapping[str, Any]) -> str:
+        """Writes one tool call in this env's format (for demonstrations).
+
+        Args:
+            name: Tool name.
+            arguments: The call's keyword arguments.
+
+        Returns:
+            The call as the env's parser reads it, e.g. ``<tool_call>{...}</tool_call>``.
+
+        Raises:
+            RegistryError: If the env's parser is a bare parser without a writer.
+            ValueError: If the format cannot write this call.
+        """
+        return get_format(self._parse).write_call(name, arguments)
+
+    def format_answer(self, answer: str) -> str:
+        """Writes a final answer in this env's format (for demonstrations)."""
+        return get_format(self._parse).write_answer(answer)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -359,7 +421,7 @@ class ToolEnv(gym.Env[Messages, str]):
             return [
                 {
                     "role": "user",
-                    "content": " ".join(["Format error: " + n for n in notes] + [self.void_message]),
+                    "content": " ".join(["Format error: " + n for n in notes] + [str(self.void_message)]),
                 }
             ]
         if notes:
@@ -373,7 +435,10 @@ class ToolEnv(gym.Env[Messages, str]):
         error = call.error or self._check_call(call)
         if error is None:
             try:
-                result = self._tools[call.name](**call.arguments)
+                result = self._call_tool(call.name, call.arguments)
+            except ToolTimeout:
+                error = f"{call.name} timed out after {self.tool_timeout_s:g} s"
+                self.on_tool_timeout(call.name)
             except Exception as err:  # a tool's failure is an observation, never a crash
                 error = f"{call.name}: {_describe(err)}"
             else:
@@ -384,6 +449,35 @@ class ToolEnv(gym.Env[Messages, str]):
         if error is not None:
             record["error"] = self._clip(error)
         return record
+
+    def _call_tool(self, name: str, arguments: dict[str, Any]) -> Any:
+        """Runs a tool in a daemon thread, waiting at most ``tool_timeout_s``.
+
+        Raises:
+            ToolTimeout: If the tool is still running after ``tool_timeout_s`` (it goes on in the
+                background; its result is dropped).
+            BaseException: Whatever the tool raised.
+        """
+        fn = self._tools[name]
+        if math.isinf(self.tool_timeout_s):
+            return fn(**arguments)
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = fn(**arguments)
+            except BaseException as err:  # handed to the caller's thread, re-raised there
+                outcome["error"] = err
+
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(run,), name=f"tool:{name}", daemon=True)
+        thread.start()
+        thread.join(self.tool_timeout_s)
+        if thread.is_alive():
+            raise ToolTimeout(name)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("result")
 
     def _check_call(self, call: ParsedCall) -> str | None:
         """Why ``call`` cannot run (unknown tool, missing/unexpected/mistyped argument), or None."""

@@ -8,6 +8,7 @@ ENVS: dict[str, str] = {
     "actorlearner/Calculator-v0": "actorlearner.envs.calculator:Calculator",
     "actorlearner/FunctionCalling-v0": "actorlearner.envs.function_calling:FunctionCalling",
     "actorlearner/BFCL-v0": "actorlearner.envs.bfcl:BFCL",
+    "actorlearner/SQL-v0": "actorlearner.envs.sql:SQLEnv",
 }
 """Gymnasium id -> entry point of each built-in env."""
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from actorlearner.parsing import format_answer, format_tool_call
 from actorlearner.toolenv import Messages, ToolEnv, tool
 
 OP_NAMES = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
@@ -234,10 +233,10 @@ class Calculator(ToolEnv):
             raise RuntimeError("demonstration() needs reset() first")
         last = messages[-1] if messages else {}
         if last.get("role") == "tool" and not str(last.get("content", "")).startswith("Error"):
-            return format_answer(str(last["content"]).strip())
+            return self.format_answer(str(last["content"]).strip())
         if self._demo_uses_tool:
-            return format_tool_call("calculator", {"expression": _expression(self.task)})
-        return format_answer(str(self._demo_guess))
+            return self.format_call("calculator", {"expression": _expression(self.task)})
+        return self.format_answer(str(self._demo_guess))
 
 
 def _expression(task: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from actorlearner.envs.calculator import format_number
-from actorlearner.parsing import ParsedCall, format_answer, format_tool_call, parse_turn
+from actorlearner.parsing import ParsedCall, parse_turn
 from actorlearner.rewards import otc_reward, toolrl_match, toolrl_reward
 from actorlearner.toolenv import Messages, ToolEnv, tool
 
@@ -598,10 +598,10 @@ class FunctionCalling(ToolEnv):
         done = sum(1 for m in messages if m.get("role") == "assistant")
         turns = self.task["turns"]
         if done < len(turns):
-            return "".join(format_tool_call(c["name"], c["arguments"]) for c in turns[done])
+            return "".join(self.format_call(c["name"], c["arguments"]) for c in turns[done])
         last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
         outputs = [str(m.get("content", "")) for m in messages[last + 1 :] if m.get("role") == "tool"]
-        return format_answer("; ".join(outputs) if outputs and turns else NO_TOOL_ANSWER)
+        return self.format_answer("; ".join(outputs) if outputs and turns else NO_TOOL_ANSWER)
 
 
 def _as_call(call: ParsedCall) -> Call:

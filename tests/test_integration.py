@@ -87,7 +87,7 @@ def test_runner_rarely_reissues_prompts_the_priority_function_marks_mastered(tmp
         upcoming = [int(peek.integers(0, 2**31 - 1)) for _ in range(5)]
         skip = [runner._prompt_id(s) for s in upcoming[:3]]
         algo._loop.run_until_complete(runner.set_skip_prompts(skip, 0.0))
-        seed = runner._next_seed()
+        seed = algo._loop.run_until_complete(runner._next_seed())
         assert runner._prompt_id(seed) not in skip
         assert runner.prompts_skipped >= 1  # the first upcoming draw was skipped
         assert algo._loop.run_until_complete(runner.stats())["rollout/prompts_skipped"] >= 1

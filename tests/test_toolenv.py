@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import math
+import threading
+import time
 import warnings
 from typing import Any
 
@@ -9,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actorlearner.parsing import format_answer, format_tool_call
+from actorlearner.parsing import ParsedTurn, format_answer, format_tool_call
 from actorlearner.toolenv import ChatMessages, ToolDefinitionError, ToolEnv, tool
 
 
@@ -439,3 +442,133 @@ def test_exception_with_unprintable_message_is_contained() -> None:
     env.reset(seed=0)
     obs, *_ = env.step(format_tool_call("weird", {}))
     assert obs[0]["content"] == "Error: weird: Weird"
+
+
+# ---- the env's tool-call format ------------------------------------------------------------------
+
+
+def test_python_call_env_reads_writes_and_instructs_in_its_format() -> None:
+    env = Toy(parser="python_call")
+    messages, _ = env.reset(seed=4)
+    x = int(messages[0]["content"].split()[-1])
+    call = env.format_call("add", {"a": x, "b": 0})
+    assert call == f"<tool_call>add(a={x}, b=0)</tool_call>"
+    obs, reward, *_ = env.step(call)
+    assert obs == [{"role": "tool", "name": "add", "content": str(x)}] and reward == 0.0
+    obs, *_ = env.step("no idea")
+    assert "<tool_call>name(arg=value, ...)</tool_call>" in obs[0]["content"]
+    *_, terminated, _, info = env.step(env.format_answer(str(x)))
+    assert terminated and info["success"]
+
+
+def test_json_call_is_a_format_error_in_a_python_call_env() -> None:
+    env = Toy(parser="python_call")
+    env.reset(seed=0)
+    obs, reward, *_, info = env.step(format_tool_call("add", {"a": 1, "b": 2}))
+    assert obs[0]["content"].startswith("Error: tool call must be a call") and reward < 0
+    assert info["format_errors"]
+
+
+def test_default_env_writes_json_tags_and_keeps_its_instruction() -> None:
+    env = Toy()
+    assert env.format_call("add", {"a": 1, "b": 2}) == format_tool_call("add", {"a": 1, "b": 2})
+    assert env.format_answer("3") == format_answer("3")
+    assert env.void_message == (
+        'Reply with <tool_call>{"name": ..., "arguments": {...}}</tool_call> or <answer>...</answer>.'
+    )
+
+
+def test_a_subclass_void_message_wins_over_the_format() -> None:
+    class Custom(Toy):
+        void_message = "Call add or answer."
+
+    env = Custom(parser="python_call")
+    env.reset(seed=0)
+    assert env.step("")[0][0]["content"] == "Call add or answer."
+
+
+def test_bare_parser_env_cannot_write_calls() -> None:
+    from actorlearner.parsing import PARSERS
+    from actorlearner.registry import RegistryError
+
+    PARSERS.register("test_bare_toolenv")(lambda text: ParsedTurn(final_answer=text or None))
+    try:
+        env = Toy(parser="test_bare_toolenv")
+        env.reset(seed=0)
+        assert "<answer>" in env.step("")[0][0]["content"]  # a generic instruction
+        with pytest.raises(RegistryError, match="bare parser"):
+            env.format_call("add", {})
+    finally:
+        PARSERS.unregister("test_bare_toolenv")
+
+
+# ---- per-call tool timeouts ----------------------------------------------------------------------
+
+
+class Sleepy(Toy):
+    """Toy with a tool that sleeps and records in which thread tools run."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.threads: list[str] = []
+        self.timed_out: list[str] = []
+
+    @tool
+    def nap(self, seconds: float) -> str:
+        """Sleeps.
+
+        Args:
+            seconds: How long.
+        """
+        self.threads.append(threading.current_thread().name)
+        time.sleep(seconds)
+        return "rested"
+
+    def on_tool_timeout(self, name: str) -> None:
+        self.timed_out.append(name)
+
+
+def test_slow_call_times_out_as_an_error_and_the_episode_goes_on() -> None:
+    env = Sleepy(tool_timeout_s=0.2)
+    env.reset(seed=0)
+    start = time.monotonic()
+    obs, reward, terminated, truncated, info = env.step(
+        format_tool_call("nap", {"seconds": 2}) + format_tool_call("add", {"a": 1, "b": 2})
+    )
+    assert time.monotonic() - start < 1.0
+    assert obs[0] == {"role": "tool", "content": "Error: nap timed out after 0.2 s"}
+    assert obs[1]["content"] == "3"  # later calls of the turn still run
+    assert (
+        info["tool_calls"][0]["ok"] is False and info["tool_calls"][0]["error"] == "nap timed out after 0.2 s"
+    )
+    assert reward == pytest.approx(-env.format_penalty)  # charged like a raising tool
+    assert not terminated and not truncated
+    assert env.timed_out == ["nap"]
+    assert_consistent(reward, info)
+    obs, *_ = env.step(format_tool_call("nap", {"seconds": 0}))
+    assert obs[0]["content"] == "rested"
+
+
+def test_tools_run_in_a_worker_thread_unless_the_timeout_is_infinite() -> None:
+    env = Sleepy()
+    env.reset(seed=0)
+    env.step(format_tool_call("nap", {"seconds": 0}))
+    assert env.threads[-1] == "tool:nap"
+    inline = Sleepy(tool_timeout_s=math.inf)
+    inline.reset(seed=0)
+    inline.step(format_tool_call("nap", {"seconds": 0}))
+    assert inline.threads[-1] == threading.current_thread().name
+
+
+def test_tool_errors_cross_the_thread() -> None:
+    env = Sleepy(tool_timeout_s=5)
+    env.reset(seed=0)
+    obs, *_ = env.step(format_tool_call("explode", {"why": "kaboom"}))
+    assert obs[0]["content"] == "Error: explode: kaboom"
+
+
+def test_tool_timeout_knob() -> None:
+    assert Toy().tool_timeout_s == 10.0 and Toy(tool_timeout_s=2).tool_timeout_s == 2
+    for bad in (0, -1.0, "5", True, float("nan")):
+        with pytest.raises(ValueError, match="tool_timeout_s"):
+            Toy(tool_timeout_s=bad)
