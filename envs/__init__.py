@@ -9,6 +9,7 @@ ENVS: dict[str, str] = {
     "actorlearner/FunctionCalling-v0": "actorlearner.envs.function_calling:FunctionCalling",
     "actorlearner/BFCL-v0": "actorlearner.envs.bfcl:BFCL",
     "actorlearner/SQL-v0": "actorlearner.envs.sql:SQLEnv",
+    "actorlearner/PythonTIR-v0": "actorlearner.envs.python_tir:PythonTIR",
 }
 """Gymnasium id -> entry point of each built-in env."""
 

@@ -1,0 +1,349 @@
+"""The Python sandbox against real attacks: each runs in a real subprocess and must be contained AND reported.
+
+Where a protection has two layers (the Linux namespaces and the in-process audit hook), the test
+runs with and without the namespaces, so each layer is shown to hold on its own where it can.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import signal
+import socket
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from actorlearner.sandbox import namespace_wrapper, run_python
+
+HAS_NAMESPACES = bool(namespace_wrapper())
+MODES = [
+    pytest.param(True, id="namespaces", marks=pytest.mark.skipif(not HAS_NAMESPACES, reason="no unshare")),
+    pytest.param(False, id="hook-only"),
+]
+FAST = {"cpu_time_s": 2, "wall_time_s": 5, "memory_mb": 256}
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line or working directory contains ``text``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            with open(f"/proc/{name}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            cwd = os.readlink(f"/proc/{name}/cwd")
+        except OSError:
+            continue
+        if state != "Z" and (text in cmdline or text in cwd):
+            found.append(int(name))
+    return found
+
+
+def _denied(result, fragment: str = "PermissionError: sandbox:") -> bool:
+    return not result.ok and result.error == "exit code 1" and fragment in result.stderr
+
+
+# ---- normal use ----------------------------------------------------------------------------------
+
+
+def test_normal_code_prints_its_result() -> None:
+    result = run_python("import math\nprint(sum(range(10)), math.comb(10, 3))", **FAST)
+    assert result.ok and result.error is None and result.exit_code == 0 and result.signal is None
+    assert result.stdout == "45 120\n" and result.stderr == "" and not result.truncated
+    assert result.cpu_time_s is not None and 0 < result.cpu_time_s < 2 and result.wall_time_s < 5
+
+
+def test_an_exception_is_a_clean_traceback_and_exit_code_1() -> None:
+    result = run_python("x = 1\nprint(x / 0)", **FAST)
+    assert not result.ok and result.exit_code == 1 and result.error == "exit code 1"
+    assert 'File "<code>", line 2, in <module>' in result.stderr and "print(x / 0)" in result.stderr
+    assert result.stderr.strip().endswith("ZeroDivisionError: division by zero")
+    assert "<string>" not in result.stderr  # the sandbox's own frames are hidden
+    syntax = run_python("print(", **FAST)
+    assert syntax.error == "exit code 1" and "SyntaxError" in syntax.stderr
+
+
+def test_sys_exit_code_is_reported() -> None:
+    result = run_python("import sys\nprint('bye')\nsys.exit(3)", **FAST)
+    assert (
+        not result.ok and result.exit_code == 3 and result.error == "exit code 3" and result.stdout == "bye\n"
+    )
+
+
+def test_bad_limits_are_rejected() -> None:
+    with pytest.raises(ValueError, match="wall_time_s"):
+        run_python("pass", wall_time_s=0)
+    with pytest.raises(ValueError, match="memory_mb"):
+        run_python("pass", memory_mb=1.5)  # type: ignore[arg-type]
+
+
+def test_the_working_directory_is_private_fresh_and_removed() -> None:
+    code = (
+        "import os\nprint(os.getcwd())\nprint(oct(os.stat('.').st_mode & 0o777), sorted(os.listdir('.')))\n"
+    )
+    code += "open('scratch.txt', 'w').write('ok')\nprint(open('scratch.txt').read())"
+    first, second = run_python(code, **FAST), run_python(code, **FAST)
+    assert first.ok and second.ok, first.stderr
+    workdir, listing, content = first.stdout.splitlines()
+    assert os.path.dirname(workdir) == os.path.realpath(tempfile.gettempdir())
+    assert os.path.basename(workdir).startswith("actorlearner-sandbox-")
+    assert listing == "0o700 ['main.py']" and content == "ok"
+    assert second.stdout.splitlines()[0] != workdir
+    assert not os.path.exists(workdir)
+
+
+def test_many_concurrent_calls_from_threads() -> None:
+    def call(i: int):
+        return run_python(f"print({i} * {i})" if i % 4 else f"print({i})\n1 / 0", **FAST)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(call, range(24)))
+    for i, result in enumerate(results):
+        if i % 4:
+            assert result.ok and result.stdout == f"{i * i}\n", result
+        else:
+            assert (
+                result.error == "exit code 1"
+                and result.stdout == f"{i}\n"
+                and "ZeroDivision" in result.stderr
+            )
+
+
+# ---- limits --------------------------------------------------------------------------------------
+
+
+def test_infinite_loop_hits_the_cpu_limit() -> None:
+    start = time.monotonic()
+    result = run_python("while True: pass", cpu_time_s=1, wall_time_s=10)
+    assert not result.ok and result.error == "CPU time limit (1 s) exceeded" and result.signal == "SIGXCPU"
+    assert result.cpu_time_s is not None and result.cpu_time_s >= 0.9
+    assert time.monotonic() - start < 10  # the CPU limit, not the wall limit, ended it
+
+
+def test_sleeping_forever_hits_the_wall_limit() -> None:
+    start = time.monotonic()
+    result = run_python(
+        "import time\nprint('started', flush=True)\ntime.sleep(600)", cpu_time_s=1, wall_time_s=1
+    )
+    assert not result.ok and result.error == "wall time limit (1 s) exceeded"
+    assert result.stdout == "started\n"  # output printed before the kill is kept
+    assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["x = bytearray(10**10)", "blocks = []\nwhile True: blocks.append(bytearray(2**20))", "x = ' ' * 2**40"],
+    ids=["one-allocation", "growing", "string"],
+)
+def test_memory_bomb_hits_the_memory_limit(code: str) -> None:
+    result = run_python(code, cpu_time_s=3, wall_time_s=10, memory_mb=256)
+    assert not result.ok and result.error == "memory limit (256 MB) exceeded", result
+    assert result.stderr.strip().endswith("MemoryError")
+
+
+def test_a_big_file_hits_the_file_size_limit() -> None:
+    result = run_python("open('big', 'wb').write(b'x' * 3 * 2**20)", max_file_mb=1, **FAST)
+    assert not result.ok and result.error == "file size limit (1 MB) exceeded", result
+
+
+def test_printing_gigabytes_is_truncated_quickly_with_bounded_parent_memory() -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    result = run_python(
+        "import sys\nwhile True: sys.stdout.write('x' * 2**20)", max_output_chars=100_000, **FAST
+    )
+    assert not result.ok and result.truncated
+    assert result.error == "output limit (100000 characters) exceeded; output truncated"
+    assert result.stdout == "x" * 100_000
+    assert time.monotonic() - start < 3
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024  # KiB
+    flood = run_python("import sys\nwhile True: sys.stderr.write('e' * 2**20)", max_output_chars=1000, **FAST)
+    assert flood.truncated and flood.stderr == "e" * 1000
+
+
+def test_rlimits_cannot_be_raised() -> None:
+    code = "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (1000, 1000))"
+    assert _denied(run_python(code, **FAST), "resource.setrlimit is not allowed")
+
+
+# ---- processes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import os\nwhile True: os.fork()",
+        "import subprocess\nwhile True: subprocess.Popen(['sleep', '100'])",
+        "import os\nwhile True: os.system('sleep 100 &')",
+        "import os\nos.execv('/bin/sh', ['sh', '-c', 'sleep 100'])",
+        "import os\nos.posix_spawn('/bin/sleep', ['sleep', '100'], {})",
+        "import multiprocessing\nmultiprocessing.Process(target=print).start()",
+    ],
+    ids=["fork-loop", "subprocess-loop", "system", "exec", "posix_spawn", "multiprocessing"],
+)
+def test_fork_bombs_and_subprocesses_are_denied_and_leave_nothing_behind(code: str) -> None:
+    result = run_python("import os\nprint(os.getcwd(), flush=True)\n" + code, **FAST)
+    assert _denied(result), result
+    workdir = result.stdout.split()[0]
+    assert _processes_mentioning(workdir) == []
+
+
+@pytest.mark.parametrize("use_namespaces", MODES)
+def test_processes_that_escape_the_session_are_killed(use_namespaces: bool) -> None:
+    """With processes allowed: a fork tree and exec'd sleeps in new sessions all die with the call."""
+    marker = f"{uuid.uuid4().int % 10**6}.25"
+    code = f"""
+import os, subprocess, time
+print(os.getcwd(), flush=True)
+for _ in range(3):
+    subprocess.Popen(['sleep', '{marker}'], start_new_session=True)
+for _ in range(4):  # a bounded fork bomb: 16 processes, each in its own session
+    if os.fork() == 0:
+        os.setsid()
+time.sleep(600)
+"""
+    result = run_python(
+        code, allow_processes=True, use_namespaces=use_namespaces, cpu_time_s=2, wall_time_s=2
+    )
+    assert result.error == "wall time limit (2 s) exceeded", result
+    workdir = result.stdout.split()[0]
+    time.sleep(0.2)  # SIGKILL is asynchronous
+    assert _processes_mentioning(marker) == [] and _processes_mentioning(workdir) == []
+
+
+# ---- the file system -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_namespaces", MODES)
+@pytest.mark.parametrize(
+    "template",
+    [
+        "open({path!r}, 'w').write('pwned')",
+        "import os\nos.close(os.open({path!r}, os.O_WRONLY | os.O_CREAT))",
+        "import pathlib\npathlib.Path({path!r}).write_text('pwned')",
+        "import os\nopen('inside', 'w').close()\nos.rename('inside', {path!r})",
+        "import os\nos.mkdir({path!r})",
+        "import os\nos.symlink({path!r}, 'link')\nopen('link', 'w').write('pwned')",
+        "import shutil\nopen('inside', 'w').close()\nshutil.copy('inside', {path!r})",
+    ],
+    ids=["open", "os.open", "pathlib", "rename", "mkdir", "symlink", "shutil.copy"],
+)
+@pytest.mark.parametrize("where", ["absolute", "relative"])
+def test_writing_outside_the_working_directory_is_blocked(
+    template: str, where: str, use_namespaces: bool
+) -> None:
+    name = f"escape_{uuid.uuid4().hex}"
+    target = os.path.join(os.path.realpath(tempfile.gettempdir()), name)
+    path = target if where == "absolute" else f"../{name}"  # the working dir is in the temp dir
+    result = run_python(template.format(path=path), use_namespaces=use_namespaces, **FAST)
+    assert _denied(result), result
+    assert not os.path.lexists(target)
+
+
+@pytest.mark.parametrize("function", ["os.mkfifo", "os.mknod", "posix.mkfifo"])
+def test_file_creators_without_audit_events_are_removed(function: str) -> None:
+    target = os.path.join(os.path.realpath(tempfile.gettempdir()), f"escape_{uuid.uuid4().hex}")
+    module = function.split(".")[0]
+    result = run_python(f"import {module}\n{function}({target!r})", **FAST)
+    assert result.error == "exit code 1" and f"has no attribute '{function.split('.')[1]}'" in result.stderr
+    assert not os.path.lexists(target)
+    assert _denied(
+        run_python("import sys\ndel sys.modules['posix']\nimport posix", **FAST), "importing posix"
+    )
+
+
+@pytest.mark.parametrize("use_namespaces", MODES)
+def test_reading_parent_secrets_is_blocked(use_namespaces: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    monkeypatch.setenv("ACTORLEARNER_TEST_SECRET", secret)
+    code = f"""
+import os
+print(sorted(os.environ))
+print(os.environ.get('ACTORLEARNER_TEST_SECRET'))
+for pid in (os.getppid(), {os.getpid()}, 1, os.getpid()):
+    for name in ('environ', 'cmdline', 'mem'):
+        try:
+            print(open(f'/proc/{{pid}}/{{name}}', 'rb').read())
+        except OSError as err:
+            print('denied', type(err).__name__)
+"""
+    result = run_python(code, use_namespaces=use_namespaces, **FAST)
+    assert result.ok, result
+    lines = result.stdout.splitlines()
+    assert lines[0] == "['HOME', 'LANG', 'LC_ALL', 'PATH', 'TMPDIR']" and lines[1] == "None"
+    assert lines[2:] == ["denied PermissionError"] * 12
+    assert secret not in result.stdout + result.stderr
+
+
+def test_reading_system_files_is_blocked_but_the_standard_library_works() -> None:
+    result = run_python("print(open('/etc/hostname').read())", **FAST)
+    assert _denied(result, "reading /etc/hostname is not allowed")
+    stdlib = run_python("import fractions, json, statistics, tempfile\nprint(json.dumps([1]))", **FAST)
+    assert stdlib.ok and stdlib.stdout == "[1]\n", stdlib
+
+
+# ---- the network ---------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def listener():
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield server
+    server.close()
+
+
+def _no_connection(server: socket.socket) -> bool:
+    readable, _, _ = select.select([server], [], [], 0.2)
+    return not readable
+
+
+@pytest.mark.parametrize("use_namespaces", MODES)
+@pytest.mark.parametrize(
+    "template",
+    [
+        "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')",
+        "import socket\nsocket.socket()",
+        "import urllib.request\nurllib.request.urlopen('http://127.0.0.1:{port}/', timeout=1)",
+    ],
+    ids=["connect", "socket", "urllib"],
+)
+def test_network_access_is_blocked(template: str, use_namespaces: bool, listener: socket.socket) -> None:
+    code = template.format(port=listener.getsockname()[1])
+    result = run_python(code, use_namespaces=use_namespaces, **FAST)
+    assert _denied(result, "sandbox: socket."), result
+    assert _no_connection(listener)
+
+
+@pytest.mark.skipif(not HAS_NAMESPACES, reason="no unshare: the network namespace is not available")
+def test_the_network_namespace_stops_a_process_the_hook_does_not_watch(listener: socket.socket) -> None:
+    """A subprocess (allowed here) runs without the audit hook; the namespace alone blocks it."""
+    port = listener.getsockname()[1]
+    child = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)"
+    code = f"import subprocess, sys\nsubprocess.run([sys.executable, '-I', '-c', {child!r}], check=True)"
+    result = run_python(code, allow_processes=True, **FAST)
+    assert not result.ok and "CalledProcessError" in result.stderr, result
+    assert "Network is unreachable" in result.stderr  # refused by the kernel, not by the hook
+    assert "PermissionError" not in result.stderr
+    assert _no_connection(listener)
+
+
+def test_ctypes_and_tracing_are_blocked() -> None:
+    assert _denied(run_python("import ctypes", **FAST), "importing ctypes is not allowed")
+    assert _denied(run_python("import sys\nsys.settrace(lambda *a: None)", **FAST), "sys.settrace")
+
+
+def test_the_parent_keeps_its_signal_handlers_and_working_directory() -> None:
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM)
+    handlers, cwd = [signal.getsignal(s) for s in watched], os.getcwd()
+    assert run_python("print(1)", **FAST).ok
+    assert [signal.getsignal(s) for s in watched] == handlers and os.getcwd() == cwd
