@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from actorlearner.toolenv import Messages, ToolEnv, tool
+from actorlearner.envs.demo import ToolOrGuessEnv
+from actorlearner.toolenv import Messages, tool
 
 OP_NAMES = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 """Operators a task may use and their sub-task labels."""
@@ -125,7 +126,7 @@ def is_held_out(a: int, op: str, b: int, test_fraction: float) -> bool:
 _INT_RE = re.compile(r"[+-]?\d{1,30}")
 
 
-class Calculator(ToolEnv):
+class Calculator(ToolOrGuessEnv):
     """``What is 37 * 52?`` with a ``calculator`` tool; reward ``"answer"`` 1.0 for the right integer.
 
     Args:
@@ -165,8 +166,6 @@ class Calculator(ToolEnv):
         super().__init__(**kwargs)
         self.max_operand, self.ops, self.split = max_operand, ops, split
         self.test_fraction, self.demo_tool_prob = test_fraction, demo_tool_prob
-        self._demo_uses_tool = False
-        self._demo_guess = 0
         self.sample_task(np.random.default_rng(0))  # fails now, not at reset, if the split is empty
 
     @tool
@@ -207,36 +206,13 @@ class Calculator(ToolEnv):
         correct = _INT_RE.fullmatch(answer.strip()) is not None and int(answer.strip()) == _value(task)
         return {"answer": 1.0 if correct else 0.0}, correct
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Messages, dict]:
-        """Starts an episode (see :meth:`ToolEnv.reset`) and draws the demonstration's decisions."""
-        messages, info = super().reset(seed=seed, options=options)
-        assert self.task is not None
-        value = _value(self.task)
-        self._demo_uses_tool = bool(self.np_random.random() < self.demo_tool_prob)
-        spread = max(3, abs(value) // 5)
-        offset = int(self.np_random.integers(1, spread + 1)) * (1 if self.np_random.random() < 0.5 else -1)
-        self._demo_guess = value + offset
-        return messages, info
+    def answer_value(self, task: dict[str, Any]) -> int:
+        """The task's integer answer."""
+        return _value(task)
 
-    def demonstration(self, messages: list[dict[str, Any]]) -> str:
-        """The scripted next turn: a calculator call then its result, or a (wrong) guess.
-
-        Args:
-            messages: The conversation so far.
-
-        Returns:
-            ``<tool_call>...</tool_call>`` or ``<answer>...</answer>``.
-        """
-        if self.task is None:
-            raise RuntimeError("demonstration() needs reset() first")
-        last = messages[-1] if messages else {}
-        if last.get("role") == "tool" and not str(last.get("content", "")).startswith("Error"):
-            return self.format_answer(str(last["content"]).strip())
-        if self._demo_uses_tool:
-            return self.format_call("calculator", {"expression": _expression(self.task)})
-        return self.format_answer(str(self._demo_guess))
+    def demo_call(self, task: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The tool call the demonstration makes."""
+        return "calculator", {"expression": _expression(task)}
 
 
 def _expression(task: dict[str, Any]) -> str:

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from actorlearner.envs.demo import ToolOrGuessEnv
 from actorlearner.sandbox import SandboxResult, run_python
-from actorlearner.toolenv import Messages, ToolEnv, tool
+from actorlearner.toolenv import Messages, tool
 
 Task = dict[str, Any]
 
@@ -149,7 +150,7 @@ def is_held_out(task: Task, test_fraction: float) -> bool:
 _INT_RE = re.compile(r"[+-]?\d{1,60}")
 
 
-class PythonTIR(ToolEnv):
+class PythonTIR(ToolOrGuessEnv):
     """Math word problems with a sandboxed ``python`` tool; reward ``"answer"`` 1.0 for the right integer.
 
     Args:
@@ -207,8 +208,6 @@ class PythonTIR(ToolEnv):
         self.test_fraction, self.demo_tool_prob = test_fraction, demo_tool_prob
         self.cpu_time_s, self.wall_time_s = cpu_time_s, wall_time_s
         self.memory_mb, self.max_file_mb = memory_mb, max_file_mb
-        self._demo_uses_tool = False
-        self._demo_guess = 0
 
     @tool
     def python(self, code: str) -> str:
@@ -252,36 +251,13 @@ class PythonTIR(ToolEnv):
         correct = _INT_RE.fullmatch(text) is not None and int(text) == answer_of(task)
         return {"answer": 1.0 if correct else 0.0}, correct
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Messages, dict]:
-        """Starts an episode (see :meth:`ToolEnv.reset`) and draws the demonstration's decisions."""
-        messages, info = super().reset(seed=seed, options=options)
-        assert self.task is not None
-        value = answer_of(self.task)
-        self._demo_uses_tool = bool(self.np_random.random() < self.demo_tool_prob)
-        spread = max(3, abs(value) // 5)
-        offset = int(self.np_random.integers(1, spread + 1)) * (1 if self.np_random.random() < 0.5 else -1)
-        self._demo_guess = value + offset
-        return messages, info
+    def answer_value(self, task: dict[str, Any]) -> int:
+        """The task's integer answer."""
+        return answer_of(task)
 
-    def demonstration(self, messages: list[dict[str, Any]]) -> str:
-        """The scripted next turn: a one-line program, then the number it printed; or a wrong guess.
-
-        Args:
-            messages: The conversation so far.
-
-        Returns:
-            ``<tool_call>...</tool_call>`` or ``<answer>...</answer>``.
-        """
-        if self.task is None:
-            raise RuntimeError("demonstration() needs reset() first")
-        last = messages[-1] if messages else {}
-        if last.get("role") == "tool" and not str(last.get("content", "")).startswith("Error"):
-            return self.format_answer(str(last["content"]).strip())
-        if self._demo_uses_tool:
-            return self.format_call("python", {"code": program_of(self.task)})
-        return self.format_answer(str(self._demo_guess))
+    def demo_call(self, task: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The tool call the demonstration makes."""
+        return "python", {"code": program_of(task)}
 
 
 def answer_of(task: Task) -> int:
