@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,3 +101,37 @@ def small_config(tmp_path, num_env_runners: int = 0, **training):
         .evaluation(num_episodes=8)
         .reporting(run_dir=str(tmp_path / "runs"), progress=False)
     )
+
+
+def train_cli(config: str, run_dir: Path, name: str, *extra: str) -> list[dict[str, Any]]:
+    """``actorlearner train CONFIG`` on a smoke budget (tiny model, in-process, 2 iterations).
+
+    Asserts the command exits 0 and returns the run's ``metrics.jsonl`` records.
+    """
+    overrides = [
+        f"reporting.run_dir={run_dir}",
+        f"reporting.name={name}",
+        "reporting.progress=false",
+        "training.num_iterations=2",
+        "training.train_batch_groups=2",
+        "training.time_budget_s=null",
+        "sft.steps=3",
+        "sft.num_demos=16",
+        "env_runners.num_env_runners=0",
+        "env_runners.group_size=4",
+        "env_runners.groups_in_flight=4",
+        "evaluation.num_episodes=4",
+        "replay.filters=[]",
+        *(f"model.{k}={v}" for k, v in SMALL_MODEL.items()),
+        *extra,
+    ]
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "actorlearner"), "train", config, *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "CI": "true"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (run_dir / name / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from actorlearner.envs import register_envs
 from actorlearner.envs.python_tir import TEMPLATES, PythonTIR, answer_of, is_held_out, program_of
 from actorlearner.parsing import format_answer, format_tool_call
 from actorlearner.tiny_model import corpus_words, env_corpus
-from tests.conftest import SMALL_MODEL
+from tests.conftest import train_cli
 
 ENV_ID = "actorlearner/PythonTIR-v0"
 register_envs()
@@ -245,33 +243,8 @@ def test_the_tiny_model_vocabulary_covers_the_programs() -> None:
 
 @pytest.mark.slow
 def test_train_from_the_command_line(tmp_path: Path) -> None:
-    overrides = [
-        f"reporting.run_dir={tmp_path}",
-        "reporting.name=python",
-        "reporting.progress=false",
-        "training.num_iterations=2",
-        "training.train_batch_groups=2",
-        "training.time_budget_s=null",
-        "sft.steps=3",
-        "sft.num_demos=16",
-        "env_runners.num_env_runners=0",
-        "env_runners.group_size=4",
-        "env_runners.groups_in_flight=4",
-        "evaluation.num_episodes=4",
-        "replay.filters=[]",
-        *(f"model.{k}={v}" for k, v in SMALL_MODEL.items()),
-    ]
-    train = subprocess.run(
-        [str(Path(sys.executable).parent / "actorlearner"), "train", "configs/python.yaml", *overrides],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "CI": "true"},
-    )
-    assert train.returncode == 0, train.stderr[-3000:]
-    run_dir = tmp_path / "python"
-    assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 2
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = train_cli("configs/python.yaml", tmp_path, "python")
+    assert json.loads((tmp_path / "python" / "summary.json").read_text())["iterations"] == 2
     rl_steps = [row for row in rows if row.get("phase") == "rl"]
     assert [row["step"] for row in rl_steps] == [1, 2] and all("learner/loss" in row for row in rl_steps)
     assert any(row["rollout/tool_use_rate"] >= 0 for row in rl_steps)

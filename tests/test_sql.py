@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
-import os
-import subprocess
-import sys
 import time
 import warnings
 from collections import Counter
@@ -30,7 +26,7 @@ from actorlearner.envs.sql import (
 )
 from actorlearner.parsing import format_answer, format_tool_call
 from actorlearner.toolenv import ToolEnv
-from tests.conftest import SMALL_MODEL
+from tests.conftest import train_cli
 
 ENV_ID = "actorlearner/SQL-v0"
 register_envs()
@@ -401,36 +397,11 @@ def test_templates_knob_restricts_the_questions() -> None:
 
 # ---- training through the CLI --------------------------------------------------------------------
 
-BIN = Path(sys.executable).parent / "actorlearner"
-
 
 @pytest.mark.slow
 def test_train_from_the_command_line(tmp_path: Path) -> None:
-    overrides = [
-        f"reporting.run_dir={tmp_path}",
-        "reporting.name=sql",
-        "reporting.progress=false",
-        "training.num_iterations=2",
-        "training.train_batch_groups=2",
-        "sft.steps=3",
-        "sft.num_demos=16",
-        "env_runners.num_env_runners=0",
-        "env_runners.group_size=4",
-        "env_runners.groups_in_flight=4",
-        "env_runners.max_new_tokens=32",
-        "env_runners.max_tokens=128",
-        "evaluation.num_episodes=4",
-        "replay.filters=[]",
-        *[f"model.{k}={v}" for k, v in SMALL_MODEL.items()],
-    ]
-    result = subprocess.run(
-        [str(BIN), "train", "configs/sql.yaml", *overrides],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "CI": "true"},
+    records = train_cli(
+        "configs/sql.yaml", tmp_path, "sql", "env_runners.max_new_tokens=32", "env_runners.max_tokens=128"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "sql" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["phase"] == "rl"] == [1, 2]
     assert all(r["learner/tokens"] > 0 for r in records if r["phase"] == "rl")
