@@ -3,7 +3,8 @@
 :func:`run_python` writes the code to a fresh private working directory (mode 0700, deleted
 afterwards) and runs it with the caller's interpreter as ``sys.executable -I -S -B`` (no
 ``PYTHON*`` variables or user site, no site-packages, so the standard library only, and no
-bytecode writes) under these layers:
+bytecode writes). What holds is enforced by the kernel, from outside the program's interpreter; the
+audit hook inside it is a backstop that code running in the same process can defeat.
 
 ===============================  =======================================================================
 Layer                            What it does
@@ -11,71 +12,84 @@ Layer                            What it does
 Linux namespaces (``unshare``)   A new network namespace (only a loopback that is down: nothing to
                                  connect to), a new PID namespace with its own ``/proc`` (the
                                  program sees no process outside the sandbox; when the sandbox's
-                                 first process exits the kernel kills every other one) and, where
-                                 allowed, a user namespace (root inside has no capability on the
-                                 host). The best combination the machine allows is probed once
-                                 (:func:`namespace_wrapper`); none is used when ``unshare`` is
-                                 missing or every combination fails.
+                                 first process exits the kernel kills every other one), a new mount
+                                 namespace and, where allowed, a user namespace. The best
+                                 combination the machine allows is probed once by running a real
+                                 sandbox under each (:func:`namespace_wrapper`); none is used when
+                                 ``unshare`` is missing or every combination fails.
+Read-only file system            In the mount namespace, before the program exists, the supervisor
+                                 remounts every mount read-only except the working directory (a
+                                 bind mount of itself), hides ``/tmp``, ``/var/tmp``, ``/run``,
+                                 ``/root`` and ``/home`` under empty read-only tmpfs (binding back
+                                 only the working directory and the Python installation), and
+                                 replaces ``/dev`` by a tmpfs holding ``null``, ``zero``, ``full``,
+                                 ``random`` and ``urandom`` (plus a small private ``/dev/shm`` when
+                                 processes are allowed). Setup failing fails the call: the program
+                                 never runs without it.
+No capabilities                  The supervisor sets ``no_new_privs``, drops every capability (bounding,
+                                 ambient, effective, permitted, inheritable) and makes itself
+                                 non-dumpable before it forks the program, so the program (root in
+                                 its user namespace at most) cannot remount, unmount, ptrace, or
+                                 open the supervisor's ``/proc`` entries (its status pipe).
 rlimits                          CPU seconds (``RLIMIT_CPU``: ``SIGXCPU`` at the limit, ``SIGKILL``
                                  a second later), address space (``RLIMIT_AS``), processes
                                  (``RLIMIT_NPROC``), file size (``RLIMIT_FSIZE``), 256 open files,
-                                 no core dumps. Set as hard limits by the program's process before
-                                 the program runs, and the audit hook denies changing them.
-Audit hook (PEP 578)             Installed before the program runs. Denies sockets (every
-                                 ``socket.*`` event), new processes (fork, exec, spawn, system,
-                                 subprocess), ``ctypes``, killing processes, changing rlimits,
-                                 tracing, sub-interpreters; writing, creating, deleting, renaming
-                                 or chmod-ing anything outside the working directory; reading
-                                 files outside the working directory and the standard library
-                                 (``/proc/<pid>/environ``, ``/etc``, the project's files...);
-                                 opening directories outside the working directory, ``chdir`` and
-                                 symlinks (each would let a checked path point elsewhere); and
-                                 importing C modules that open files behind the hook's back
-                                 (``sqlite3``, ``dbm``, shared memory); ``os.mkfifo`` and
-                                 ``os.mknod``, which CPython does not audit, are deleted.
-Parent-side supervision          Wall-time limit; stdout and stderr read incrementally, each capped
-                                 (the program is killed when it writes more); on exit or timeout
-                                 the whole process group is killed (and, without a PID namespace,
-                                 every process still in the working directory). A trusted
-                                 supervisor process in the sandbox waits for the program and
+                                 no core dumps. Set as hard limits in the program's process.
+Audit hook (PEP 578)             A backstop installed before the program runs. Denies sockets, new
+                                 processes, ``ctypes``, killing processes, changing rlimits,
+                                 tracing, sub-interpreters; writing, creating, deleting, renaming or
+                                 chmod-ing anything outside the working directory (also through a
+                                 file descriptor); reading files outside the working directory and
+                                 the standard library; opening directories outside the working
+                                 directory, ``chdir`` and symlinks; importing C modules that act
+                                 behind the hook's back (``_posixsubprocess``, ``_sqlite3``,
+                                 ``_ctypes``, shared memory...) under any name or file name. What
+                                 CPython does not audit is deleted from the program's modules
+                                 (``os.mkfifo``, ``os.mknod``, ``os.pidfd_open``,
+                                 ``signal.pidfd_send_signal``, ``os.setpriority``,
+                                 ``os.sched_set*``, ``_imp.create_builtin``). The hook binds all it
+                                 uses when installed, keeps no mutable state and never calls the
+                                 program's code, so monkeypatching ``os.path`` or editing its
+                                 closure through frames changes nothing.
+Supervision                      A trusted supervisor process forks the program, waits for it and
                                  reports its exit status and CPU time on a pipe the program never
-                                 holds; it also kills the program a second after the wall time,
-                                 should the parent die.
+                                 holds. The parent enforces the wall time and output caps (stdout
+                                 and stderr read incrementally); to stop a run it closes a pipe, and
+                                 the supervisor kills the program and every process left below it
+                                 (it is a subreaper, or PID 1 of the PID namespace), so nothing is
+                                 left behind, not even a zombie when the caller is a subreaper or
+                                 PID 1. The process group is then SIGKILLed as a backstop. The
+                                 supervisor also kills the program a second after the wall time,
+                                 or at once if the parent dies.
 Scrubbed environment             Only ``PATH``, ``LANG``, ``LC_ALL``, ``HOME`` and ``TMPDIR`` (the
-                                 last two are the working directory): the caller's environment
-                                 variables, secrets included, are not inherited.
+                                 last two are the working directory).
 ===============================  =======================================================================
 
 What it does NOT protect against:
 
-* It is not a security boundary against a determined attacker: the audit hook runs inside the
-  attacked process and PEP 578 says hooks cannot sandbox Python (native code, interpreter
-  internals or a race between threads can get around them), and nothing here stops kernel
-  exploits. Run hostile code in a VM or a gVisor-like runtime; this sandbox contains the mistakes
-  and reward hacks of a model.
-* The program runs as the caller's user; a user namespace removes root's capabilities, not its
-  ownership of root-owned files. Dropping to an unprivileged uid is not done because the
-  interpreter may live in a private directory (e.g. ``/root/.pyenv``). So file writes outside the
-  working directory are stopped by the audit hook alone: run the trainer as an unprivileged user
-  if the host matters.
-* Linux exempts uid 0 from ``RLIMIT_NPROC``, and counts a non-root user's processes and threads
-  across the machine outside a user namespace. As root, a fork bomb that got past the audit hook
-  is bounded by the wall time and the PID namespace's teardown, not by a count; a pids cgroup
-  would bound it, and none is set up.
-* File metadata outside the working directory (``os.stat``, ``os.listdir``) stays visible and the
-  standard library stays readable. Disk use is bounded per file (``RLIMIT_FSIZE``), not in total:
-  the working directory is in the system temp dir, not on a private tmpfs.
+* It is not a security boundary against a determined attacker: nothing here stops kernel exploits
+  or a bug in CPython, and the audit hook runs inside the attacked process (PEP 578 says hooks
+  cannot sandbox Python). Run hostile code in a VM or a gVisor-like runtime; this sandbox contains
+  the mistakes and reward hacks of a model.
+* World-readable files outside the hidden directories (``/etc``, ``/usr``, ``/opt``, the project's
+  directory...) stay readable at the OS level: only the audit hook stops reading them. Unix sockets
+  outside the hidden directories can be connected to if the hook is bypassed (a network namespace
+  does not isolate path-bound sockets; a read-only mount does not stop ``connect``).
+* Linux exempts uid 0 from ``RLIMIT_NPROC``: as root, a fork bomb that got past the hook is bounded
+  by the wall time and the teardown, not by a count (no pids cgroup is set up).
+* Disk use is bounded per file (``RLIMIT_FSIZE``), not in total.
 * By design these do not work inside: sockets, subprocesses (unless ``allow_processes``),
   ``os.chdir``, ``os.symlink``, third-party packages, and more than a few dozen threads (each
   reserves stack address space under ``RLIMIT_AS``).
-* Without namespaces (no ``unshare``), only the audit hook keeps the program off the network, and
-  a process that left both the process group and the working directory can outlive the call.
+* Without a mount namespace (no ``unshare``, or one that may not mount), files are protected by the
+  audit hook alone and any file the user may write is at risk once it is bypassed; without a PID
+  namespace, the program could signal the user's other processes once the hook is bypassed; without
+  a network namespace, only the hook keeps it off the network.
 
-The functions ``_sandbox_main``, ``_run_program``, ``_install_guard`` and ``_wait_program`` run in
-the sandboxed interpreter: their source is sent with ``-c``, so they use the standard library only
-and import inside their bodies. Nothing in the parent changes global state (no signal handlers, no
-``chdir``, no ``preexec_fn``, which is unsafe in a multi-threaded parent), so :func:`run_python` may
-be called from many threads at once.
+The functions from ``_sandbox_main`` down run in the sandboxed interpreter: their source is sent
+with ``-c``, so they use the standard library only and import inside their bodies. Nothing in the
+parent changes global state (no signal handlers, no ``chdir``, no ``preexec_fn``, which is unsafe in
+a multi-threaded parent), so :func:`run_python` may be called from many threads at once.
 """
 
 from __future__ import annotations
@@ -83,10 +97,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import marshal
+import math
 import os
+import select
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -98,10 +116,15 @@ from typing import Any
 NAMESPACE_FLAGS: tuple[tuple[str, ...], ...] = (
     ("--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"),
     ("--net", "--pid", "--fork", "--kill-child", "--mount-proc"),
+    ("--user", "--map-root-user", "--net", "--mount"),
+    ("--net", "--mount"),
     ("--user", "--map-root-user", "--net"),
     ("--net",),
 )
-"""``unshare`` flag sets tried in order; the first that runs the interpreter is used."""
+"""``unshare`` flag sets tried in order; the first that runs a sandboxed program is used.
+
+With ``--mount`` or ``--mount-proc`` the supervisor makes the file system read-only; a set whose
+mount setup fails on this machine is skipped by the probe."""
 
 MAX_CONCURRENT_RUNS = 2 * (os.cpu_count() or 1)
 """Programs run at once per process; further calls wait for a slot (the wait is not wall time).
@@ -112,7 +135,16 @@ _SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_RUNS)
 
 _GRACE_S = 0.5
 """How long to keep reading output after the sandbox's supervisor exited."""
+_STOP_TIMEOUT_S = 3.0
+"""How long the supervisor gets to end the program and exit before its process group is SIGKILLed."""
 _CHUNK = 65536
+_STATUS_CAP = 4096
+"""Bytes kept of the supervisor's status report (a few dozen are expected)."""
+_CPU_MEASURED_FRACTION = 0.8
+"""The part of ``RLIMIT_CPU`` the measured CPU time must reach for a SIGXCPU to count as the limit.
+
+The kernel's check and the CPU time reported by ``wait4`` are accounted differently; the latter was
+seen up to 8% short of the limit when the limit was hit."""
 
 
 @dataclass(frozen=True)
@@ -121,17 +153,17 @@ class SandboxResult:
 
     Attributes:
         ok: True when the program exited with status 0 and no limit was hit.
-        stdout: What the program printed (at most ``max_output_chars``; UTF-8, invalid bytes
-            replaced).
+        stdout: What the program printed (at most ``max_output_chars`` bytes, never a split
+            character; UTF-8, invalid bytes replaced).
         stderr: What it wrote to stderr (tracebacks), with the same cap.
         exit_code: The program's exit status, or None when a signal or the sandbox ended it.
         signal: Name of the signal that killed the program (e.g. ``"SIGXCPU"``), or None.
         error: What went wrong, or None when ``ok``: a limit (``"wall time limit (5 s) exceeded"``,
             ``"CPU time limit (2 s) exceeded"``, ``"memory limit (256 MB) exceeded"``, ``"file size
-            limit (16 MB) exceeded"``, ``"output limit (20000 characters) exceeded; output
+            limit (16 MB) exceeded"``, ``"output limit (20000 bytes) exceeded; output
             truncated"``), ``"exit code N"``, ``"killed by signal SIGSEGV"`` or a sandbox failure.
         truncated: Whether stdout or stderr was cut at ``max_output_chars``.
-        wall_time_s: Seconds from start to the end of the call's process group.
+        wall_time_s: Seconds from start to the end of the call's processes.
         cpu_time_s: CPU seconds the program (and what it waited for) used; None when it was killed
             from outside before reporting.
     """
@@ -155,6 +187,9 @@ class _Limits:
     max_processes: int
     max_file_mb: int
     max_output_chars: int
+
+
+_PROBE_LIMITS = _Limits(10.0, 30.0, 512, 16, 16, 20_000)
 
 
 @dataclass(frozen=True)
@@ -185,7 +220,7 @@ def run_python(
     Args:
         code: The program's source; it runs as ``__main__`` in a private working directory.
         cpu_time_s: CPU seconds before ``SIGXCPU`` (``RLIMIT_CPU``, whole seconds, rounded up).
-        wall_time_s: Seconds before the whole process group is killed.
+        wall_time_s: Seconds before the program is killed.
         memory_mb: Address-space limit of each process (``RLIMIT_AS``).
         max_processes: ``RLIMIT_NPROC``: processes and threads of the user (of the user namespace,
             when there is one); not enforced by Linux for root.
@@ -193,9 +228,10 @@ def run_python(
         max_output_chars: Bytes kept of each of stdout and stderr; the program is killed when it
             writes more.
         allow_processes: Let the program fork and run subprocesses (still confined to the
-            namespaces, the limits and the process group).
+            namespaces, the read-only file system and the limits, and killed with the call).
         use_namespaces: Use the ``unshare`` wrapper when the machine has one; False runs with the
-            rlimits and the audit hook only (what a machine without ``unshare`` gets).
+            rlimits, the dropped capabilities and the audit hook only (what a machine without
+            ``unshare`` gets).
 
     Returns:
         The result; a program's failure or a limit is reported in it, never raised.
@@ -205,14 +241,47 @@ def run_python(
     """
     limits = _Limits(cpu_time_s, wall_time_s, memory_mb, max_processes, max_file_mb, max_output_chars)
     _check_limits(limits)
+    wrapper = namespace_wrapper() if use_namespaces else ()
     with _SLOTS:
-        workdir = os.path.realpath(tempfile.mkdtemp(prefix="actorlearner-sandbox-"))
+        workdir = _make_workdir(code)
         try:
-            with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8", errors="surrogatepass") as f:
-                f.write(code)
-            return _supervise(workdir, limits, allow_processes, use_namespaces)
+            return _supervise(workdir, limits, allow_processes, wrapper)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            _remove_tree(workdir)
+
+
+_PROBE_LOCK = threading.Lock()
+
+
+def namespace_wrapper() -> tuple[str, ...]:
+    """The ``unshare`` command prefix this machine supports, probed once per process.
+
+    Runs a real sandboxed program under each of :data:`NAMESPACE_FLAGS` in order (so the read-only
+    mounts and the dropped capabilities are tested too) and keeps the first that works. Without
+    ``unshare``, or when none works (e.g. in a container without the capabilities), returns ``()``
+    and the sandbox relies on the rlimits, the dropped capabilities and the audit hook.
+    """
+    with _PROBE_LOCK:
+        return _probe_wrappers()
+
+
+@functools.cache
+def _probe_wrappers() -> tuple[str, ...]:
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return ()
+    for flags in NAMESPACE_FLAGS:
+        wrapper = (unshare, *flags)
+        workdir = _make_workdir("print('ok')")
+        try:
+            result = _supervise(workdir, _PROBE_LIMITS, False, wrapper)
+        except OSError:
+            continue
+        finally:
+            _remove_tree(workdir)
+        if result.ok and result.stdout == "ok\n":
+            return wrapper
+    return ()
 
 
 def _check_limits(limits: _Limits) -> None:
@@ -224,36 +293,74 @@ def _check_limits(limits: _Limits) -> None:
             raise ValueError(f"{key} must be an int, got {getattr(limits, key)!r}")
 
 
-def _supervise(workdir: str, limits: _Limits, allow_processes: bool, use_namespaces: bool) -> SandboxResult:
-    """Starts the sandbox, collects its output and status, and kills its process group."""
-    wrapper = namespace_wrapper() if use_namespaces else ()
+def _make_workdir(code: str) -> str:
+    """A fresh 0700 directory in the system temp dir holding ``main.py``; its real path."""
+    workdir = os.path.realpath(tempfile.mkdtemp(prefix="actorlearner-sandbox-"))
+    with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8", errors="surrogatepass") as f:
+        f.write(code)
+    return workdir
+
+
+def _remove_tree(workdir: str) -> None:
+    """Deletes the working directory, first giving its directories back ``u+rwx``.
+
+    A program may ``chmod 0500 .``; ``rmtree`` would then fail (silently) for a non-root caller.
+    """
+
+    def writable(path: str) -> None:
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.lstat(path).st_mode):  # never chmod through a symlink
+                os.chmod(path, 0o700)
+
+    writable(workdir)
+    for root, dirs, _ in os.walk(workdir):
+        for name in dirs:
+            writable(os.path.join(root, name))
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _supervise(
+    workdir: str, limits: _Limits, allow_processes: bool, wrapper: tuple[str, ...]
+) -> SandboxResult:
+    """Starts the sandbox, collects its output and status, stops it and reaps everything."""
     status_r, status_w = os.pipe()  # the supervisor's report channel
-    args = [str(status_w), workdir, str(int(allow_processes)), *(str(v) for v in vars(limits).values())]
+    stop_r, stop_w = os.pipe()  # closing stop_w asks the supervisor to end the program
+    mounts = "--mount" in wrapper or "--mount-proc" in wrapper
+    args = [str(status_w), str(stop_r), workdir, str(int(allow_processes)), str(int(mounts))]
+    args += [str(v) for v in vars(limits).values()]
     start = time.monotonic()
-    with os.fdopen(status_r, "rb") as status_pipe:
+    try:
+        proc = subprocess.Popen(
+            [*wrapper, sys.executable, "-I", "-S", "-B", "-c", _BOOTSTRAP_STUB, _bootstrap_code(), *args],
+            cwd=workdir,
+            env=_scrubbed_env(workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(status_w, stop_r),
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(status_r)
+        os.close(stop_w)
+        raise
+    finally:
+        os.close(status_w)
+        os.close(stop_r)
+    with os.fdopen(status_r, "rb") as status_pipe, proc:
         try:
-            proc = subprocess.Popen(
-                [*wrapper, sys.executable, "-I", "-S", "-B", "-c", _bootstrap_source(), *args],
-                cwd=workdir,
-                env=_scrubbed_env(workdir),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(status_w,),
-                start_new_session=True,
-            )
+            out, err, raw_status, stop = _collect(proc, status_pipe.fileno(), start, limits)
         finally:
-            os.close(status_w)
-        with proc:
-            try:
-                out, err, raw_status, stop = _collect(proc, status_pipe.fileno(), start, limits)
-            finally:
-                _kill_group(proc.pid)  # the leader is not reaped yet, so its group id is still ours
-                proc.wait()
-                if "--pid" not in wrapper:  # no namespace teardown: find what left the group
-                    _kill_strays(workdir)
+            os.close(stop_w)
+            _end(proc, "--pid" in wrapper, workdir)
     status = _parse_status(raw_status)
-    error = _diagnose(status, stop, err, limits)
+    file_at_limit = (
+        status is not None
+        and status.exit_code == 1
+        and "[Errno 27]" in _last_line(err)  # EFBIG (Python ignores SIGXFSZ)
+        and _has_file_of_size(workdir, limits.max_file_mb << 20)
+    )
+    error = _diagnose(status, stop, err, limits, file_at_limit)
     return SandboxResult(
         ok=error is None,
         stdout=out.decode("utf-8", errors="replace"),
@@ -284,10 +391,10 @@ def _collect(
 
 
 def _pump(buffers: dict[int, bytearray], status_fd: int, deadline: float, cap: int) -> str | None:
-    """Reads the pipes into ``buffers`` (at most ``cap`` bytes each, but the status) until they close.
+    """Reads the pipes into ``buffers`` (at most ``cap`` bytes each, the status ``_STATUS_CAP``).
 
     Once the supervisor closed the status pipe, the output pipes get :data:`_GRACE_S` more seconds
-    (a process that left the group may hold them open).
+    (a process that left the sandbox may hold them open).
 
     Returns:
         ``"wall"`` at the deadline while the supervisor still runs, ``"output"`` when a pipe
@@ -309,10 +416,56 @@ def _pump(buffers: dict[int, bytearray], status_fd: int, deadline: float, cap: i
                     continue
                 buffer = buffers[key.fd]
                 buffer += chunk
-                if key.fd != status_fd and len(buffer) > cap:
+                if key.fd == status_fd:
+                    del buffer[_STATUS_CAP:]
+                elif len(buffer) > cap:
                     del buffer[cap:]
+                    _drop_partial_character(buffer)
                     return "output"
     return None
+
+
+def _drop_partial_character(data: bytearray) -> None:
+    """Removes an incomplete UTF-8 sequence at the end of ``data`` (left by a cut at a byte count)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # a continuation byte: look further back for the lead byte
+            continue
+        length = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
+        if length > back:
+            del data[-back:]
+        return
+
+
+def _end(proc: subprocess.Popen[bytes], pidns: bool, workdir: str) -> None:
+    """Once the stop pipe is closed: lets the sandbox end by itself, kills what is left, reaps it.
+
+    The supervisor kills the program and reaps it, and every process below it (as PID 1 of the PID
+    namespace or as a subreaper); ``unshare`` reaps the supervisor. Killing the group first would
+    orphan the supervisor, and a caller that is a subreaper or PID 1 would keep it as a zombie.
+    """
+    _wait_exit(proc.pid, _STOP_TIMEOUT_S)
+    _kill_group(proc.pid)  # a backstop; the leader is not reaped yet, so the group id is still ours
+    proc.wait()
+    if not pidns:  # no namespace teardown: find what left the group and the supervisor
+        _kill_strays(workdir)
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    """Waits until the child ``pid`` has exited, without reaping it; False after ``timeout_s``."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # kernels before 5.3: poll
+        deadline = time.monotonic() + timeout_s
+        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], timeout_s)[0])
+    finally:
+        os.close(pidfd)
 
 
 def _kill_group(pgid: int) -> None:
@@ -360,27 +513,46 @@ def _parse_status(raw: bytes) -> _Status | None:
         return None
 
 
-def _diagnose(status: _Status | None, stop: str | None, stderr: bytes, limits: _Limits) -> str | None:
-    """The ``error`` of a run: which limit was hit or how the program failed; None when it succeeded."""
+def _diagnose(
+    status: _Status | None, stop: str | None, stderr: bytes, limits: _Limits, file_at_limit: bool
+) -> str | None:
+    """The ``error`` of a run: which limit was hit or how the program failed; None when it succeeded.
+
+    A limit is named only on evidence the program cannot fake by printing: the CPU limit when the
+    measured CPU time reached it, the file size limit when a file in the working directory reached
+    it. The memory limit is named for a bare ``MemoryError`` that ended the program (exit code 1).
+    """
     if stop == "wall":
         return f"wall time limit ({limits.wall_time_s:g} s) exceeded"
     if stop == "output":
-        return f"output limit ({limits.max_output_chars} characters) exceeded; output truncated"
+        return f"output limit ({limits.max_output_chars} bytes) exceeded; output truncated"
     last = _last_line(stderr)
     if status is None:
         return "the sandbox failed" + (f": {last}" if last else "")
     if status.signal is not None:
-        killed_at_hard_limit = status.signal == signal.SIGKILL and status.cpu_time_s >= limits.cpu_time_s
-        if status.signal == signal.SIGXCPU or killed_at_hard_limit:
+        soft = math.ceil(limits.cpu_time_s)  # RLIMIT_CPU counts whole seconds
+        at_soft = status.signal == signal.SIGXCPU and status.cpu_time_s >= soft * _CPU_MEASURED_FRACTION
+        at_hard = status.signal == signal.SIGKILL and status.cpu_time_s >= (soft + 1) * _CPU_MEASURED_FRACTION
+        if at_soft or at_hard:
             return f"CPU time limit ({limits.cpu_time_s:g} s) exceeded"
         return f"killed by signal {_signal_name(status.signal)}"
+    if status.exit_code == 1 and last == "MemoryError":
+        return f"memory limit ({limits.memory_mb} MB) exceeded"
+    if status.exit_code == 1 and file_at_limit:
+        return f"file size limit ({limits.max_file_mb} MB) exceeded"
     if status.exit_code:
-        if last.startswith("MemoryError"):
-            return f"memory limit ({limits.memory_mb} MB) exceeded"
-        if "[Errno 27]" in last:  # EFBIG: RLIMIT_FSIZE (Python ignores SIGXFSZ)
-            return f"file size limit ({limits.max_file_mb} MB) exceeded"
         return f"exit code {status.exit_code}"
     return None
+
+
+def _has_file_of_size(workdir: str, size: int) -> bool:
+    """Whether a file under ``workdir`` has at least ``size`` bytes."""
+    for root, _, files in os.walk(workdir):
+        for name in files:
+            with contextlib.suppress(OSError):
+                if os.lstat(os.path.join(root, name)).st_size >= size:
+                    return True
+    return False
 
 
 def _last_line(data: bytes) -> str:
@@ -406,86 +578,266 @@ def _scrubbed_env(workdir: str) -> dict[str, str]:
     }
 
 
-@functools.cache
-def namespace_wrapper() -> tuple[str, ...]:
-    """The ``unshare`` command prefix this machine supports, probed once per process.
-
-    Tries :data:`NAMESPACE_FLAGS` in order, running the interpreter under each; the first that works
-    is kept. Without ``unshare``, or when none works (e.g. in a container without the
-    capabilities), returns ``()`` and the sandbox relies on the rlimits and the audit hook.
-    """
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return ()
-    for flags in NAMESPACE_FLAGS:
-        command = (unshare, *flags)
-        try:
-            probe = subprocess.run(
-                [*command, sys.executable, "-I", "-S", "-c", "pass"],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=30,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if probe.returncode == 0:
-            return command
-    return ()
+_BOOTSTRAP_STUB = "import marshal, sys; exec(marshal.loads(bytes.fromhex(sys.argv.pop(1))))"
+"""The ``-c`` program of the sandboxed interpreter: runs the code object passed as its first argument."""
 
 
 @functools.cache
 def _bootstrap_source() -> str:
-    """The ``-c`` program of the sandboxed interpreter: the functions below, then the entry call."""
-    functions = (_sandbox_main, _wait_program, _run_program, _install_guard)
-    body = "\n\n".join(inspect.getsource(fn) for fn in functions)
+    """The sandboxed interpreter's program: the functions below, then the entry call."""
+    body = "\n\n".join(inspect.getsource(fn) for fn in _SANDBOX_FUNCTIONS)
     return f"from __future__ import annotations\nimport sys\n\n{body}\n_sandbox_main(sys.argv[1:])\n"
+
+
+@functools.cache
+def _bootstrap_code() -> str:
+    """:func:`_bootstrap_source` compiled and marshalled, in hex (saves compiling it at every call).
+
+    The sandbox runs the same interpreter (``sys.executable``), so the marshal format matches.
+    """
+    code = marshal.dumps(compile(_bootstrap_source(), "<string>", "exec", optimize=2))
+    if len(code) > 60_000:  # Linux caps one argument at 128 KiB (MAX_ARG_STRLEN)
+        raise RuntimeError(f"the sandbox's bootstrap is too large to pass as an argument ({len(code)} bytes)")
+    return code.hex()
 
 
 # ---- what runs inside the sandbox (standard library only; source sent with -c) --------------------
 
 
 def _sandbox_main(argv: list[str]) -> None:
-    """The sandbox's supervisor: forks the program, waits for it and reports on the status pipe.
+    """The sandbox's supervisor: hardens itself, forks the program, waits for it and reports.
 
     Args:
-        argv: The status pipe's fd, the working directory, ``"1"`` to allow processes, then the
-            limits in :class:`_Limits` order.
+        argv: The status pipe's fd, the stop pipe's fd, the working directory, ``"1"`` to allow
+            processes, ``"1"`` to lock the mounts, then the limits in :class:`_Limits` order.
     """
     import os
+    import sys
 
-    status_fd, workdir, allow_processes, limits = int(argv[0]), argv[1], argv[2] == "1", argv[3:]
-    wall_time_s = float(limits[1])  # limits come in _Limits order
+    status_fd, stop_fd, workdir = int(argv[0]), int(argv[1]), argv[2]
+    allow_processes, mounts, limits = argv[3] == "1", argv[4] == "1", argv[5:]
+    try:
+        _harden(workdir, mounts, allow_processes)
+    except Exception as err:  # fail closed: the program never runs without its protections
+        os.write(2, f"sandbox setup failed: {type(err).__name__}: {err}\n".encode())
+        os._exit(70)
     pid = os.fork()
     if pid == 0:
         os.close(status_fd)  # the program never holds the report channel
+        os.close(stop_fd)
         _run_program(workdir, allow_processes, limits)
         sys.exit(0)
-    exit_code, signal_number, cpu = _wait_program(pid, wall_time_s + 1.0)
+    exit_code, signal_number, cpu = _wait_program(pid, stop_fd, float(limits[1]) + 1.0)
     kind, number = ("signal", signal_number) if signal_number else ("exit", exit_code)
-    os.write(status_fd, f"{kind} {number} {cpu:.6f}".encode())
+    try:  # noqa: SIM105  (no contextlib in the sandbox: it starts faster)
+        os.write(status_fd, f"{kind} {number} {cpu:.6f}".encode())
+    except OSError:
+        pass
+    os.close(status_fd)
+    if os.getpid() != 1:  # PID 1 of a namespace takes every process with it when it exits
+        _kill_descendants()
     os._exit(128 + signal_number if signal_number else exit_code)
 
 
-def _wait_program(pid: int, timeout_s: float) -> tuple[int, int, float]:
-    """Waits for the program, SIGKILLing it after ``timeout_s`` (a backstop if the parent died).
+def _harden(workdir: str, mounts: bool, allow_processes: bool) -> None:
+    """In the supervisor, before the program exists: read-only mounts, subreaper, no capabilities.
+
+    Raises:
+        OSError: If a step fails (the caller then runs no program).
+    """
+    import os
+
+    try:
+        import ctypes
+    except ImportError:  # an interpreter without ctypes: no OS-level hardening beyond namespaces
+        if mounts:
+            raise
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, f"{what}: {os.strerror(number)}")
+
+    if mounts:
+        _lock_mounts(libc.mount, check, workdir, allow_processes)
+    os.chdir(workdir)  # onto the working directory's own mount
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans of the program come back to us
+    check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+    with open("/proc/self/status") as f:
+        caps = {k: int(v, 16) for k, v in (line.split(":") for line in f if line.startswith("Cap"))}
+    if caps["CapEff"] & (1 << 8):  # CAP_SETPCAP: empty the bounding set, so exec regains nothing
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last_cap = int(f.read())
+        for cap in range(last_cap + 1):
+            check(libc.prctl(24, cap, 0, 0, 0), "PR_CAPBSET_DROP")
+    libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    if caps["CapPrm"] or caps["CapEff"] or caps["CapInh"]:
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+        check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
+    check(libc.prctl(4, 0, 0, 0, 0), "PR_SET_DUMPABLE")  # /proc/<supervisor> closed to the program
+
+
+def _lock_mounts(mount: Any, check: Any, workdir: str, allow_processes: bool) -> None:
+    """In a new mount namespace: hides private directories and makes every mount but the workdir read-only.
+
+    ``mount`` is libc's ``mount(2)``; ``check(result, what)`` raises ``OSError`` on failure.
+    """
+    import os
+    import sys
+
+    ms_rdonly, ms_nosuid, ms_nodev, ms_noexec, ms_bind, ms_rec, ms_private = 1, 2, 4, 8, 4096, 16384, 1 << 18
+
+    def do(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+        encode = os.fsencode
+        result = mount(
+            source and encode(source), encode(target), fstype and encode(fstype), flags, data and encode(data)
+        )
+        check(result, f"mount {target}")
+
+    do(None, "/", None, ms_rec | ms_private)
+    paths = {workdir, sys.base_prefix, sys.prefix, os.path.dirname(sys.executable), *sys.path}
+    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    real = {os.path.realpath(p) for p in paths if p and os.path.exists(p)}
+    keep = [p for p in real if not any(p.startswith(q.rstrip("/") + "/") for q in real if q != p)]
+    devices = [f"/dev/{name}" for name in ("null", "zero", "full", "random", "urandom")]
+    masked = {
+        "/dev": [*(d for d in devices if os.path.exists(d)), *(p for p in keep if p.startswith("/dev/"))]
+    }
+    for directory in ("/tmp", "/var/tmp", "/run", "/root", "/home"):
+        covered = any(directory == p or directory.startswith(p.rstrip("/") + "/") for p in keep)
+        if not covered and os.path.isdir(directory) and os.path.realpath(directory) == directory:
+            masked[directory] = [p for p in keep if p.startswith(directory + "/")]
+    for directory, kept in masked.items():
+        _mask(do, directory, kept, ms_bind | ms_rec, ms_nosuid | ms_nodev | ms_noexec)
+    if not any(workdir.startswith(d + "/") for d in masked):
+        do(workdir, workdir, None, ms_bind)  # its own mount, left writable
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "fd/0"), ("stdout", "fd/1"), ("stderr", "fd/2")):
+        os.symlink(target, f"/dev/{name}")
+    os.makedirs("/dev/shm", exist_ok=True)
+    writable = {workdir}
+    if allow_processes:  # POSIX semaphores of multiprocessing
+        do("tmpfs", "/dev/shm", "tmpfs", ms_nosuid | ms_nodev | ms_noexec, "mode=1777,size=4m,nr_inodes=256")
+        writable.add("/dev/shm")
+    _remount_readonly(do, writable, ms_rdonly | ms_nosuid)
+
+
+def _mask(do: Any, directory: str, kept: list[str], bind: int, tmpfs_flags: int) -> None:
+    """Mounts an empty tmpfs over ``directory``, then binds each path of ``kept`` back in it."""
+    import os
+
+    fds = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in kept]
+    do("tmpfs", directory, "tmpfs", tmpfs_flags, "mode=0755,size=64k,nr_inodes=1024")
+    for path, fd in fds:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        do(f"/proc/self/fd/{fd}", path, None, bind)
+        os.close(fd)
+
+
+def _remount_readonly(do: Any, writable: set[str], flags: int) -> None:
+    """Remounts every visible mount read-only (keeping its locked flags), but those in ``writable``."""
+    option_flags = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048}
+    option_flags |= {"relatime": 1 << 21, "strictatime": 1 << 24}
+    with open("/proc/self/mountinfo", "rb") as f:
+        entries = [(_unescape(fields[4]), fields[5].decode()) for fields in (line.split() for line in f)]
+    later: set[str] = set()  # mount points mounted after the entry (mountinfo lists in mount order)
+    for point, options in reversed(entries):
+        covering = {point, *(point[:i] or "/" for i, c in enumerate(point) if c == "/")}
+        hidden = not later.isdisjoint(covering)  # under a later mount at the same place or above
+        later.add(point)
+        if point in writable or hidden:
+            continue
+        extra = sum(option_flags.get(option, 0) for option in options.split(","))
+        do(None, point, None, 32 | 4096 | flags | extra)  # MS_REMOUNT | MS_BIND
+
+
+def _unescape(raw: bytes) -> str:
+    """A path of ``/proc/self/mountinfo`` (a space is written as backslash 040) as a str."""
+    import os
+
+    out, i = bytearray(), 0
+    while i < len(raw):
+        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def _wait_program(pid: int, stop_fd: int, timeout_s: float) -> tuple[int, int, float]:
+    """Waits for the program; SIGKILLs it when the stop pipe closes or after ``timeout_s``.
+
+    The stop pipe closes when the parent asks to stop the run, or when the parent died.
 
     Returns:
         Exit code (0 when signalled), signal number (0 when it exited) and CPU seconds used.
     """
     import os
     import select
+    import time
 
     try:
         pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):  # kernels before 5.3: no backstop
-        pidfd = None
-    if pidfd is not None and not select.select([pidfd], [], [], timeout_s)[0]:
-        os.kill(pid, 9)
+    except (AttributeError, OSError):  # kernels before 5.3: poll
+        deadline = time.monotonic() + timeout_s
+        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            if select.select([stop_fd], [], [], 0.01)[0] or time.monotonic() > deadline:
+                os.kill(pid, 9)
+                break
+    else:
+        if pidfd not in select.select([pidfd, stop_fd], [], [], timeout_s)[0]:
+            os.kill(pid, 9)
+        os.close(pidfd)
     _, status, usage = os.wait4(pid, 0)
     cpu = usage.ru_utime + usage.ru_stime
     if os.WIFSIGNALED(status):
         return 0, os.WTERMSIG(status), cpu
     return os.WEXITSTATUS(status), 0, cpu
+
+
+def _kill_descendants() -> None:
+    """SIGKILLs and reaps every process left below the supervisor (a subreaper: orphans come back)."""
+    import os
+    import time
+
+    for _ in range(10_000):
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # none left
+            return
+        if pid:
+            continue
+        for child in _children(os.getpid()):
+            try:  # noqa: SIM105
+                os.kill(child, 9)
+            except OSError:
+                pass
+        time.sleep(0.001)
+
+
+def _children(parent: int) -> list[int]:
+    """Pids of the live and zombie children of ``parent``."""
+    import os
+
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == parent:
+                        found.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
 
 
 def _run_program(workdir: str, allow_processes: bool, limits: list[str]) -> None:
@@ -499,6 +851,7 @@ def _run_program(workdir: str, allow_processes: bool, limits: list[str]) -> None
     import math
     import os
     import resource
+    import sys
     import traceback
 
     cpu, _, memory_mb, processes, file_mb = (float(v) for v in limits[:5])
@@ -516,9 +869,13 @@ def _run_program(workdir: str, allow_processes: bool, limits: list[str]) -> None
     with open(os.path.join(workdir, "main.py"), encoding="utf-8", errors="surrogateescape") as f:
         source = f.read()
     linecache.cache["<code>"] = (len(source), None, source.splitlines(True), "<code>")
+    _strip_modules()
+    main = type(sys)("__main__")  # the program's own, so the sandbox's functions are not in sight
+    main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main
     _install_guard(workdir, allow_processes)
     try:
-        exec(compile(source, "<code>", "exec"), {"__name__": "__main__", "__builtins__": builtins})
+        exec(compile(source, "<code>", "exec"), main.__dict__)
     except SystemExit:
         raise
     except BaseException as err:
@@ -529,58 +886,238 @@ def _run_program(workdir: str, allow_processes: bool, limits: list[str]) -> None
         sys.exit(1)
 
 
-def _install_guard(workdir: str, allow_processes: bool) -> None:
-    """Installs the audit hook that denies what the sandbox forbids (see the module docstring)."""
+def _strip_modules() -> None:
+    """Removes from the program's modules what acts without an audit event, and ``ctypes``."""
+    import _imp
     import os
+    import sys
+
+    for name in [n for n in sys.modules if n in ("ctypes", "_ctypes") or n.startswith("ctypes.")]:
+        del sys.modules[name]  # the supervisor's: a fresh import is audited
+    for name in sys.builtin_module_names:  # loaded now, as _imp.create_builtin goes below
+        if name not in sys.modules:
+            try:  # noqa: SIM105
+                __import__(name)
+            except ImportError:
+                pass
+    unaudited: tuple[str, ...] = ("mkfifo", "mknod", "pidfd_open", "pidfd_send_signal", "setpriority")
+    unaudited += ("sched_setaffinity", "sched_setparam", "sched_setscheduler")
+    for module in (os, sys.modules["posix"], sys.modules["_signal"], sys.modules.get("signal")):
+        for name in unaudited:
+            if hasattr(module, name):
+                delattr(module, name)
+    del _imp.create_builtin  # it makes a fresh copy of a built-in module (posix, _signal) unaudited
+
+
+def _install_guard(workdir: str, allow_processes: bool) -> None:
+    """Installs the audit hook that denies what the sandbox forbids (see the module docstring).
+
+    The hook and its helpers get all they use as default arguments bound here, before the program
+    runs: built-in functions, strings, tuples and frozensets. They look up no global, builtin or
+    module attribute when called, have no closure and call no code of the program (a path argument
+    that is not a str, bytes or int is refused), so the program cannot change what they decide by
+    monkeypatching modules or builtins, or through the frames and functions it may reach.
+    """
+    import os
+    import sys
 
     denied: tuple[str, ...] = (
         *("socket.", "ctypes.", "syslog.", "os.kill", "signal.pthread_kill", "os.chdir", "os.symlink"),
         *("resource.setrlimit", "resource.prlimit", "gc.get_", "sys.settrace", "sys.setprofile"),
-        *("sys.monitoring", "cpython.PyInterpreterState_New", "os.chroot"),
+        *("sys.monitoring", "cpython.PyInterpreterState_New", "os.chroot", "sys._current_frames"),
     )
-    blocked = {"ctypes", "_ctypes", "_xxsubinterpreters", "_xxinterpchannels", "_testcapi"}
-    blocked |= {"_testinternalcapi", "_dbm", "_gdbm", "_sqlite3", "_posixshmem", "readline"}
-    blocked.add("posix")  # a fresh copy would bring back what is deleted below
+    blocked = {"ctypes", "_ctypes", "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz", "_tkinter"}
+    blocked |= {"_dbm", "_gdbm", "_sqlite3", "_posixshmem", "readline", "posix", "_signal", "_imp"}
     if not allow_processes:
         denied += ("os.fork", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen")
         blocked |= {"subprocess", "_posixsubprocess", "_multiprocessing"}
-    for name in ("mkfifo", "mknod"):  # they create files and raise no audit event
-        for module in (os, sys.modules["posix"]):
-            if hasattr(module, name):
-                delattr(module, name)
-    path_events: dict[str, tuple[int, ...]] = {"os.rename": (0, 1), "os.link": (0, 1)}
-    for event in ("os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.chmod", "os.chown", "os.utime"):
-        path_events[event] = (0,)
-    for event in ("os.chflags", "os.lchflags", "os.setxattr", "os.removexattr"):
-        path_events[event] = (0,)
+    changes = {"os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.chmod", "os.chown", "os.utime"}
+    changes |= {"os.chflags", "os.lchflags", "os.setxattr", "os.removexattr", "os.rename", "os.link"}
+    devices = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random")
     read_roots = tuple(os.path.realpath(p) for p in sys.path if os.path.isdir(p))  # the standard library
-    devices = {"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"}
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-
-    def resolve(path: Any) -> str | None:
-        """The real path of an audited path argument; None for a file descriptor."""
-        return None if isinstance(path, int) else os.path.realpath(os.fsdecode(os.fspath(path)))
-
-    def check(real: str | None, roots: tuple[str, ...], what: str) -> None:
-        if real is None or real in devices or any(real == r or real.startswith(r + "/") for r in roots):
-            return
-        raise PermissionError(f"sandbox: {what} {real} is not allowed (outside the working directory)")
-
-    def guard(event: str, args: tuple[Any, ...]) -> None:
-        if event.startswith(denied):
-            raise PermissionError(f"sandbox: {event} is not allowed")
-        if event == "import" and (args[0] in blocked or args[0].partition(".")[0] in blocked):
-            raise PermissionError(f"sandbox: importing {args[0]} is not allowed")
-        if event == "open":
-            real, mode, flags = resolve(args[0]), args[1], args[2]
-            if (isinstance(mode, str) and any(c in mode for c in "wax+")) or flags & write_flags:
-                check(real, (workdir,), "writing")
-            else:
-                check(real, (workdir, *read_roots), "reading")
-            if real is not None and os.path.isdir(real):  # an outside dir fd would make dir_fd= escape checks
-                check(real, (workdir,), "opening the directory")
-        elif event in path_events:
-            for i in path_events[event]:
-                check(resolve(args[i]), (workdir,), "changing")
-
+    rules = (
+        frozenset({workdir, *devices}),  # writable
+        workdir + "/",
+        frozenset({workdir, *devices, *read_roots}),  # readable
+        tuple(root + "/" for root in (workdir, *read_roots)),
+    )
+    resolve, fd_path = _path_resolvers()
+    guard = _make_guard(denied, frozenset(blocked), frozenset(changes), rules, resolve, fd_path, globals())
     sys.addaudithook(guard)
+
+
+def _path_resolvers() -> tuple[Any, Any]:
+    """``resolve(path)``: the real path of a str or bytes path; ``fd_path(fd)``: the file an fd is."""
+    import posix
+
+    def resolve(
+        path: Any,
+        _type: Any = type,
+        _str: Any = str,
+        _bytes: Any = bytes,
+        _decode: Any = bytes.decode,
+        _lstat: Any = posix.lstat,
+        _readlink: Any = posix.readlink,
+        _getcwd: Any = posix.getcwd,
+        _errors: Any = (OSError, ValueError),
+        _error: Any = PermissionError,
+    ) -> str:
+        """Like ``os.path.realpath``: symlinks followed, missing components taken as they are."""
+        if _type(path) is _bytes:
+            path = _decode(path, "utf-8", "surrogateescape")
+        elif _type(path) is not _str:
+            raise _error("sandbox: a path must be a str, bytes or int here")
+        if not path.startswith("/"):
+            path = _getcwd() + "/" + path
+        parts = path.split("/")
+        parts.reverse()
+        real, links = "", 0
+        while parts:
+            name = parts.pop()
+            if name == "" or name == ".":
+                continue
+            if name == "..":
+                real = real[: real.rfind("/")] if real else ""
+                continue
+            candidate = real + "/" + name
+            try:
+                mode = _lstat(candidate).st_mode
+            except _errors:
+                mode = 0
+            if mode & 0o170000 != 0o120000:  # not a symlink (or missing)
+                real = candidate
+                continue
+            links += 1
+            if links > 40:
+                raise _error("sandbox: too many levels of symbolic links in " + path)
+            target = _readlink(candidate)
+            if target.startswith("/"):
+                real = ""
+            more = target.split("/")
+            more.reverse()
+            parts += more
+        return real or "/"
+
+    def fd_path(fd: Any, _str: Any = str, _readlink: Any = posix.readlink, _errors: Any = (OSError,)) -> Any:
+        """The path of the file ``fd`` is open on; None for a pipe, socket or closed descriptor."""
+        try:
+            target = _readlink("/proc/self/fd/" + _str(fd))
+        except _errors:
+            return None
+        return target if target.startswith("/") else None
+
+    return resolve, fd_path
+
+
+def _make_guard(
+    denied: tuple[str, ...],
+    blocked: frozenset[str],
+    changes: frozenset[str],
+    rules: tuple[Any, ...],
+    resolve: Any,
+    fd_path: Any,
+    boot: dict[str, Any],
+) -> Any:
+    """The audit hook; see :func:`_install_guard` for how it resists the program."""
+    import posix
+
+    wflags = posix.O_WRONLY | posix.O_RDWR | posix.O_APPEND | posix.O_CREAT | posix.O_TRUNC
+    function, writable, write_prefix, readable, read_prefixes = type(resolve), *rules
+
+    def allowed(
+        real: str,
+        write: Any,
+        _writable: Any = writable,
+        _write_prefix: Any = write_prefix,
+        _readable: Any = readable,
+        _read_prefixes: Any = read_prefixes,
+    ) -> bool:
+        if write:
+            return real in _writable or real.startswith(_write_prefix)
+        return real in _readable or real.startswith(_read_prefixes)
+
+    def guard(
+        event: str,
+        args: Any,
+        _denied: Any = denied,
+        _blocked: Any = blocked,
+        _changes: Any = changes,
+        _two: Any = (0, 1),
+        _one: Any = (0,),
+        _resolve: Any = resolve,
+        _fd_path: Any = fd_path,
+        _allowed: Any = allowed,
+        _type: Any = type,
+        _int: Any = int,
+        _str: Any = str,
+        _function: Any = function,
+        _boot: Any = boot,
+        _wflags: Any = wflags,
+        _lstat: Any = posix.lstat,
+        _write_prefix: Any = write_prefix,
+        _workdir: Any = write_prefix[:-1],
+        _errors: Any = (OSError, ValueError),
+        _error: Any = PermissionError,
+    ) -> None:
+        if event.startswith(_denied):
+            raise _error("sandbox: " + event + " is not allowed")
+        if event == "open":
+            path, mode, flags = args
+            if _type(flags) is not _int or not (mode is None or _type(mode) is _str):
+                raise _error("sandbox: unexpected arguments of open")
+            if _type(path) is _int:  # wraps a descriptor already open
+                return
+            write = flags & _wflags or (
+                mode is not None and ("w" in mode or "a" in mode or "x" in mode or "+" in mode)
+            )
+            real = _resolve(path)
+            if not _allowed(real, write):
+                what = "writing" if write else "reading"
+                raise _error(f"sandbox: {what} {real} is not allowed (outside the working directory)")
+            if real != _workdir and not real.startswith(_write_prefix):
+                try:
+                    is_dir = _lstat(real).st_mode & 0o170000 == 0o040000
+                except _errors:
+                    is_dir = False
+                if is_dir:  # an outside directory's fd would let dir_fd= paths escape the checks
+                    raise _error(f"sandbox: opening the directory {real} is not allowed")
+        elif event in _changes:
+            for i in _two if event == "os.rename" or event == "os.link" else _one:
+                target = args[i]
+                real = _fd_path(target) if _type(target) is _int else _resolve(target)
+                if real is not None and not _allowed(real, True):
+                    raise _error(f"sandbox: changing {real} is not allowed (outside the working directory)")
+        elif event == "import":
+            name, filename = args[0], args[1]
+            if _type(name) is not _str:
+                raise _error("sandbox: unexpected arguments of import")
+            parts = name.split(".")
+            if _type(filename) is _str:  # an extension module's file, e.g. _posixsubprocess.cpython-311-...so
+                parts.append(filename.rpartition("/")[2].partition(".")[0])
+            for part in parts:
+                if part in _blocked or part.startswith("_test"):
+                    raise _error("sandbox: importing " + name + " is not allowed")
+        elif (event == "object.__setattr__" or event == "object.__delattr__") and (
+            _type(args[0]) is _function and args[0].__globals__ is _boot
+        ):
+            raise _error("sandbox: changing the sandbox's functions is not allowed")
+
+    return guard
+
+
+_SANDBOX_FUNCTIONS = (
+    _sandbox_main,
+    _harden,
+    _lock_mounts,
+    _mask,
+    _remount_readonly,
+    _unescape,
+    _wait_program,
+    _kill_descendants,
+    _children,
+    _run_program,
+    _strip_modules,
+    _install_guard,
+    _path_resolvers,
+    _make_guard,
+)

@@ -5,7 +5,12 @@ leaks, a sum over a range, a count of multiples, a binomial coefficient, a digit
 modular power) has an integer answer that is easy to compute with one line of Python and hard to
 compute in the head. The ``python`` tool runs the model's program in
 :func:`actorlearner.sandbox.run_python` and returns what it printed; a program that fails or hits a
-limit becomes an error observation and the episode goes on.
+limit becomes an error observation and the episode goes on. The tool has no outer
+``tool_timeout_s`` (it is ``math.inf``, so calls run inline in the env's thread): the sandbox
+enforces its own hard wall-time limit, and a per-call timeout would also count the wait for one of
+the sandbox's :data:`~actorlearner.sandbox.MAX_CONCURRENT_RUNS` slots, failing correct programs
+under load. A turn can then take up to ``MAX_CALLS`` times (the slot wait plus ``wall_time_s``): keep
+the runner's ``step_timeout_s`` above what you expect.
 
 The scripted demonstration (cold-start SFT data) writes the one-line program with probability
 ``demo_tool_prob`` and otherwise guesses a wrong number, so RL has to discover that running code
@@ -164,11 +169,15 @@ class PythonTIR(ToolOrGuessEnv):
         memory_mb: Address space of a program, in MB.
         max_file_mb: Largest file a program may write, in MB.
         **kwargs: :class:`~actorlearner.toolenv.ToolEnv` knobs (``max_turns``, ``max_output_chars``,
-            which also caps what a program may print...).
+            which also caps the bytes a program may print...). ``tool_timeout_s`` defaults to
+            ``math.inf`` here: ``wall_time_s`` is the hard limit of a call.
 
     Raises:
         ValueError: If an argument is invalid (the message names the key and its allowed values).
     """
+
+    tool_timeout_s: float = math.inf
+    """No outer timeout: the sandbox kills a program at ``wall_time_s`` (the wait for a slot is free)."""
 
     def __init__(
         self,

@@ -8,12 +8,23 @@ Questions come from templates (:data:`TEMPLATES`): lookups, filters, counts and 
 and joins of two or three tables. The ground truth of a task is computed by running the template's
 reference SQL on the database, so it is always right; the demonstration runs the same SQL.
 
-Safety of ``query``: the connection is locked before the agent sees it (``PRAGMA query_only`` and an
-authorizer that allows only reading statements and a few schema pragmas), runs one statement per
-call, stops a statement after ``time_limit_s`` (a progress handler; an endless recursive CTE ends
-with ``query exceeded the 1 s time limit``), and fetches at most ``max_rows`` rows and
-``max_chars`` characters of them, saying how much was cut. SQL errors are tool errors. Should
-ToolEnv's ``tool_timeout_s`` fire first, :meth:`SQLEnv.on_tool_timeout` interrupts the statement.
+Safety of ``query``. The agent queries its own copy of the database; the reference answers come from
+a private copy, so ``reset`` never waits for an agent's query. The agent's copy is locked before the
+agent sees it: ``PRAGMA query_only`` and an authorizer that allows reading statements over the
+shop's tables and ``sqlite_master``, the schema pragmas (``table_info``, ``foreign_key_list``...,
+also as table-valued functions like ``pragma_table_info('orders')``) and an allowlist of SQL
+functions (:data:`FUNCTIONS`: aggregate, window, text, number, date and NULL functions; not
+``printf``, ``zeroblob``, ``fts3_tokenizer``...); a refusal says what was refused. One statement runs
+per call. Strings and blobs a query builds are capped at 4 KB, ``LIKE`` patterns at 200 bytes,
+results at 64 columns and SQL at 4,000 characters. A progress handler stops a statement after
+``time_limit_s`` (an endless recursive CTE ends with ``query exceeded the 1 s time limit``); it runs
+where the query loops, so one row's expressions run to their end (with the caps above, at most ~0.3 s
+was measured). Rows are fetched one at a time: at most ``max_rows`` rows and ``max_chars`` characters
+of table are shown, with notes of how many rows and characters were cut. SQL errors are tool errors.
+Should ToolEnv's ``tool_timeout_s`` fire first, :meth:`SQLEnv.on_tool_timeout` interrupts the
+statement; the next query waits at most ``time_limit_s + 1`` s for a stray one, and ``close``
+interrupts a running statement before closing the connection under it. Not bounded: a sort too big
+for memory spills to a temporary file (deleted when the statement ends; ~0.5 GB in a 1 s limit).
 
 Reward: ``answer`` 1.0 for a correct answer (numbers within 0.01, names case-free,
 lists in any order) and ``tool`` ``tool_bonus`` once, for the episode's first successful query.
@@ -23,6 +34,7 @@ out, ``split="train"`` never draws them and ``split="test"`` draws only them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
@@ -104,36 +116,106 @@ def shop_rows(db_seed: int, num_orders: int) -> dict[str, list[tuple[Any, ...]]]
 
 # ---- the read-only database ----------------------------------------------------------------------
 
-_READ_ACTIONS = {
-    sqlite3.SQLITE_SELECT,
-    sqlite3.SQLITE_READ,
-    sqlite3.SQLITE_FUNCTION,
-    sqlite3.SQLITE_RECURSIVE,
-}
-_READ_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "foreign_key_list"}
-_DENIED_FUNCTIONS = {"load_extension"}
-_MAX_VALUE_BYTES = 100_000
-"""Longest string or blob a query may build (``SQLITE_LIMIT_LENGTH``)."""
+FUNCTIONS = frozenset(
+    {
+        # aggregates
+        *("avg", "count", "group_concat", "max", "min", "sum", "total"),
+        # window functions
+        *("row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile"),
+        *("lag", "lead", "first_value", "last_value", "nth_value"),
+        # text
+        *("length", "lower", "upper", "substr", "substring", "trim", "ltrim", "rtrim", "instr", "replace"),
+        *("like", "glob", "unicode"),
+        # numbers
+        *("abs", "round", "sign", "ceil", "ceiling", "floor", "trunc", "mod", "sqrt", "pow", "power"),
+        *("exp", "ln", "log", "log10", "log2", "pi", "random"),
+        # NULLs, types and conditions
+        *("coalesce", "ifnull", "nullif", "iif", "typeof"),
+        # dates and times
+        *("date", "time", "datetime", "julianday", "strftime", "unixepoch"),
+        *("current_date", "current_time", "current_timestamp"),
+    }
+)
+"""The SQL functions a query may call; the authorizer refuses every other one.
+
+Left out on purpose: ``printf``/``format`` (a huge width runs for seconds inside one call, where
+neither the time limit nor an interrupt reaches), ``zeroblob``/``randomblob``/``hex``/``char`` (blob
+and text builders nobody needs here), ``fts3_tokenizer`` (returns a pointer), ``load_extension``,
+the JSON, FTS and R-tree functions and the introspection ones (``sqlite_version``, ``changes``...).
+"""
+_READ_PRAGMAS = frozenset(
+    {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list"}
+)
+"""Schema pragmas a query may run, as ``PRAGMA table_info(orders)`` or as a table-valued function,
+``SELECT * FROM pragma_table_info('orders')``."""
+_READ_TABLES = frozenset(
+    {"customers", "products", "orders", "sqlite_master", "sqlite_temp_master"}
+    | {f"pragma_{name}" for name in _READ_PRAGMAS}
+)
+"""Tables and table-valued functions whose columns a query may read (not ``dbstat``, ``json_each``,
+``pragma_compile_options``...)."""
+_MAX_VALUE_BYTES = 4_000
+"""Longest string or blob a query may build (``SQLITE_LIMIT_LENGTH``), e.g. with ``||`` or ``group_concat``.
+
+It bounds the functions whose cost grows with the product of their arguments' lengths (``trim(x, y)``,
+``LIKE``, ``GLOB``, ``instr``, ``replace``). The time limit is checked only where a query loops, never
+inside one row's expressions, so a row packing ~140 such calls into the 4,000 characters of SQL runs to
+its end: measured, such a row takes ~0.3 s at 4 KB but 3.3 s at 10 KB, and at the 100 KB used before,
+a single ``trim(x, y)`` call took 0.75 s."""
+_MAX_LIKE_PATTERN = 200
+"""Longest ``LIKE``/``GLOB`` pattern in bytes (``SQLITE_LIMIT_LIKE_PATTERN_LENGTH``, default 50,000)."""
 _MAX_COLUMNS = 64
-"""Most columns of a result (``SQLITE_LIMIT_COLUMN``): with the value cap, a row is at most 6.4 MB."""
+"""Most columns of a result (``SQLITE_LIMIT_COLUMN``)."""
 _MAX_SQL_CHARS = 4_000
-"""Longest SQL text ``query`` runs."""
+"""Longest SQL text ``query`` runs, in characters (sqlite's limit is set to the 4 bytes each may take)."""
 _COUNT_CAP = 10_000
 """Rows counted past the shown ones to say how many were cut."""
-_PROGRESS_EVERY = 1_000
-"""Virtual-machine instructions between two time-limit checks."""
-_READ_ONLY_ERROR = "not allowed: the database is read-only; write one SELECT statement"
+_PROGRESS_EVERY = 100
+"""Virtual-machine instructions between two time-limit checks (made where a query loops).
+
+Measured on queries that run 1-100 ms, checks every 100 instructions add 20-30% (every 1,000: 3-5%), and
+stop a loop of costly calls up to ~0.4 s sooner than every 1,000 did with 10 KB values."""
+_WAIT_GRACE_S = 1.0
+"""How much longer than ``time_limit_s`` a query waits for the previous one (a stray call) to end."""
+_ACTIONS = {
+    getattr(sqlite3, f"SQLITE_{name}"): name.replace("_", " ")
+    for name in (
+        *("CREATE_INDEX", "CREATE_TABLE", "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE", "CREATE_TEMP_TRIGGER"),
+        *("CREATE_TEMP_VIEW", "CREATE_TRIGGER", "CREATE_VIEW", "CREATE_VTABLE", "DELETE", "DROP_INDEX"),
+        *("DROP_TABLE", "DROP_TEMP_INDEX", "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER", "DROP_TEMP_VIEW"),
+        *("DROP_TRIGGER", "DROP_VIEW", "DROP_VTABLE", "INSERT", "PRAGMA", "READ", "SELECT", "TRANSACTION"),
+        *("UPDATE", "ATTACH", "DETACH", "ALTER_TABLE", "REINDEX", "ANALYZE", "FUNCTION", "SAVEPOINT"),
+        "RECURSIVE",
+    )
+}
+"""Authorizer action code -> its name, for refusal messages."""
 
 
-def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None) -> int:
-    """The authorizer: reading statements, schema pragmas and functions only (no writes, ATTACH...)."""
+def _refusal(action: int, arg1: str | None, arg2: str | None) -> str:
+    """What the authorizer refused, as the model should read it."""
     if action == sqlite3.SQLITE_FUNCTION:
-        return sqlite3.SQLITE_DENY if (arg2 or "").lower() in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
-    if action in _READ_ACTIONS:
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS:
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
+        return f"not allowed: SQL function {arg2}() is not available here"
+    if action == sqlite3.SQLITE_READ:
+        what = f"reading {arg1}"
+    elif action == sqlite3.SQLITE_PRAGMA:
+        what = f"PRAGMA {arg1}" + (f" = {arg2}" if arg2 else "")
+    elif (arg1 or "").lower() in ("sqlite_master", "sqlite_temp_master"):
+        what = "changing the schema"
+        if action == sqlite3.SQLITE_UPDATE:  # sqlite 3.40 also asks this on a virtual table's first use
+            what += ", or a table-valued function other than the schema pragmas"
+    else:
+        what = " ".join([_ACTIONS.get(action, str(action)), *(a for a in (arg1, arg2) if a)])
+    return f"not allowed: the database is read-only; only reading statements run (refused: {what})"
+
+
+def _connect() -> sqlite3.Connection:
+    """An in-memory connection that any thread may use (steps run in worker threads, one at a time).
+
+    Statements are not cached: each query is prepared, hence authorized, afresh.
+    """
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False, cached_statements=0)
+    conn.text_factory = lambda raw: raw.decode("utf-8", errors="replace")
+    return conn
 
 
 @dataclass
@@ -154,7 +236,10 @@ class QueryResult:
 
 
 class ShopDatabase:
-    """An in-memory sqlite shop, filled from a seed, then locked read-only.
+    """An in-memory sqlite shop, filled from a seed, in two copies: a private one and a locked one.
+
+    The private copy answers the reference queries (:meth:`reference`); the agent's queries
+    (:meth:`run`) go to the copy locked read-only and bounded in time and size.
 
     Args:
         db_seed: Seed of the rows (see :func:`shop_rows`).
@@ -164,89 +249,130 @@ class ShopDatabase:
 
     def __init__(self, db_seed: int, num_orders: int, time_limit_s: float) -> None:
         self.time_limit_s = time_limit_s
-        self._running = threading.Lock()
-        # steps run in worker threads (one at a time per env), hence check_same_thread=False
-        self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        self._conn.text_factory = lambda raw: raw.decode("utf-8", errors="replace")
+        self._running = threading.Lock()  # one agent query at a time (a stray one finishes first)
+        self._closed = False
+        self._deadline = math.inf
+        self._refused: str | None = None
+        self._ref = _connect()  # trusted SQL only: reset never waits for the agent's query
         for ddl in _DDL:
-            self._conn.execute(ddl)
+            self._ref.execute(ddl)
         for table, rows in shop_rows(db_seed, num_orders).items():
             marks = ", ".join("?" * len(rows[0]))
-            self._conn.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+            self._ref.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
         self.schema = self._describe()
+        self._conn = _connect()
+        self._ref.backup(self._conn)
         self._lock()
 
     def _describe(self) -> str:
         """One line per table: ``customers(id, name, city)``."""
-        tables = [r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        tables = [r[0] for r in self._ref.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         lines = []
         for table in tables:
-            columns = [r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")]
+            columns = [r[1] for r in self._ref.execute(f"PRAGMA table_info({table})")]
             lines.append(f"{table}({', '.join(columns)})")
         return "\n".join(lines)
 
     def _lock(self) -> None:
-        """Makes the connection read-only, bounds values, and arms the time limit."""
+        """Makes the agent's connection read-only, bounds values, and arms the time limit."""
+        for pragma in _READ_PRAGMAS:  # a virtual table's first use asks to write sqlite_master: do it now
+            self._conn.execute(f"SELECT * FROM pragma_{pragma}('orders') LIMIT 0").fetchall()
         self._conn.execute("PRAGMA query_only = ON")
         self._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _MAX_VALUE_BYTES)
-        self._conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, _MAX_SQL_CHARS)
+        self._conn.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, _MAX_LIKE_PATTERN)
+        self._conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, 4 * _MAX_SQL_CHARS)
         self._conn.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, _MAX_COLUMNS)
         self._conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-        self._conn.set_authorizer(_authorize)
-        self._deadline = math.inf
+        self._conn.set_authorizer(self._authorize)
         self._conn.set_progress_handler(self._over_time, _PROGRESS_EVERY)
+
+    def _authorize(self, action: int, arg1: str | None, arg2: str | None, *_: str | None) -> int:
+        """The authorizer: reading the shop's tables and schema, with the allowed functions and pragmas."""
+        if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_RECURSIVE):
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_READ and (arg2 == "" or (arg1 or "").lower() in _READ_TABLES):
+            return sqlite3.SQLITE_OK  # "" is no column: a CTE's name, a table's for COUNT(*)
+        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in FUNCTIONS:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS:
+            return sqlite3.SQLITE_OK
+        if self._refused is None:  # the first refusal is the one the model reads
+            self._refused = _refusal(action, arg1, arg2)
+        return sqlite3.SQLITE_DENY
 
     def _over_time(self) -> int:
         return int(time.monotonic() > self._deadline)
 
+    def reference(self, sql: str, max_rows: int) -> QueryResult:
+        """Runs trusted SQL (a template's reference query) on the private copy, without limits.
+
+        It never waits for the agent's query, even a stray one still running after a tool timeout.
+        """
+        cursor = self._ref.execute(sql)
+        rows = cursor.fetchmany(max_rows + 1)
+        columns = [d[0] for d in cursor.description]
+        return QueryResult(columns, rows[:max_rows], len(rows), more=len(rows) > max_rows)
+
     def run(self, sql: str, max_rows: int, max_chars: int) -> QueryResult:
-        """Runs one statement, keeps its first rows and counts the rest, one row at a time.
+        """Runs one agent statement, keeps its first rows and counts the rest, one row at a time.
 
         Args:
             sql: One SQL statement.
             max_rows: Rows to keep.
-            max_chars: Rows stop being kept once their values hold this many characters or bytes.
+            max_chars: Rows stop being kept once the rendered table holds this many characters.
 
         Returns:
             The columns, kept rows and row count.
 
         Raises:
-            ValueError: On any SQL error, a write, several statements, or the time limit.
+            ValueError: On any SQL error, a refused statement or function, several statements, the
+                time limit, or a previous (stray) query still running ``time_limit_s + 1`` s later.
         """
         if len(sql) > _MAX_SQL_CHARS:
             raise ValueError(f"SQL longer than {_MAX_SQL_CHARS} characters")
-        with self._running:  # a stray call (after a tool timeout) finishes first: one deadline at a time
+        if not self._running.acquire(timeout=self.time_limit_s + _WAIT_GRACE_S):
+            raise ValueError("the previous query is still running; try again")
+        try:
+            if self._closed:
+                raise ValueError("the database is closed")
             return self._run(sql, max_rows, max_chars)
+        finally:
+            if self._closed:  # close() gave up waiting for this query: the connection ends with it
+                self._conn.close()
+            self._running.release()
 
     def _run(self, sql: str, max_rows: int, max_chars: int) -> QueryResult:
+        self._refused = None
         self._deadline = time.monotonic() + self.time_limit_s
+        cursor = None
         try:
             cursor = self._conn.execute(sql)
             if cursor.description is None:
                 raise ValueError("not a query: write one SELECT statement")
             columns = [d[0] for d in cursor.description]
             rows: list[tuple[Any, ...]] = []
-            size = 0
+            size = len(" | ".join(columns))  # characters of the table so far, as render() writes it
             while len(rows) < max_rows and size < max_chars and (row := cursor.fetchone()) is not None:
                 rows.append(row)
-                size += sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+                size += len(_line(row)) + 1
             total, more = self._count_rest(cursor, len(rows))
-            cursor.close()
         except sqlite3.Error as err:
             raise ValueError(self._explain(err)) from None
         finally:
             self._deadline = math.inf
+            if cursor is not None:
+                cursor.close()  # frees the statement (and a sort's temp file) now
         return QueryResult(columns, rows, total, more)
 
     def _count_rest(self, cursor: sqlite3.Cursor, shown: int) -> tuple[int, bool]:
-        """Counts the rows left in ``cursor`` (one at a time) up to a cap or the time limit."""
+        """Counts the rows left in ``cursor`` (one at a time) up to a cap, the time limit or an error."""
         total = shown
         try:
             while total < shown + _COUNT_CAP:
                 if cursor.fetchone() is None:
                     return total, False
                 total += 1
-        except sqlite3.OperationalError:  # the time limit hit while counting: the shown rows stand
+        except sqlite3.Error:  # the time limit hit while counting: the shown rows stand
             pass
         return total, True
 
@@ -255,23 +381,36 @@ class ShopDatabase:
         text = str(err)
         if text == "interrupted" and time.monotonic() > self._deadline:
             return f"query exceeded the {format_number(self.time_limit_s)} s time limit"
-        if "not authorized" in text or "authorization denied" in text or "readonly database" in text:
-            return _READ_ONLY_ERROR
+        if self._refused is not None:  # the authorizer refused something (sqlite's error may not say so)
+            return self._refused
+        if any(s in text for s in ("not authorized", "authorization denied", "readonly", "not be modified")):
+            return "not allowed: the database is read-only; only reading statements run"
         if "one statement at a time" in text:
             return "write one statement per query (no ';' between statements)"
         return text or type(err).__name__
 
     def interrupt(self) -> None:
-        """Stops the running statement, if any (safe to call from another thread)."""
-        self._conn.interrupt()
+        """Stops the running agent statement, if any (safe to call from another thread)."""
+        with contextlib.suppress(sqlite3.ProgrammingError):  # already closed
+            self._conn.interrupt()
 
     def close(self) -> None:
-        """Closes the connection."""
-        self._conn.close()
+        """Closes both connections; a running agent statement is interrupted first, never freed under it."""
+        self._closed = True
+        self.interrupt()
+        if self._running.acquire(timeout=self.time_limit_s + _WAIT_GRACE_S):
+            try:
+                self._conn.close()
+            finally:
+                self._running.release()
+        self._ref.close()
 
 
 def render(result: QueryResult, max_chars: int) -> str:
     """A result as text: a header line, one ``a | b`` line per row, and notes of what was cut.
+
+    The table is cut after ``max_chars`` characters (Python characters, i.e. code points: a cut never
+    splits a UTF-8 sequence) and the note says exactly how many characters were cut.
 
     Args:
         result: What the query returned.
@@ -281,7 +420,7 @@ def render(result: QueryResult, max_chars: int) -> str:
         The header line (``COUNT(*)``), then the rows (``3``), or ``(no rows)``.
     """
     lines = [" | ".join(result.columns)]
-    lines += [" | ".join(_cell(v, max_chars) for v in row) for row in result.rows]
+    lines += [_line(row) for row in result.rows]
     if not result.rows:
         lines.append("(no rows)")
     text = "\n".join(lines)
@@ -293,14 +432,18 @@ def render(result: QueryResult, max_chars: int) -> str:
     return text
 
 
-def _cell(value: Any, max_chars: int) -> str:
+def _line(row: tuple[Any, ...]) -> str:
+    return " | ".join(_cell(v) for v in row)
+
+
+def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, bytes):
         return f"<blob of {len(value)} bytes>"
     if isinstance(value, float):
         return format_number(value) if math.isfinite(value) else str(value)
-    return str(value)[:max_chars]
+    return str(value)
 
 
 # ---- task templates ------------------------------------------------------------------------------
@@ -428,7 +571,7 @@ def is_held_out(question: str, test_fraction: float) -> bool:
 
 def answer_of(result: QueryResult) -> str:
     """The answer a result gives: its first column's values, comma-separated."""
-    return ", ".join(_cell(row[0], 200) for row in result.rows)
+    return ", ".join(_cell(row[0]) for row in result.rows)
 
 
 def answer_from_output(output: str) -> str:
@@ -531,6 +674,7 @@ class SQLEnv(ToolEnv):
         self.db = ShopDatabase(db_seed, num_orders, float(time_limit_s))
         self._demo_uses_tool = self._demo_schema = self._bonus_paid = False
         self._demo_guess = ""
+        self._answers: dict[str, str | None] = {}
         self.sample_task(np.random.default_rng(0))  # fails now, not at reset, if the split is empty
 
     # ---- the tools -------------------------------------------------------------------------------
@@ -567,14 +711,22 @@ class SQLEnv(ToolEnv):
             if is_held_out(question, self.test_fraction) != (self.split == "test"):
                 continue
             sql = template.sql.format(x=x)
-            result = self.db.run(sql, MAX_LIST_ANSWER + 1, max_chars=10_000)
-            if 1 <= result.total == len(result.rows) <= MAX_LIST_ANSWER and result.rows[0][0] is not None:
+            answer = self._reference_answer(sql)
+            if answer is not None:
                 task = {"template": name, "question": question, "sql": sql, "kind": template.kind}
-                return {**task, "answer": answer_of(result)}
+                return {**task, "answer": answer}
         raise ValueError(
             f"split={self.split!r} has (almost) no questions with templates={list(self.templates)}, "
             f"test_fraction={self.test_fraction}; add templates or raise test_fraction"
         )
+
+    def _reference_answer(self, sql: str) -> str | None:
+        """What a reference query answers (memoized); None for no row, a NULL or too many rows."""
+        if sql not in self._answers:
+            result = self.db.reference(sql, MAX_LIST_ANSWER)
+            usable = bool(result.rows) and not result.more and result.rows[0][0] is not None
+            self._answers[sql] = answer_of(result) if usable else None
+        return self._answers[sql]
 
     def prompt_messages(self, task: dict[str, Any]) -> Messages:
         """The one user message, e.g. ``Shop database: How many orders are paid?``."""

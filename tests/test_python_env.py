@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import gymnasium as gym
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from actorlearner import sandbox
 from actorlearner.envs import register_envs
 from actorlearner.envs.python_tir import TEMPLATES, PythonTIR, answer_of, is_held_out, program_of
 from actorlearner.parsing import format_answer, format_tool_call
@@ -152,7 +155,7 @@ def test_the_tool_returns_what_the_program_prints() -> None:
             3,
         ),
         ("import socket\nsocket.socket()", "sandbox: socket.__new__ is not allowed", 3),
-        ("while True: print('spam' * 100)", "output limit (2000 characters) exceeded", 3),
+        ("while True: print('spam' * 100)", "output limit (2000 bytes) exceeded", 3),
     ],
     ids=["syntax", "exception", "cpu", "wall", "memory", "file", "network", "output"],
 )
@@ -170,6 +173,29 @@ def test_a_failing_program_is_an_error_observation_and_the_episode_continues(
     assert not os.path.exists("/tmp/escape_python_env")
     _, reward, terminated, _, info = env.step(format_answer(str(answer_of(env.task))))
     assert terminated and info["success"]
+
+
+def test_a_program_waiting_for_a_sandbox_slot_does_not_time_out() -> None:
+    """The sandbox enforces the wall time; an outer per-call timeout would also count the slot wait."""
+    assert PythonTIR.tool_timeout_s == math.inf
+    env = make()
+    assert env.tool_timeout_s == math.inf
+    env.reset(seed=0)
+    for _ in range(sandbox.MAX_CONCURRENT_RUNS):  # the machine is busy: every slot is taken
+        sandbox._SLOTS.acquire()
+    release = threading.Timer(
+        1.0, lambda: [sandbox._SLOTS.release() for _ in range(sandbox.MAX_CONCURRENT_RUNS)]
+    )
+    release.start()
+    try:
+        env.tool_timeout_s = 0.5  # what a finite timeout shorter than the wait does ...
+        obs, *_ = env.step(call("print(6 * 7)"))
+        assert obs[0]["content"] == "Error: python timed out after 0.5 s"
+        env.tool_timeout_s = math.inf  # ... and what the default does
+        obs, *_ = env.step(call("print(6 * 7)"))
+        assert obs[0]["content"] == "42"
+    finally:
+        release.join()
 
 
 # ---- seeds, splits, knobs ------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import resource
 import select
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -161,7 +163,7 @@ def test_printing_gigabytes_is_truncated_quickly_with_bounded_parent_memory() ->
         "import sys\nwhile True: sys.stdout.write('x' * 2**20)", max_output_chars=100_000, **FAST
     )
     assert not result.ok and result.truncated
-    assert result.error == "output limit (100000 characters) exceeded; output truncated"
+    assert result.error == "output limit (100000 bytes) exceeded; output truncated"
     assert result.stdout == "x" * 100_000
     assert time.monotonic() - start < 3
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024  # KiB
@@ -347,3 +349,262 @@ def test_the_parent_keeps_its_signal_handlers_and_working_directory() -> None:
     handlers, cwd = [signal.getsignal(s) for s in watched], os.getcwd()
     assert run_python("print(1)", **FAST).ok
     assert [signal.getsignal(s) for s in watched] == handlers and os.getcwd() == cwd
+
+
+# ---- the file system at the OS level, with the audit hook out of the way --------------------------
+
+
+@pytest.mark.skipif(not HAS_NAMESPACES, reason="no unshare: no mount namespace")
+def test_the_file_system_is_read_only_to_a_process_the_hook_does_not_watch() -> None:
+    """A shell (allowed here) runs without the audit hook: the mounts, not the hook, must stop it."""
+    name = f"escape_{uuid.uuid4().hex}"
+    repo_target = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)  # not a hidden directory
+    shell = f"""
+echo x > {repo_target}; echo "repo $?"
+echo x > /tmp/{name}; echo "tmp $?"
+echo x > inside && echo "inside 0"
+echo x > /dev/null && echo "devnull 0"
+mount -o remount,rw / 2>/dev/null; echo "remount $?"
+grep CapEff /proc/self/status
+for fd in /proc/1/fd/*; do echo 'signal 9 99.0' 2>/dev/null > $fd; done
+ls -A /tmp
+"""
+    code = f"import subprocess\nsubprocess.run(['/bin/sh', '-c', {shell!r}])"
+    try:
+        result = run_python(code, allow_processes=True, **FAST)
+    finally:
+        for path in (repo_target, os.path.join(os.path.realpath(tempfile.gettempdir()), name)):
+            if os.path.lexists(path):
+                os.remove(path)
+                pytest.fail(f"the sandbox wrote {path}")
+    lines = result.stdout.splitlines()
+    assert result.ok and result.exit_code == 0, result  # the status report was not forged
+    assert lines[0] != "repo 0" and lines[1] != "tmp 0" and lines[2:4] == ["inside 0", "devnull 0"]
+    assert lines[4] != "remount 0" and lines[5].split() == ["CapEff:", "0000000000000000"]
+    assert len(lines) == 7 and lines[6].startswith("actorlearner-sandbox-")  # /tmp holds the workdir only
+
+
+# ---- the audit hook under attack from inside ------------------------------------------------------
+
+_FRAME_ATTACK = """
+import os
+target = {target!r}
+
+def with_a_free_variable():
+    os = None
+    return lambda *args, **kwargs: (os, None)[1]
+
+try:
+    open(target, 'w')
+except PermissionError as err:  # the traceback leads to the hook's frames
+    tb, frames = err.__traceback__.tb_next, []  # the frames below this one
+    while tb:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in frames:
+        for value in list(frame.f_locals.values()):
+            for code in ((lambda *args, **kwargs: None).__code__, with_a_free_variable().__code__):
+                try:
+                    value.__code__ = code  # every path check would then pass
+                except Exception:
+                    pass
+            try:
+                value.clear()  # e.g. the set of blocked modules
+            except Exception:
+                pass
+open(target, 'w').write('pwned')
+"""
+
+
+def _target() -> str:
+    return os.path.join(os.path.realpath(tempfile.gettempdir()), f"escape_{uuid.uuid4().hex}")
+
+
+@pytest.mark.parametrize("use_namespaces", MODES)
+def test_editing_the_hook_through_its_frames_changes_nothing(use_namespaces: bool) -> None:
+    target = _target()
+    result = run_python(_FRAME_ATTACK.format(target=target), use_namespaces=use_namespaces, **FAST)
+    assert _denied(result, f"writing {target} is not allowed"), result
+    assert not os.path.lexists(target)
+
+
+@pytest.mark.parametrize("use_namespaces", MODES)
+def test_monkeypatching_what_the_hook_used_to_look_up_changes_nothing(use_namespaces: bool) -> None:
+    target = _target()
+    code = f"""
+import builtins, os, posixpath
+workdir = os.getcwd()
+os.path.realpath = posixpath.realpath = lambda path, *args, **kwargs: workdir + '/ok'
+os.getcwd = lambda: workdir
+open({target!r}, 'w').write('pwned')
+"""
+    result = run_python(code, use_namespaces=use_namespaces, **FAST)
+    assert _denied(result, f"writing {target} is not allowed"), result
+    assert not os.path.lexists(target)
+
+
+def test_the_audit_hook_looks_up_nothing_when_called() -> None:
+    """No global, builtin or closure lookup: monkeypatching or editing a cell cannot reach the checks."""
+    import dis
+    import types
+
+    from actorlearner import sandbox
+
+    codes = [
+        const
+        for factory in (sandbox._path_resolvers, sandbox._make_guard)
+        for const in factory.__code__.co_consts
+        if isinstance(const, types.CodeType)
+    ]
+    assert {code.co_name for code in codes} == {"resolve", "fd_path", "allowed", "guard"}
+    lookups = {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF", "LOAD_CLASSDEREF", "LOAD_CLOSURE"}
+    for code in codes:
+        assert code.co_freevars == () and code.co_cellvars == (), code.co_name
+        assert not {i.opname for i in dis.get_instructions(code)} & lookups, code.co_name
+
+
+@pytest.mark.parametrize("use_namespaces", MODES)
+@pytest.mark.parametrize("module", ["_posixsubprocess", "_ctypes", "_sqlite3"])
+def test_a_blocked_extension_is_refused_under_another_name(module: str, use_namespaces: bool) -> None:
+    code = f"""
+import glob, importlib.util, os
+paths = glob.glob(os.path.dirname(os.__file__) + '/lib-dynload/{module}.*so')
+if not paths:
+    raise SystemExit(42)
+spec = importlib.util.spec_from_file_location('zz.{module}', paths[0])
+importlib.util.module_from_spec(spec)
+"""
+    result = run_python(code, use_namespaces=use_namespaces, **FAST)
+    if result.exit_code == 42:
+        pytest.skip(f"this Python has no {module} extension")
+    assert _denied(result, f"importing zz.{module} is not allowed"), result
+
+
+def test_a_fresh_copy_of_a_built_in_module_cannot_be_made() -> None:
+    target = _target()
+    code = (
+        "import _imp, importlib.machinery\n"
+        "posix = _imp.create_builtin(importlib.machinery.ModuleSpec('posix', None))\n"
+        f"posix.mkfifo({target!r})"
+    )
+    result = run_python(code, **FAST)
+    assert result.error == "exit code 1" and "has no attribute 'create_builtin'" in result.stderr, result
+    assert not os.path.lexists(target)
+
+
+@pytest.mark.parametrize("use_namespaces", MODES)
+def test_other_processes_cannot_be_signalled(use_namespaces: bool) -> None:
+    """``signal.pidfd_send_signal`` raises no audit event, so it is removed; ``os.kill(pg)`` is denied."""
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        code = f"""
+import os, signal
+print(hasattr(os, 'pidfd_open'), hasattr(signal, 'pidfd_send_signal'))
+for attempt in (
+    lambda: signal.pidfd_send_signal(os.pidfd_open({victim.pid}), signal.SIGKILL),
+    lambda: os.kill({victim.pid}, signal.SIGKILL),
+    lambda: os.killpg({victim.pid}, signal.SIGKILL),
+):
+    try:
+        attempt()
+        print('sent')
+    except Exception as err:
+        print(type(err).__name__)
+"""
+        result = run_python(code, use_namespaces=use_namespaces, **FAST)
+        time.sleep(0.1)
+        assert victim.poll() is None, "the sandbox killed a process of the caller"
+        assert result.ok and result.stdout.split() == [
+            *("False", "False", "AttributeError", "PermissionError", "PermissionError")
+        ], result
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+# ---- teardown and reports -------------------------------------------------------------------------
+
+
+def _run_script(script: str) -> str:
+    """Runs ``script`` in a fresh interpreter that can import actorlearner; returns its stdout."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_killed_runs_leave_no_zombie_when_the_caller_is_a_subreaper() -> None:
+    """Like a trainer that is PID 1 in a container: orphans come to it, and it never reaps them."""
+    script = f"""
+import ctypes, os, time
+assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+from actorlearner.sandbox import run_python
+for use_namespaces in {[True, False] if HAS_NAMESPACES else [False]}:
+    for _ in range(3):
+        run_python('import time\\ntime.sleep(60)', wall_time_s=0.3, use_namespaces=use_namespaces)
+        run_python('while True: print("x" * 1000)', max_output_chars=100, use_namespaces=use_namespaces)
+    orphan = 'import subprocess\\nsubprocess.Popen(["sleep", "60"], start_new_session=True)'
+    run_python(orphan, allow_processes=True, use_namespaces=use_namespaces)
+    fork_and_hang = 'import os, time\\nif os.fork() == 0:\\n    os.setsid()\\ntime.sleep(60)'
+    run_python(fork_and_hang, allow_processes=True, wall_time_s=0.3, use_namespaces=use_namespaces)
+time.sleep(0.3)
+states = []
+for name in os.listdir('/proc'):
+    try:
+        with open(f'/proc/{{name}}/stat') as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+    except (OSError, IndexError):
+        continue
+    if int(fields[1]) == os.getpid():
+        states.append(fields[0])
+print(' '.join(states))
+"""
+    assert _run_script(script).split() == []  # no child left, zombie (Z) or alive
+
+
+def test_the_working_directory_is_removed_even_if_the_program_made_it_read_only() -> None:
+    """The caller runs without capabilities here (like a non-root user): ``rmtree`` alone would fail."""
+    script = f"""
+import ctypes, os
+header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+assert ctypes.CDLL(None).capset(header, (ctypes.c_uint32 * 6)()) == 0  # drop CAP_DAC_OVERRIDE and all
+from actorlearner.sandbox import run_python
+code = "import os\\nprint(os.getcwd())\\nos.mkdir('d')\\nopen('d/f', 'w').close()\\n"
+code += "os.chmod('d', 0o500)\\nos.chmod('.', 0o500)"
+for use_namespaces in {[True, False] if HAS_NAMESPACES else [False]}:
+    result = run_python(code, use_namespaces=use_namespaces)
+    print(result.ok, os.path.exists(result.stdout.strip()))
+"""
+    assert set(_run_script(script).splitlines()) == {"True False"}
+
+
+def test_limits_are_named_on_evidence_not_on_what_the_program_prints() -> None:
+    raised = run_python("import signal\nsignal.raise_signal(signal.SIGXCPU)", **FAST)
+    assert raised.signal == "SIGXCPU" and raised.error == "killed by signal SIGXCPU", raised
+    faked = run_python("import sys\nsys.stderr.write('MemoryError\\n')\nsys.exit(3)", **FAST)
+    assert faked.error == "exit code 3", faked
+    efbig = run_python("raise OSError(27, 'File too large')", **FAST)
+    assert efbig.error == "exit code 1" and "[Errno 27]" in efbig.stderr, efbig
+
+
+def test_output_is_cut_in_bytes_never_inside_a_character() -> None:
+    result = run_python("import sys\nwhile True: sys.stdout.write('é' * 1000)", max_output_chars=1001, **FAST)
+    assert result.truncated and result.error == "output limit (1001 bytes) exceeded; output truncated"
+    assert result.stdout == "é" * 500  # 1000 bytes: the cut half character is dropped, not replaced
+
+
+def test_the_status_report_is_read_up_to_a_cap() -> None:
+    from actorlearner.sandbox import _pump
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"x" * 10_000)
+    os.close(write_end)
+    buffers = {read_end: bytearray()}
+    try:
+        assert _pump(buffers, read_end, time.monotonic() + 5, cap=100) is None
+    finally:
+        os.close(read_end)
+    assert len(buffers[read_end]) == 4096

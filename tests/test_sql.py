@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import subprocess
+import sys
+import threading
 import time
 import warnings
 from collections import Counter
@@ -217,34 +221,50 @@ def test_tool_bonus_is_paid_once_and_can_be_turned_off() -> None:
 
 # ---- safety --------------------------------------------------------------------------------------
 
+READ_ONLY = "not allowed: the database is read-only; only reading statements run"
+ENDLESS = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT COUNT(*) FROM r"
+"""A query that runs until something stops it."""
+
+
+def assert_error(env: SQLEnv, sql: str, message: str) -> None:
+    """``query(sql)`` fails with exactly ``message``."""
+    with pytest.raises(ValueError) as err:
+        env.query(sql)
+    assert str(err.value) == message
+
 
 @pytest.mark.parametrize(
-    "sql, fragment",
+    "sql, refused",
     [
-        ("INSERT INTO orders VALUES (999, 1, 1, 1, 'paid')", "read-only"),
-        ("UPDATE products SET price = 1", "read-only"),
-        ("DELETE FROM customers", "read-only"),
-        ("DROP TABLE orders", "read-only"),
-        ("CREATE TABLE t (x)", "read-only"),
-        ("CREATE TEMP TABLE t (x)", "read-only"),
-        ("ALTER TABLE orders ADD COLUMN y", "read-only"),
-        ("PRAGMA query_only = OFF", "read-only"),
-        ("PRAGMA writable_schema = ON", "read-only"),
-        ("BEGIN", "read-only"),
-        ("SELECT 1; DROP TABLE orders", "one statement"),
-        ("SELECT * FROM orders; DELETE FROM orders", "one statement"),
-        ("WITH x AS (SELECT 1) DELETE FROM orders", "read-only"),
-        ("SELECT load_extension('libc')", "read-only"),
+        ("INSERT INTO orders VALUES (999, 1, 1, 1, 'paid')", "INSERT orders"),
+        ("UPDATE products SET price = 1", "UPDATE products price"),
+        ("DELETE FROM customers", "DELETE customers"),
+        ("DROP TABLE orders", "changing the schema"),
+        ("CREATE TABLE t (x)", "changing the schema"),
+        ("CREATE TEMP TABLE t (x)", "changing the schema"),
+        ("ALTER TABLE orders ADD COLUMN y", "ALTER TABLE main orders"),
+        ("PRAGMA query_only = OFF", "PRAGMA query_only = OFF"),
+        ("PRAGMA writable_schema = ON", "PRAGMA writable_schema = ON"),
+        ("BEGIN", "TRANSACTION BEGIN"),
+        ("WITH x AS (SELECT 1) DELETE FROM orders", "DELETE orders"),
     ],
 )
-def test_writes_are_refused(sql: str, fragment: str) -> None:
+def test_writes_are_refused_saying_what_was_refused(sql: str, refused: str) -> None:
     env = make()
     before = snapshot(env)
     env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step(query(sql))
-    assert obs[0]["content"].startswith("Error: query:") and fragment in obs[0]["content"]
+    assert obs[0]["content"] == f"Error: query: {READ_ONLY} (refused: {refused})"
     assert reward == pytest.approx(-0.1)  # a failed call is a format problem
     assert not (terminated or truncated) and not info["tool_calls"][0]["ok"]
+    assert snapshot(env) == before
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1; DROP TABLE orders", "SELECT * FROM orders; DELETE FROM orders"])
+def test_one_statement_per_query(sql: str) -> None:
+    env = make()
+    before = snapshot(env)
+    assert_error(env, sql, "write one statement per query (no ';' between statements)")
     assert snapshot(env) == before
 
 
@@ -254,21 +274,142 @@ def test_attach_and_vacuum_into_write_no_file(tmp_path: Path) -> None:
     env.reset(seed=0)
     for sql in (f"ATTACH '{tmp_path / 'a.db'}' AS a", f"VACUUM INTO '{tmp_path / 'b.db'}'"):
         obs, *_ = env.step(query(sql))
-        assert "read-only" in obs[0]["content"]
+        assert "read-only" in obs[0]["content"] and "(refused: ATTACH " in obs[0]["content"]
     assert list(tmp_path.iterdir()) == []
     assert snapshot(env) == before
+
+
+@pytest.mark.parametrize(
+    "sql, function",
+    [
+        ("SELECT " + ", ".join(["length(printf('%.*c', 1000000000, 'x'))"] * 3), "printf"),
+        ("SELECT length(format('%2000000000d', 1))", "format"),
+        ("SELECT fts3_tokenizer('simple')", "fts3_tokenizer"),  # returned a pointer (an ASLR leak)
+        ("SELECT load_extension('libc')", "load_extension"),
+        ("SELECT length(zeroblob(9999))", "zeroblob"),
+        ("SELECT randomblob(16)", "randomblob"),
+        ("SELECT char(65)", "char"),
+        ("SELECT sqlite_version()", "sqlite_version"),
+        ("SELECT json_extract('{\"a\": 1}', '$.a')", "json_extract"),
+    ],
+)
+def test_functions_outside_the_allowlist_are_refused(sql: str, function: str) -> None:
+    env = make(time_limit_s=1.0)
+    start = time.monotonic()
+    assert_error(env, sql, f"not allowed: SQL function {function}() is not available here")
+    assert time.monotonic() - start < 0.5  # 3 printf calls ran ~5 s: no time limit reaches inside one call
+    assert env.query("SELECT COUNT(*) FROM orders") == "COUNT(*)\n60"
+
+
+def test_the_usual_functions_are_allowed() -> None:
+    env = make()
+    scalar = env.query(
+        "SELECT abs(-2), round(2.567, 1), length('abc'), lower('A'), upper('a'), substr('abc', 2), "
+        "trim(' a '), coalesce(NULL, 1), ifnull(NULL, 2), nullif(1, 1), instr('abc', 'c'), "
+        "replace('ab', 'b', 'c'), typeof(1.5), iif(1 > 0, 'y', 'n'), date('2024-01-31', '+1 day'), "
+        "strftime('%Y', '2024-01-02'), CAST(3.7 AS INTEGER), 'a' LIKE 'A', 'a' GLOB 'a', floor(2.5), "
+        "sqrt(16), ltrim('xa', 'x'), rtrim('ax', 'x')"
+    )
+    assert scalar.splitlines()[1] == (
+        "2 | 2.6 | 3 | a | A | bc | a | 1 | 2 | NULL | 3 | ac | real | y | 2024-02-01 | 2024 | 3 | 1 | 1 | 2 "
+        "| 4 | a | a"
+    )
+    aggregates = env.query(
+        "SELECT category, COUNT(*), MIN(price) < AVG(price), MAX(price) > 0, SUM(price) = TOTAL(price), "
+        "length(group_concat(name)) > 0 FROM products GROUP BY category ORDER BY category"
+    )
+    assert aggregates.splitlines()[1:] == [f"{c} | 4 | 1 | 1 | 1 | 1" for c in ("home", "sport", "tech")]
+    window = env.query(
+        "SELECT name, row_number() OVER w, rank() OVER w, dense_rank() OVER w, "
+        "lag(name) OVER w IS NULL, ntile(2) OVER w FROM products WINDOW w AS (ORDER BY price DESC) LIMIT 1"
+    )
+    assert window.splitlines()[1].endswith(" | 1 | 1 | 1 | 1 | 1")
+
+
+@pytest.mark.parametrize(
+    "sql, output",
+    [
+        ("SELECT name FROM pragma_table_info('customers')", "name\nid\nname\ncity"),
+        ("PRAGMA table_info(customers)", "cid | name | type | notnull | dflt_value | pk\n0 | id | INTEGER"),
+        ("SELECT name, pk FROM pragma_table_xinfo('products') WHERE pk", "name | pk\nid | 1"),
+        (
+            'SELECT "table", "from" FROM pragma_foreign_key_list(\'orders\') ORDER BY 1',
+            "table | from\ncustomers | customer_id\nproducts | product_id",
+        ),
+        ("PRAGMA foreign_key_list(orders)", "id | seq | table | from | to"),
+        ("SELECT COUNT(*) FROM pragma_index_list('orders')", "COUNT(*)\n0"),
+        (
+            "SELECT m.name, COUNT(*) FROM sqlite_master m, pragma_table_info(m.name) p GROUP BY 1 ORDER BY 1",
+            "name | COUNT(*)\ncustomers | 3\norders | 5\nproducts | 4",
+        ),
+    ],
+)
+def test_schema_pragmas_run_as_statements_and_table_valued_functions(sql: str, output: str) -> None:
+    assert make().query(sql).startswith(output)
+
+
+@pytest.mark.parametrize(
+    "sql, refused",
+    [
+        ("SELECT * FROM pragma_compile_options", "(refused: changing the schema, or a table-valued function"),
+        ("SELECT * FROM json_each('[1, 2]')", "(refused: "),
+        ("SELECT * FROM dbstat", "(refused: "),
+    ],
+)
+def test_other_table_valued_functions_are_refused_saying_so(sql: str, refused: str) -> None:
+    with pytest.raises(ValueError, match=READ_ONLY) as err:
+        make().query(sql)
+    assert refused in str(err.value)
 
 
 def test_endless_recursive_query_stops_at_the_time_limit() -> None:
     env = make(time_limit_s=0.3)
     env.reset(seed=0)
-    endless = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT COUNT(*) FROM r"
     start = time.monotonic()
-    obs, _, terminated, truncated, _ = env.step(query(endless))
+    obs, _, terminated, truncated, _ = env.step(query(ENDLESS))
     assert time.monotonic() - start < 3.0
     assert obs[0]["content"] == "Error: query: query exceeded the 0.3 s time limit"
     assert not (terminated or truncated)
     assert env.step(query("SELECT COUNT(*) FROM orders"))[0][0]["content"] == "COUNT(*)\n60"
+
+
+def _costly_calls(length: int, chars: int, calls: int) -> str:
+    """An endless query whose every step makes ``calls`` calls of ``rtrim(s, t)``, each costing
+    ``length * chars`` comparisons inside sqlite (where no time limit reaches)."""
+    call = " + ".join(["length(rtrim(s, t))"] * calls)
+    return (
+        f"WITH RECURSIVE d(s) AS (SELECT 'a' UNION ALL SELECT s || s FROM d WHERE length(s) < {length}), "
+        f"x(s, t) AS (SELECT max(s), replace(substr(max(s), 1, {chars - 1}), 'a', 'b') || 'a' FROM d), "
+        f"loop(i) AS (SELECT 0 UNION ALL SELECT i + {call} FROM loop, x) SELECT COUNT(*) FROM loop"
+    )
+
+
+@pytest.mark.parametrize("length, chars, calls", [(2048, 256, 20), (32768, 2048, 3)])
+def test_costly_function_calls_stop_near_the_time_limit(length: int, chars: int, calls: int) -> None:
+    """Values are capped at 4 KB and the time limit is checked every 100 VM steps (with values of 100 KB
+    and 1,000 steps, the second query ran 5 s past a 0.5 s limit)."""
+    env = make(time_limit_s=0.5)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"query exceeded the 0\.5 s time limit|string or blob too big"):
+        env.query(_costly_calls(length, chars, calls))
+    assert time.monotonic() - start < 1.5
+
+
+def test_the_costliest_row_is_short() -> None:
+    """No time limit reaches inside one row's expressions: a row of as many costly calls as 4,000
+    characters of SQL hold must end soon on its own (143 such calls over 10 KB values took 3.3 s)."""
+    cte = (
+        "WITH RECURSIVE d(s) AS (SELECT 'a' UNION ALL SELECT s || s FROM d WHERE length(s) * 2 < 3999), "
+        "x(s, t) AS (SELECT max(s) || substr(max(s), 1, 3999 - length(max(s))), "
+        "replace(substr(max(s), 1, 300), 'a', 'b') || 'a' FROM d) SELECT "
+    )
+    sql = cte + " + ".join(["length(rtrim(s, t))"] * 170) + " FROM x"
+    assert 3900 < len(sql) <= 4000
+    env = make(time_limit_s=0.5)
+    start = time.monotonic()
+    with contextlib.suppress(ValueError):  # the time limit may hit in the CTEs
+        env.query(sql)
+    assert time.monotonic() - start < 2.0  # ~0.3 s on an idle core
 
 
 @pytest.mark.skipif(
@@ -278,12 +419,65 @@ def test_endless_recursive_query_stops_at_the_time_limit() -> None:
 def test_a_query_outliving_the_tool_timeout_is_interrupted() -> None:
     env = make(time_limit_s=30.0, tool_timeout_s=0.3)
     env.reset(seed=0)
-    endless = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT COUNT(*) FROM r"
     start = time.monotonic()
-    obs, *_ = env.step(query(endless))
+    obs, *_ = env.step(query(ENDLESS))
     assert "timed out" in obs[0]["content"]
     assert env.step(query("SELECT COUNT(*) FROM orders"))[0][0]["content"] == "COUNT(*)\n60"
     assert time.monotonic() - start < 5.0  # the stray query was stopped, not left running for 30 s
+
+
+def test_a_running_query_never_stalls_reset() -> None:
+    """Reference queries run on a private copy of the database, not behind the agent's query."""
+    env = make(time_limit_s=2.0)
+    env.reset(seed=0)
+    errors: list[str] = []
+    stray = threading.Thread(target=lambda: errors.append(_error_of(env.query, ENDLESS)))
+    stray.start()
+    time.sleep(0.2)
+    start = time.monotonic()
+    for seed in range(1, 4):
+        env.reset(seed=seed)
+    assert time.monotonic() - start < 0.5
+    stray.join()
+    assert errors == ["query exceeded the 2 s time limit"]
+
+
+def _error_of(fn: Any, *args: Any) -> str:
+    try:
+        fn(*args)
+    except ValueError as err:
+        return str(err)
+    return "no error"
+
+
+_CLOSE_WHILE_RUNNING = f"""
+import threading, time
+from actorlearner.envs.sql import SQLEnv
+env = SQLEnv(time_limit_s=5.0)
+errors = []
+def run():
+    try:
+        env.query({ENDLESS!r})
+    except ValueError as err:
+        errors.append(str(err))
+stray = threading.Thread(target=run)
+stray.start()
+time.sleep(0.3)
+start = time.monotonic()
+env.close()
+took = time.monotonic() - start
+stray.join()
+print(round(took, 2), errors)
+"""
+
+
+def test_closing_during_a_query_interrupts_it_without_crashing() -> None:
+    """In a subprocess: closing the connection under a running query crashed Python (SIGSEGV)."""
+    command = [sys.executable, "-c", _CLOSE_WHILE_RUNNING]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    took, errors = done.stdout.split(" ", 1)
+    assert float(took) < 1.0 and errors.strip() == "['interrupted']"
 
 
 def test_huge_results_are_truncated() -> None:
@@ -295,21 +489,32 @@ def test_huge_results_are_truncated() -> None:
     assert env.query("SELECT id FROM customers").splitlines()[-1] == "[5 of 12 rows shown]"
     narrow = make(max_chars=60)
     out = narrow.query("SELECT * FROM orders")
-    assert "characters cut]" in out and "[2 of 60 rows shown]" in out and len(out) < 120
-    blobs = env.query("SELECT a.id, zeroblob(99999) FROM orders a, orders b")  # rows stop at max_chars
-    assert blobs.splitlines() == [
-        "id | zeroblob(99999)",
-        "1 | <blob of 99999 bytes>",
-        "[1 of 3600 rows shown]",
-    ]
+    assert out.splitlines()[-2:] == ["[8 characters cut]", "[1 of 60 rows shown]"] and len(out) < 120
+    long = "WITH RECURSIVE d(s) AS (SELECT 'x' UNION ALL SELECT s || s FROM d WHERE length(s) < 1500) "
+    wide = env.query(long + "SELECT a.id, (SELECT MAX(s) FROM d) AS s FROM orders a")  # rows stop here
+    assert wide.splitlines() == ["id | s", "1 | " + "x" * 1989, "[59 characters cut]", "[1 of 60 rows shown]"]
+    blobs = env.query("SELECT CAST('abc' AS BLOB) AS b")
+    assert blobs == "b\n<blob of 3 bytes>"
+
+
+def test_cuts_count_characters_and_never_split_one() -> None:
+    """Multi-byte characters: the cut and its note count characters, and so does the SQL limit."""
+    text = "é€😀" * 400  # 1,200 characters, 3,600 bytes of UTF-8
+    out = make(max_chars=100).query(f"SELECT '{text}' AS s")
+    assert out.splitlines() == ["s", text[:98], "[1102 characters cut]"]
+    assert out.encode("utf-8").decode("utf-8") == out
+    euros = "€" * 1300  # 3,900 bytes each
+    sql = f"SELECT length('{euros}') + length('{euros}') AS n"  # 2,633 characters, 7,833 bytes
+    assert make().query(sql) == "n\n2600"
 
 
 @pytest.mark.parametrize(
     "sql, fragment",
     [
-        ("SELECT zeroblob(100000000)", "string or blob too big"),
+        ("WITH RECURSIVE d(s) AS (SELECT 'x' UNION ALL SELECT s || s FROM d) SELECT max(s) FROM d", "big"),
         ("SELECT group_concat(a.status) FROM orders a, orders b, orders c", "string or blob too big"),
-        ("SELECT " + ", ".join(["zeroblob(99999)"] * 65), "too many columns"),
+        ("SELECT " + ", ".join(["1"] * 65), "too many columns"),
+        ("SELECT 1 WHERE 'a' LIKE '" + "%a" * 501 + "'", "pattern too complex"),
     ],
 )
 def test_memory_bombs_are_errors(sql: str, fragment: str) -> None:
