@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from actorlearner.envs.demo import ToolOrGuessEnv
+from actorlearner.envs.knobs import check_probability, check_split
 from actorlearner.toolenv import Messages, tool
 
 OP_NAMES = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
@@ -157,12 +158,8 @@ class Calculator(ToolOrGuessEnv):
             raise ValueError(f"max_operand must be an int >= 1, got {max_operand!r}")
         if not ops or not isinstance(ops, str) or set(ops) - set(OP_NAMES) or len(set(ops)) != len(ops):
             raise ValueError(f"ops must be distinct characters among {''.join(OP_NAMES)!r}, got {ops!r}")
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-        if not 0.0 <= demo_tool_prob <= 1.0:
-            raise ValueError(f"demo_tool_prob must be in [0, 1], got {demo_tool_prob!r}")
+        check_split(split, test_fraction)
+        check_probability("demo_tool_prob", demo_tool_prob)
         super().__init__(**kwargs)
         self.max_operand, self.ops, self.split = max_operand, ops, split
         self.test_fraction, self.demo_tool_prob = test_fraction, demo_tool_prob

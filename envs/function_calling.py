@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from actorlearner.envs.calculator import format_number
+from actorlearner.envs.knobs import check_split
 from actorlearner.parsing import ParsedCall, parse_turn
 from actorlearner.rewards import otc_reward, toolrl_match, toolrl_reward
 from actorlearner.toolenv import Messages, ToolEnv, tool
@@ -324,10 +325,7 @@ class FunctionCalling(ToolEnv):
         **kwargs: Any,
     ) -> None:
         self.categories = _check_categories(categories)
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+        check_split(split, test_fraction)
         if isinstance(distractors, bool) or not isinstance(distractors, int) or not 1 <= distractors <= 6:
             raise ValueError(f"distractors must be an int in [1, 6], got {distractors!r}")
         if not isinstance(otc_alpha, (int, float)) or not otc_alpha >= 0:

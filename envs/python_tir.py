@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from actorlearner.envs.demo import ToolOrGuessEnv
+from actorlearner.envs.knobs import check_probability, check_split
 from actorlearner.sandbox import SandboxResult, run_python
 from actorlearner.toolenv import Messages, tool
 
@@ -200,12 +201,8 @@ class PythonTIR(ToolOrGuessEnv):
             or len(set(names)) != len(names)
         ):
             raise ValueError(f"templates must be distinct names among {sorted(TEMPLATES)}, got {templates!r}")
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-        if not 0.0 <= demo_tool_prob <= 1.0:
-            raise ValueError(f"demo_tool_prob must be in [0, 1], got {demo_tool_prob!r}")
+        check_split(split, test_fraction)
+        check_probability("demo_tool_prob", demo_tool_prob)
         for key, value in (("cpu_time_s", cpu_time_s), ("wall_time_s", wall_time_s)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{key} must be a number > 0, got {value!r}")

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from actorlearner.envs.calculator import format_number
+from actorlearner.envs.knobs import check_probability, check_split, is_number
 from actorlearner.toolenv import Messages, ToolEnv, tool
 
 # ---- the shop's data -----------------------------------------------------------------------------
@@ -656,14 +657,11 @@ class SQLEnv(ToolEnv):
         _check_int("db_seed", db_seed, 0, 2**63 - 1)
         _check_int("num_orders", num_orders, 10, 10_000)
         self.templates = _check_templates(templates)
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if not _is_number(test_fraction) or not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
-        _check_number("demo_tool_prob", demo_tool_prob, 0.0, 1.0)
-        _check_number("demo_schema_prob", demo_schema_prob, 0.0, 1.0)
+        check_split(split, test_fraction)
+        check_probability("demo_tool_prob", demo_tool_prob)
+        check_probability("demo_schema_prob", demo_schema_prob)
         _check_number("tool_bonus", tool_bonus, 0.0, math.inf)
-        if not _is_number(time_limit_s) or not 0.0 < time_limit_s <= 60.0:
+        if not is_number(time_limit_s) or not 0.0 < time_limit_s <= 60.0:
             raise ValueError(f"time_limit_s must be a number in (0, 60], got {time_limit_s!r}")
         _check_int("max_rows", max_rows, 1, 10_000)
         _check_int("max_chars", max_chars, 16, 1_000_000)
@@ -825,12 +823,8 @@ def _check_int(key: str, value: Any, low: int, high: int) -> None:
         raise ValueError(f"{key} must be an int in [{low}, {high}], got {value!r}")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_number(key: str, value: Any, low: float, high: float) -> None:
-    if not _is_number(value) or not low <= value <= high:
+    if not is_number(value) or not low <= value <= high:
         raise ValueError(f"{key} must be a number in [{low}, {high}], got {value!r}")
 
 
