@@ -171,8 +171,8 @@ def test_a_slow_tool_does_not_stall_the_other_episodes(model_dir: str) -> None:
     assert end - start < 0.5 * serial, f"wall {end - start:.1f} s vs serial {serial:.1f} s"
 
 
-def test_a_tool_over_its_timeout_is_an_error_and_the_episode_goes_on(model_dir: str) -> None:
-    runner = make_runner(model_dir, {"tool_timeout_s": 0.3}, step_timeout_s=30.0)
+def play_slow_demo_group(runner: EnvRunner) -> tuple[Group, float]:
+    """Plays one group of a slow task with the demonstration policy; returns it and its wall time."""
     seed = seeds(True, 1)[0]
     policy = DemonstrationTurnPolicy(runner.tokenizer, runner.stops)
 
@@ -182,7 +182,12 @@ def test_a_tool_over_its_timeout_is_an_error_and_the_episode_goes_on(model_dir: 
         runner.batcher.close()
         return group, time.monotonic() - start
 
-    group, elapsed = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_tool_over_its_timeout_is_an_error_and_the_episode_goes_on(model_dir: str) -> None:
+    runner = make_runner(model_dir, {"tool_timeout_s": 0.3}, step_timeout_s=30.0)
+    group, elapsed = play_slow_demo_group(runner)
     for traj in group.trajectories:
         assert traj.env_error is None  # the per-call limit fired, not the runner's step timeout
         assert len(traj.turns) == SlowLookup.max_turns and traj.truncated  # retried on every turn
@@ -196,16 +201,7 @@ def test_a_tool_over_its_timeout_is_an_error_and_the_episode_goes_on(model_dir: 
 
 def test_the_runner_step_timeout_stays_the_outer_guard(model_dir: str) -> None:
     runner = make_runner(model_dir, {}, step_timeout_s=0.5)
-    seed = seeds(True, 1)[0]
-    policy = DemonstrationTurnPolicy(runner.tokenizer, runner.stops)
-
-    async def main() -> tuple[Group, float]:
-        start = time.monotonic()
-        group = await runner.run_group(seed, policy)
-        runner.batcher.close()
-        return group, time.monotonic() - start
-
-    group, elapsed = asyncio.run(main())  # returns once the stuck step threads end
+    group, elapsed = play_slow_demo_group(runner)  # returns once the stuck step threads end
     assert elapsed < SLEEP_S
     for traj in group.trajectories:
         assert traj.env_error == TIMEOUT_MESSAGE and traj.truncated
