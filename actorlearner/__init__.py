@@ -5,15 +5,15 @@ against the protocol, :class:`AlgorithmConfig` to configure and build an :class:
 :func:`register_priority` and :func:`register_filter` to decide what the learner trains on.
 """
 
-from actorlearner import filters as _filters  # noqa: F401  (registers the built-in filters)
-from actorlearner import priorities as _priorities  # noqa: F401  (registers the built-in priorities)
 from actorlearner.config import AlgorithmConfig, ConfigError
-from actorlearner.env_checker import EnvCheckError, check_env
-from actorlearner.registry import register_filter, register_priority
-from actorlearner.toolenv import ToolEnv, tool
-from actorlearner.trajectory import Group, ToolCallRecord, Trajectory, TurnRecord
+from actorlearner.core.registry import register_filter, register_priority
+from actorlearner.core.trajectory import Group, ToolCallRecord, Trajectory, TurnRecord
+from actorlearner.env.checker import EnvCheckError, check_env
+from actorlearner.env.toolenv import ToolEnv, tool
+from actorlearner.replay import filters as _filters  # noqa: F401  (registers the built-in filters)
+from actorlearner.replay import priorities as _priorities  # noqa: F401  (registers the built-in priorities)
 
-from actorlearner.envs import register_envs as _register_envs  # isort: skip
+from envs import register_envs as _register_envs  # isort: skip
 
 _register_envs()
 

@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from actorlearner.buffer import BufferActor
-from actorlearner.config import AlgorithmConfig, ConfigError, resolve_env_spec
-from actorlearner.env_runner import EnvRunner, make_env
-from actorlearner.filters import FilterChain
-from actorlearner.learner import Learner
-from actorlearner.metrics import MetricsLogger, episode_metrics
-from actorlearner.registry import FILTERS, PRIORITIES
-from actorlearner.trajectory import Trajectory
+from actorlearner.config import AlgorithmConfig, ConfigError
+from actorlearner.core.metrics import MetricsLogger, episode_metrics
+from actorlearner.core.registry import FILTERS, PRIORITIES
+from actorlearner.core.trajectory import Trajectory
+from actorlearner.env.registration import make_env, resolve_env_spec
+from actorlearner.learn.learner import Learner
+from actorlearner.replay.buffer import BufferActor
+from actorlearner.replay.filters import FilterChain
+from actorlearner.rollout.runner import EnvRunner
 
 MAX_SKIPPED_ITERATIONS = 3
 """Consecutive iterations without a single group before ``train()`` raises."""
@@ -136,7 +137,7 @@ class Algorithm:
         cfg = self.config.model
         if cfg.model != "tiny":
             return cfg.model
-        from actorlearner.tiny_model import ensure_tiny_model, env_corpus
+        from actorlearner.models.tiny import ensure_tiny_model, env_corpus
 
         env_config = self.config.environment.env_config
         corpus = env_corpus(lambda: make_env(self.env_spec, env_config))
@@ -155,7 +156,7 @@ class Algorithm:
         """Fails fast when the env's first prompt leaves no room for a turn under ``max_tokens``."""
         from transformers import AutoTokenizer
 
-        from actorlearner.chat import prompt_ids
+        from actorlearner.rollout.chat import prompt_ids
 
         runners = self.config.env_runners
         messages, info = make_env(self.env_spec, self.config.environment.env_config).reset(seed=0)

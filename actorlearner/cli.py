@@ -73,7 +73,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _bfcl(algo: Any, categories: list[str], max_episodes: int) -> dict[str, float]:
     """Greedy BFCL accuracy per category (the first ``max_episodes`` tasks of each)."""
-    from actorlearner.envs.bfcl import CATEGORIES, bfcl_accuracy, load_bfcl
+    from envs.bfcl import CATEGORIES, bfcl_accuracy, load_bfcl
 
     unknown = sorted(set(categories) - set(CATEGORIES))
     if unknown:

@@ -11,60 +11,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import gymnasium
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from actorlearner.registry import FILTERS, PRIORITIES
+from actorlearner.core.errors import ConfigError
+from actorlearner.core.registry import FILTERS, PRIORITIES
+from actorlearner.env.registration import resolve_env_spec
 
 if TYPE_CHECKING:
     from actorlearner.algorithm import Algorithm
-
-
-class ConfigError(ValueError):
-    """A config key is unknown or its value is not allowed (the message is one line)."""
-
-
-def _looks_like_path(env: str) -> bool:
-    module, sep, attr = env.partition(":")
-    return bool(sep) and attr.isidentifier() and all(p.isidentifier() for p in module.split("."))
-
-
-def _import_env_class(path: str) -> Any:
-    import importlib
-
-    module, _, attr = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"cannot import env class {path!r}: {err}") from None
-
-
-def resolve_env_spec(env: Any) -> gymnasium.envs.registration.EnvSpec:
-    """A gymnasium spec for a registered id, an ``Env`` subclass or its ``"pkg.module:Class"`` path.
-
-    The spec is carried to Ray workers, which do not see the driver's gymnasium registry.
-
-    Raises:
-        ConfigError: If the id is not registered or the value is neither an id nor an Env class.
-    """
-    if isinstance(env, str) and env not in gymnasium.registry and _looks_like_path(env):
-        env = _import_env_class(env)
-    if isinstance(env, str):
-        try:
-            return gymnasium.spec(env)
-        except gymnasium.error.Error as err:
-            ours = ", ".join(k for k in gymnasium.registry if k.startswith("actorlearner/"))
-            raise ConfigError(
-                f"{env!r} is not a registered gymnasium id ({err}); "
-                f"register it with gymnasium.register, or use one of: {ours}"
-            ) from None
-    if isinstance(env, type) and issubclass(env, gymnasium.Env):
-        return gymnasium.envs.registration.EnvSpec(
-            id=f"custom/{env.__name__}-v0",
-            entry_point=env,  # type: ignore[arg-type]
-        )
-    raise ConfigError(f"must be a gymnasium id or a gymnasium.Env subclass, got {env!r}")
 
 
 class _Section(BaseModel):

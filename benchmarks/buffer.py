@@ -3,12 +3,12 @@
 Two comparisons, each measured side by side in one invocation (ours and RLlib's alternate in short
 rounds, so both see the same machine load), reported as items per second and ours/RLlib ratios:
 
-* **Tree**: :class:`actorlearner.sumtree.SumTree` vs ``ray.rllib.execution.segment_tree.SumSegmentTree``
+* **Tree**: ``SumTree`` vs ``ray.rllib.execution.segment_tree.SumSegmentTree``
   at 10^4, 10^5 and 10^6 leaves, pre-filled with random priorities. One cycle = write B priorities
   at the next ring positions (insert), find B prefix sums drawn uniformly in ``[0, total)``
   (sample), write B new priorities at the sampled leaves (priority update). Both get the same
   pre-generated numbers; RLlib's gets them as Python lists, which its per-item API wants.
-* **Buffer**: :class:`actorlearner.buffer.GroupReplayBuffer` vs
+* **Buffer**: :class:`actorlearner.replay.buffer.GroupReplayBuffer` vs
   ``ray.rllib.utils.replay_buffers.prioritized_episode_buffer.PrioritizedEpisodeReplayBuffer``,
   each filled to capacity (so every insert evicts the oldest items). One cycle = ``add`` B items,
   ``sample`` B, ``update_priorities`` of those B. Our items are small one-episode groups going
@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from actorlearner.buffer import GroupReplayBuffer
-from actorlearner.filters import FilterChain
-from actorlearner.priorities import uniform
-from actorlearner.sumtree import SumTree
-from actorlearner.trajectory import Group, Trajectory, TurnRecord
+from actorlearner.core.trajectory import Group, Trajectory, TurnRecord
+from actorlearner.replay.buffer import GroupReplayBuffer
+from actorlearner.replay.filters import FilterChain
+from actorlearner.replay.priorities import uniform
+from actorlearner.replay.sumtree import SumTree
 
 OPS = ("insert", "sample", "update")
 

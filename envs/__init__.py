@@ -5,11 +5,11 @@ from __future__ import annotations
 import gymnasium
 
 ENVS: dict[str, str] = {
-    "actorlearner/Calculator-v0": "actorlearner.envs.calculator:Calculator",
-    "actorlearner/FunctionCalling-v0": "actorlearner.envs.function_calling:FunctionCalling",
-    "actorlearner/BFCL-v0": "actorlearner.envs.bfcl:BFCL",
-    "actorlearner/SQL-v0": "actorlearner.envs.sql:SQLEnv",
-    "actorlearner/PythonTIR-v0": "actorlearner.envs.python_tir:PythonTIR",
+    "actorlearner/Calculator-v0": "envs.calculator:Calculator",
+    "actorlearner/FunctionCalling-v0": "envs.function_calling:FunctionCalling",
+    "actorlearner/BFCL-v0": "envs.bfcl:BFCL",
+    "actorlearner/SQL-v0": "envs.sql:SQLEnv",
+    "actorlearner/PythonTIR-v0": "envs.python_tir:PythonTIR",
 }
 """Gymnasium id -> entry point of each built-in env."""
 

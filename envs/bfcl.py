@@ -9,7 +9,7 @@ truth). Install it without its dependencies, which pin numpy 1.x::
 
 An episode is one task and one turn: ``reset`` serves the task's messages with its function docs in
 ``info["tools"]`` (converted to the ``{"type": "function", "function": {...}}`` format), ``step``
-parses the model's ``<tool_call>`` JSON calls (:func:`actorlearner.parsing.parse_turn`), scores
+parses the model's ``<tool_call>`` JSON calls (:func:`actorlearner.env.parsing.parse_turn`), scores
 them and terminates. ``reset(seed=i)`` serves task ``i % len(tasks)`` (so evaluation seeds
 ``0..n-1`` visit the tasks in file order); ``options={"index": i}`` picks one; without either the
 env's generator draws one.
@@ -18,7 +18,7 @@ Scoring follows BFCL's AST checker for Python (:func:`bfcl_check`): each ground-
 to a list of acceptable values (``""`` in the list: the parameter may be omitted), strings compare
 case-, space- and punctuation-insensitively, an int is accepted for a float, parallel calls match
 in any order, and in the irrelevance categories making no call is correct. ``success`` is that
-verdict. The reward is ToolRL's (:func:`actorlearner.rewards.toolrl_reward`, components ``format``,
+verdict. The reward is ToolRL's (:func:`envs.rewards.toolrl_reward`, components ``format``,
 ``name``, ``keys``, ``values`` summing to it, in [-3, 4]) against the ground truth, judging a value
 with the same acceptable-values check; ``info["toolrl"]`` holds the full breakdown (``correct``
 included) and ``info["bfcl"]`` the verdict and its reason.
@@ -38,9 +38,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from actorlearner.parsing import PARSERS, format_answer, format_tool_call, parse_turn
-from actorlearner.rewards import toolrl_reward
-from actorlearner.toolenv import ChatMessages, Messages
+from actorlearner.env.parsing import PARSERS, format_answer, format_tool_call, parse_turn
+from actorlearner.env.toolenv import ChatMessages, Messages
+from envs.rewards import toolrl_reward
 
 CATEGORIES = (
     "simple_python",
@@ -395,7 +395,7 @@ class BFCL(gym.Env[Messages, str]):
 
     Args:
         category: One of :data:`CATEGORIES`.
-        parser: Name of the tool-call parser in :data:`actorlearner.parsing.PARSERS`.
+        parser: Name of the tool-call parser in :data:`actorlearner.env.parsing.PARSERS`.
         render_mode: Unused.
 
     Raises:

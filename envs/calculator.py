@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from actorlearner.envs.demo import ToolOrGuessEnv
-from actorlearner.envs.knobs import check_probability, check_split
-from actorlearner.toolenv import Messages, tool
+from actorlearner.env.toolenv import Messages, tool
+from envs.demo import ToolOrGuessEnv
+from envs.knobs import check_probability, check_split
 
 OP_NAMES = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 """Operators a task may use and their sub-task labels."""
@@ -138,7 +138,7 @@ class Calculator(ToolOrGuessEnv):
         test_fraction: Fraction of problems held out, in (0, 1).
         demo_tool_prob: Probability that the demonstration of an episode uses the tool; otherwise
             it answers a wrong guess. Decided at reset from the seed.
-        **kwargs: :class:`~actorlearner.toolenv.ToolEnv` knobs (``max_turns``, ``format_penalty``...).
+        **kwargs: :class:`~actorlearner.env.toolenv.ToolEnv` knobs (``max_turns``, ``format_penalty``...).
 
     Raises:
         ValueError: If an argument is invalid (the message names the key and its allowed values).

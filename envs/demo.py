@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actorlearner.toolenv import Messages, ToolEnv
+from actorlearner.env.toolenv import Messages, ToolEnv
 
 
 class ToolOrGuessEnv(ToolEnv):

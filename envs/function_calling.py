@@ -12,7 +12,7 @@ category (``info["sub_tasks"] == [category]``):
 * ``multi_turn``: a tool result is needed for the next call
   (``Population of the capital of Japan?``: ``get_capital`` then ``get_population("Tokyo")``).
 
-Reward (ALGORITHMS.md section 2): ToolRL on the calls the model made over the whole episode versus
+Reward (docs/algorithms.md §2): ToolRL on the calls the model made over the whole episode versus
 the ground truth, given on the final step as the components ``format`` (R_format: 1 when every turn
 was well formed, every call ran and the episode ended with an answer), ``name``, ``keys`` and
 ``values`` (the signed parts of R_correct), so the reward of an episode is in [-3, 4]; a
@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from actorlearner.envs.calculator import format_number
-from actorlearner.envs.knobs import check_split
-from actorlearner.parsing import ParsedCall, parse_turn
-from actorlearner.rewards import otc_reward, toolrl_match, toolrl_reward
-from actorlearner.toolenv import Messages, ToolEnv, tool
+from actorlearner.env.parsing import ParsedCall, parse_turn
+from actorlearner.env.toolenv import Messages, ToolEnv, tool
+from envs.calculator import format_number
+from envs.knobs import check_split
+from envs.rewards import otc_reward, toolrl_match, toolrl_reward
 
 CATEGORIES = ("single", "parallel", "multiple", "irrelevance", "multi_turn")
 """Task categories, in the order of the sub-task labels."""
@@ -304,7 +304,7 @@ class FunctionCalling(ToolEnv):
         distractors: Extra (wrong) tools offered in a ``multiple`` task, >= 1.
         otc_alpha: Weight of the OTC tool-efficiency component; 0 (default) leaves it out.
         otc_c: OTC's smoothing constant for tasks needing no call, > 0.
-        **kwargs: :class:`~actorlearner.toolenv.ToolEnv` knobs (``max_turns``, ``format_penalty``...).
+        **kwargs: :class:`~actorlearner.env.toolenv.ToolEnv` knobs (``max_turns``, ``format_penalty``...).
 
     Raises:
         ValueError: If an argument is invalid (the message names the key and its allowed values).

@@ -4,11 +4,11 @@ Tool-integrated reasoning in its smallest form: each task (a shopping bill, a ta
 leaks, a sum over a range, a count of multiples, a binomial coefficient, a digit sum of a power, a
 modular power) has an integer answer that is easy to compute with one line of Python and hard to
 compute in the head. The ``python`` tool runs the model's program in
-:func:`actorlearner.sandbox.run_python` and returns what it printed; a program that fails or hits a
+:func:`envs.sandbox.run_python` and returns what it printed; a program that fails or hits a
 limit becomes an error observation and the episode goes on. The tool has no outer
 ``tool_timeout_s`` (it is ``math.inf``, so calls run inline in the env's thread): the sandbox
 enforces its own hard wall-time limit, and a per-call timeout would also count the wait for one of
-the sandbox's :data:`~actorlearner.sandbox.MAX_CONCURRENT_RUNS` slots, failing correct programs
+the sandbox's :data:`~envs.sandbox.MAX_CONCURRENT_RUNS` slots, failing correct programs
 under load. A turn can then take up to ``MAX_CALLS`` times (the slot wait plus ``wall_time_s``): keep
 the runner's ``step_timeout_s`` above what you expect.
 
@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from actorlearner.envs.demo import ToolOrGuessEnv
-from actorlearner.envs.knobs import check_probability, check_split
-from actorlearner.sandbox import SandboxResult, run_python
-from actorlearner.toolenv import Messages, tool
+from actorlearner.env.toolenv import Messages, tool
+from envs.demo import ToolOrGuessEnv
+from envs.knobs import check_probability, check_split
+from envs.sandbox import SandboxResult, run_python
 
 Task = dict[str, Any]
 
@@ -169,7 +169,7 @@ class PythonTIR(ToolOrGuessEnv):
         wall_time_s: Seconds a program may run.
         memory_mb: Address space of a program, in MB.
         max_file_mb: Largest file a program may write, in MB.
-        **kwargs: :class:`~actorlearner.toolenv.ToolEnv` knobs (``max_turns``, ``max_output_chars``,
+        **kwargs: :class:`~actorlearner.env.toolenv.ToolEnv` knobs (``max_turns``, ``max_output_chars``,
             which also caps the bytes a program may print...). ``tool_timeout_s`` defaults to
             ``math.inf`` here: ``wall_time_s`` is the hard limit of a call.
 

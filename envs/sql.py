@@ -47,9 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from actorlearner.envs.calculator import format_number
-from actorlearner.envs.knobs import check_probability, check_split, is_number
-from actorlearner.toolenv import Messages, ToolEnv, tool
+from actorlearner.env.toolenv import Messages, ToolEnv, tool
+from envs.calculator import format_number
+from envs.knobs import check_probability, check_split, is_number
 
 # ---- the shop's data -----------------------------------------------------------------------------
 
@@ -630,7 +630,7 @@ class SQLEnv(ToolEnv):
         time_limit_s: A query running longer is stopped with an error, in (0, 60].
         max_rows: Rows of a result shown to the model, >= 1.
         max_chars: Characters of a result shown to the model, >= 16.
-        **kwargs: :class:`~actorlearner.toolenv.ToolEnv` knobs (``max_turns``, ``format_penalty``...).
+        **kwargs: :class:`~actorlearner.env.toolenv.ToolEnv` knobs (``max_turns``, ``format_penalty``...).
 
     Raises:
         ValueError: If an argument is invalid (the message names the key and its allowed values).

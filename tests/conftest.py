@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actorlearner.trajectory import Group, Trajectory, TurnRecord
+from actorlearner.core.trajectory import Group, Trajectory, TurnRecord
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -10,13 +10,13 @@ import gymnasium as gym
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from actorlearner.envs import register_envs
-from actorlearner.parsing import format_answer, format_tool_call
+from actorlearner.env.parsing import format_answer, format_tool_call
+from envs import register_envs
 
 pytest.importorskip("bfcl_eval", reason="needs `pip install --no-deps bfcl-eval` (make install does it)")
 
-from actorlearner.envs import bfcl
-from actorlearner.envs.bfcl import BFCL, CATEGORIES, bfcl_accuracy, bfcl_check, load_bfcl
+from envs import bfcl
+from envs.bfcl import BFCL, CATEGORIES, bfcl_accuracy, bfcl_check, load_bfcl
 
 JSON_TYPES = {"object", "number", "integer", "string", "boolean", "array", "null"}
 

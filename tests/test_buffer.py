@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from actorlearner.buffer import GroupReplayBuffer, PriorityError, importance_weights
-from actorlearner.filters import FilterChain, zero_variance
-from actorlearner.priorities import uniform
+from actorlearner.replay.buffer import GroupReplayBuffer, PriorityError, importance_weights
+from actorlearner.replay.filters import FilterChain, zero_variance
+from actorlearner.replay.priorities import uniform
 from tests.conftest import make_group
 
 
@@ -113,7 +113,7 @@ def test_state_round_trip_restores_sampling():
 
 
 def test_buffer_actor_evicts_stale_groups_so_runners_are_not_held_back():
-    from actorlearner.buffer import BufferActor
+    from actorlearner.replay.buffer import BufferActor
 
     async def main():
         buf = BufferActor(uniform, FilterChain([]), max_staleness=2)
@@ -128,7 +128,7 @@ def test_buffer_actor_evicts_stale_groups_so_runners_are_not_held_back():
 
 
 def test_sample_wait_wakes_when_enough_groups_arrive():
-    from actorlearner.buffer import BufferActor
+    from actorlearner.replay.buffer import BufferActor
 
     async def main():
         buf = BufferActor(uniform, FilterChain([]))
@@ -145,7 +145,7 @@ def test_sample_wait_wakes_when_enough_groups_arrive():
 
 
 def test_a_raising_filter_is_named():
-    from actorlearner.filters import FilterError
+    from actorlearner.replay.filters import FilterError
 
     def picky(group):
         raise ValueError("nope")
@@ -296,8 +296,8 @@ def test_sampling_does_not_depend_on_the_tree_fanout():
 
 
 def test_dscl_sees_groups_the_filters_drop_and_its_metrics_and_state_travel_with_the_buffer():
-    from actorlearner.dscl import DSCLPriority
-    from actorlearner.registry import PRIORITIES
+    from actorlearner.core.registry import PRIORITIES
+    from actorlearner.replay.dscl import DSCLPriority
 
     dscl = PRIORITIES.resolve({"name": "dscl", "reward_range": [0, 1], "warmup_batches": 0})
     assert isinstance(dscl, DSCLPriority)
@@ -323,7 +323,7 @@ def _with_components(group, comps):
 
 
 def test_dscl_reweight_rewards_shifts_learner_rewards_toward_the_lagging_component_only_when_on():
-    from actorlearner.registry import PRIORITIES
+    from actorlearner.core.registry import PRIORITIES
 
     comps = [{"format": 1.0, "name": 1.0, "keys": 1.0, "values": v} for v in (0.0, 1.0)]
     kept_rewards = {}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from actorlearner.envs import register_envs
-from actorlearner.envs.calculator import Calculator, format_number, is_held_out, safe_eval
-from actorlearner.parsing import format_tool_call, parse_turn
+from actorlearner.env.parsing import format_tool_call, parse_turn
+from envs import register_envs
+from envs.calculator import Calculator, format_number, is_held_out, safe_eval
 
 # ---- the safe evaluator --------------------------------------------------------------------------
 

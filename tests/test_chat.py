@@ -9,8 +9,14 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from actorlearner.chat import decode_turn, observation_ids, observation_text, prompt_ids, stop_token_ids
-from actorlearner.tiny_model import build_tiny_model
+from actorlearner.models.tiny import build_tiny_model
+from actorlearner.rollout.chat import (
+    decode_turn,
+    observation_ids,
+    observation_text,
+    prompt_ids,
+    stop_token_ids,
+)
 
 CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "37 * 52"}}</tool_call>'
 TOOLS = [{"type": "function", "function": {"name": "calculator", "description": "Evaluates arithmetic."}}]

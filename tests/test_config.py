@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from actorlearner import AlgorithmConfig, ConfigError, register_priority
-from actorlearner.registry import PRIORITIES
+from actorlearner.core.registry import PRIORITIES
 
 
 def test_builder_chains_and_validates():
@@ -92,8 +92,8 @@ def test_cross_field_checks_fail_fast_at_build(tmp_path):
 
 
 def test_env_given_as_import_path(tmp_path):
-    cfg = AlgorithmConfig().environment("actorlearner.envs.calculator:Calculator")
-    assert cfg.environment.env == "actorlearner.envs.calculator:Calculator"
+    cfg = AlgorithmConfig().environment("envs.calculator:Calculator")
+    assert cfg.environment.env == "envs.calculator:Calculator"
     with pytest.raises(ConfigError, match="cannot import env class"):
         AlgorithmConfig().environment("no_such_module:Env")
 

@@ -4,13 +4,13 @@ import pickle
 import numpy as np
 import pytest
 
-from actorlearner import dscl
-from actorlearner.buffer import GroupReplayBuffer, compute_priority
-from actorlearner.dscl import DSCLPriority, WarmupGate
-from actorlearner.filters import FilterChain
-from actorlearner.history import PromptHistory
-from actorlearner.registry import PRIORITIES, RegistryError
-from actorlearner.trajectory import Group
+from actorlearner.core.history import PromptHistory
+from actorlearner.core.registry import PRIORITIES, RegistryError
+from actorlearner.core.trajectory import Group
+from actorlearner.replay import dscl
+from actorlearner.replay.buffer import GroupReplayBuffer, compute_priority
+from actorlearner.replay.dscl import DSCLPriority, WarmupGate
+from actorlearner.replay.filters import FilterChain
 from tests.conftest import make_group, make_trajectory
 
 # A DSCL instance without the warm-up gate or the curriculum: the 7a formula alone.
@@ -235,7 +235,7 @@ def test_dscl_resolves_to_a_fresh_instance_with_options():
     assert isinstance(a, DSCLPriority) and a is not b
     c = PRIORITIES.resolve({"name": "dscl", "lambda_s": 0.5, "reward_range": [0, 1]})
     assert c.lambda_s == 0.5 and c.reward_range == (0.0, 1.0)
-    assert isinstance(PRIORITIES.resolve("actorlearner.dscl:DSCLPriority"), DSCLPriority)
+    assert isinstance(PRIORITIES.resolve("actorlearner.replay.dscl:DSCLPriority"), DSCLPriority)
     assert isinstance(PRIORITIES.resolve(DSCLPriority), DSCLPriority)
     with pytest.raises(RegistryError, match=r"dscl.*lambda_x"):
         PRIORITIES.resolve({"name": "dscl", "lambda_x": 1.0})

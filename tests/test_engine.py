@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from actorlearner.engine import AsyncBatchingEngine, HFEngine
-from actorlearner.interfaces import Generation, SamplingParams
-from actorlearner.tiny_model import build_tiny_model
+from actorlearner.core.protocols import Generation, SamplingParams
+from actorlearner.models.tiny import build_tiny_model
+from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine
 
 CORPUS = ["What is 37 * 52? Use the calculator tool.", "<tool_call></tool_call><answer></answer>"]
 

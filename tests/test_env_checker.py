@@ -17,9 +17,9 @@ import pytest
 
 import actorlearner
 from actorlearner import EnvCheckError, ToolEnv, check_env, tool
-from actorlearner.env_checker import EnvCheckWarning, check_step_result
-from actorlearner.envs import ENVS
-from actorlearner.parsing import format_answer, format_tool_call, parse_turn
+from actorlearner.env.checker import EnvCheckWarning, check_step_result
+from actorlearner.env.parsing import format_answer, format_tool_call, parse_turn
+from envs import ENVS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CORE_CHECKS = ["reset", "tools", "step", "determinism", "malformed"]

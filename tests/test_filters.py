@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
 
-from actorlearner.filters import (
+from actorlearner.core.registry import FILTERS, RegistryError
+from actorlearner.core.trajectory import Group, ToolCallRecord, Trajectory, TurnRecord
+from actorlearner.learn.losses import group_advantages
+from actorlearner.replay.filters import (
     FilterChain,
     overlong,
     tool_failure_mask,
@@ -9,9 +12,6 @@ from actorlearner.filters import (
     void_turn,
     zero_variance,
 )
-from actorlearner.losses import group_advantages
-from actorlearner.registry import FILTERS, RegistryError
-from actorlearner.trajectory import Group, ToolCallRecord, Trajectory, TurnRecord
 from tests.conftest import make_trajectory
 
 

@@ -8,9 +8,9 @@ import gymnasium as gym
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from actorlearner.envs import register_envs
-from actorlearner.envs.function_calling import CATEGORIES, NO_TOOL_ANSWER, FunctionCalling, is_held_out
-from actorlearner.parsing import format_answer, format_tool_call
+from actorlearner.env.parsing import format_answer, format_tool_call
+from envs import register_envs
+from envs.function_calling import CATEGORIES, NO_TOOL_ANSWER, FunctionCalling, is_held_out
 
 
 def play(env: FunctionCalling, seed: int, policy: Any = None) -> tuple[list[str], float, dict[str, Any]]:
@@ -336,7 +336,7 @@ def test_registered_and_passes_check_env() -> None:
 
 
 def test_final_step_reports_normalized_sub_task_scores() -> None:
-    from actorlearner.envs.function_calling import FunctionCalling
+    from envs.function_calling import FunctionCalling
 
     env = FunctionCalling()
     messages, _ = env.reset(seed=3)

@@ -3,8 +3,8 @@
 Each generated turn mixes fragments: broken JSON, calls with wrong types, unknown tools (env
 methods that are not tools included) and missing arguments, huge payloads, unicode (lone surrogates,
 RTL marks, emoji, NUL), nested and unclosed tags, and Python-call garbage. Every built-in env
-(:data:`actorlearner.envs.ENVS`) is fuzzed with both tool-call formats. A step must follow the
-protocol (:func:`actorlearner.env_checker.check_step_result`), give messages a tokenizer can encode,
+(:data:`envs.ENVS`) is fuzzed with both tool-call formats. A step must follow the
+protocol (:func:`actorlearner.env.checker.check_step_result`), give messages a tokenizer can encode,
 and answer each problem with an error observation unless the episode ended.
 """
 
@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import actorlearner  # noqa: F401  (registers the built-in envs)
-from actorlearner.env_checker import check_step_result
-from actorlearner.envs import ENVS
-from actorlearner.parsing import MAX_CALL_CHARS, ParsedTurn, format_tool_call, parse_turn
+from actorlearner.env.checker import check_step_result
+from actorlearner.env.parsing import MAX_CALL_CHARS, ParsedTurn, format_tool_call, parse_turn
+from envs import ENVS
 
 pytestmark = pytest.mark.fuzz
 

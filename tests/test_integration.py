@@ -9,7 +9,7 @@ import pytest
 import ray
 import torch
 
-from actorlearner.metrics import read_metrics
+from actorlearner.core.metrics import read_metrics
 from tests.conftest import small_config
 
 
@@ -96,9 +96,9 @@ def test_runner_rarely_reissues_prompts_the_priority_function_marks_mastered(tmp
 
 
 def test_dscl_marks_mastered_prompts_for_the_runners_after_warm_up() -> None:
-    from actorlearner.buffer import GroupReplayBuffer
-    from actorlearner.filters import FilterChain
-    from actorlearner.registry import PRIORITIES
+    from actorlearner.core.registry import PRIORITIES
+    from actorlearner.replay.buffer import GroupReplayBuffer
+    from actorlearner.replay.filters import FilterChain
     from tests.conftest import make_group
 
     dscl = PRIORITIES.resolve(

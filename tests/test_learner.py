@@ -11,13 +11,13 @@ import torch
 
 import actorlearner  # noqa: F401  (registers the built-in envs)
 from actorlearner.config import LearnerConfig, TrainingConfig
-from actorlearner.engine import AsyncBatchingEngine, HFEngine
-from actorlearner.env_runner import make_env
-from actorlearner.interfaces import SamplingParams
-from actorlearner.learner import Learner, collate
-from actorlearner.rollout import EnginePolicy, run_episode
-from actorlearner.tiny_model import ensure_tiny_model, env_corpus
-from actorlearner.trajectory import Group
+from actorlearner.core.protocols import SamplingParams
+from actorlearner.core.trajectory import Group
+from actorlearner.env.registration import make_env
+from actorlearner.learn.learner import Learner, collate
+from actorlearner.models.tiny import ensure_tiny_model, env_corpus
+from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine
+from actorlearner.rollout.episode import EnginePolicy, run_episode
 from tests.conftest import SMALL_MODEL
 
 SPEC = gymnasium.spec("actorlearner/Calculator-v0")

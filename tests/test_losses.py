@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from actorlearner import losses
+from actorlearner.learn import losses
 
 
 def test_grpo_advantages_match_hand_computed_values():

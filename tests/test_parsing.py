@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actorlearner.parsing import (
+from actorlearner.core.registry import RegistryError
+from actorlearner.env.parsing import (
     MAX_CALL_CHARS,
     MAX_CALLS,
     MAX_TURN_CHARS,
@@ -19,7 +20,6 @@ from actorlearner.parsing import (
     get_format,
     parse_turn,
 )
-from actorlearner.registry import RegistryError
 
 CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "37 * 52"}}</tool_call>'
 

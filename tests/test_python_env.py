@@ -14,17 +14,16 @@ import gymnasium as gym
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from actorlearner import sandbox
-from actorlearner.envs import register_envs
-from actorlearner.envs.python_tir import TEMPLATES, PythonTIR, answer_of, is_held_out, program_of
-from actorlearner.parsing import format_answer, format_tool_call
-from actorlearner.tiny_model import corpus_words, env_corpus
+from actorlearner.env.parsing import format_answer, format_tool_call
+from actorlearner.models.tiny import corpus_words, env_corpus
+from envs import register_envs, sandbox
+from envs.python_tir import TEMPLATES, PythonTIR, answer_of, is_held_out, program_of
 from tests.conftest import train_cli
 
 ENV_ID = "actorlearner/PythonTIR-v0"
 register_envs()
-if ENV_ID not in gym.registry:  # until the id is in actorlearner.envs.ENVS
-    gym.register(id=ENV_ID, entry_point="actorlearner.envs.python_tir:PythonTIR")
+if ENV_ID not in gym.registry:  # until the id is in envs.ENVS
+    gym.register(id=ENV_ID, entry_point="envs.python_tir:PythonTIR")
 
 FAST = {"cpu_time_s": 1, "wall_time_s": 3}
 

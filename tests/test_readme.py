@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from actorlearner.config import config_reference
-from actorlearner.registry import FILTERS, PRIORITIES
+from actorlearner.core.registry import FILTERS, PRIORITIES
 from tests.conftest import small_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"

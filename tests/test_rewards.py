@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from actorlearner.rewards import (
+from envs.rewards import (
     multiset_match,
     otc_reward,
     otc_tool_reward,

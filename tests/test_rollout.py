@@ -11,13 +11,13 @@ import pytest
 from transformers import AutoTokenizer
 
 import actorlearner  # noqa: F401  (registers the built-in envs)
-from actorlearner import chat
-from actorlearner.engine import AsyncBatchingEngine, HFEngine
-from actorlearner.env_runner import make_env
-from actorlearner.interfaces import Generation, SamplingParams
-from actorlearner.learner import collate
-from actorlearner.rollout import DemonstrationTurnPolicy, EnginePolicy, run_episode
-from actorlearner.tiny_model import ensure_tiny_model, env_corpus
+from actorlearner.core.protocols import Generation, SamplingParams
+from actorlearner.env.registration import make_env
+from actorlearner.learn.learner import collate
+from actorlearner.models.tiny import ensure_tiny_model, env_corpus
+from actorlearner.rollout import chat
+from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine
+from actorlearner.rollout.episode import DemonstrationTurnPolicy, EnginePolicy, run_episode
 from tests.conftest import SMALL_MODEL
 
 SPEC = gymnasium.spec("actorlearner/Calculator-v0")

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from actorlearner.sandbox import namespace_wrapper, run_python
+from envs.sandbox import namespace_wrapper, run_python
 
 HAS_NAMESPACES = bool(namespace_wrapper())
 MODES = [
@@ -457,7 +457,7 @@ def test_the_audit_hook_looks_up_nothing_when_called() -> None:
     import dis
     import types
 
-    from actorlearner import sandbox
+    from envs import sandbox
 
     codes = [
         const
@@ -550,7 +550,7 @@ def test_killed_runs_leave_no_zombie_when_the_caller_is_a_subreaper() -> None:
     script = f"""
 import ctypes, os, time
 assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
-from actorlearner.sandbox import run_python
+from envs.sandbox import run_python
 for use_namespaces in {[True, False] if HAS_NAMESPACES else [False]}:
     for _ in range(3):
         run_python('import time\\ntime.sleep(60)', wall_time_s=0.3, use_namespaces=use_namespaces)
@@ -580,7 +580,7 @@ def test_the_working_directory_is_removed_even_if_the_program_made_it_read_only(
 import ctypes, os
 header = (ctypes.c_uint32 * 2)(0x20080522, 0)
 assert ctypes.CDLL(None).capset(header, (ctypes.c_uint32 * 6)()) == 0  # drop CAP_DAC_OVERRIDE and all
-from actorlearner.sandbox import run_python
+from envs.sandbox import run_python
 code = "import os\\nprint(os.getcwd())\\nos.mkdir('d')\\nopen('d/f', 'w').close()\\n"
 code += "os.chmod('d', 0o500)\\nos.chmod('.', 0o500)"
 for use_namespaces in {[True, False] if HAS_NAMESPACES else [False]}:
@@ -606,7 +606,7 @@ def test_output_is_cut_in_bytes_never_inside_a_character() -> None:
 
 
 def test_the_status_report_is_read_up_to_a_cap() -> None:
-    from actorlearner.sandbox import _pump
+    from envs.sandbox import _pump
 
     read_end, write_end = os.pipe()
     os.write(write_end, b"x" * 10_000)

@@ -18,8 +18,10 @@ import gymnasium as gym
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from actorlearner.envs import register_envs
-from actorlearner.envs.sql import (
+from actorlearner.env.parsing import format_answer, format_tool_call
+from actorlearner.env.toolenv import ToolEnv
+from envs import register_envs
+from envs.sql import (
     CITIES,
     TEMPLATES,
     SQLEnv,
@@ -28,14 +30,12 @@ from actorlearner.envs.sql import (
     is_held_out,
     shop_rows,
 )
-from actorlearner.parsing import format_answer, format_tool_call
-from actorlearner.toolenv import ToolEnv
 from tests.conftest import train_cli
 
 ENV_ID = "actorlearner/SQL-v0"
 register_envs()
-if ENV_ID not in gym.registry:  # until the registration line lands in actorlearner.envs
-    gym.register(id=ENV_ID, entry_point="actorlearner.envs.sql:SQLEnv")
+if ENV_ID not in gym.registry:  # until the registration line lands in envs
+    gym.register(id=ENV_ID, entry_point="envs.sql:SQLEnv")
 
 TABLES = ("customers", "products", "orders")
 
@@ -452,7 +452,7 @@ def _error_of(fn: Any, *args: Any) -> str:
 
 _CLOSE_WHILE_RUNNING = f"""
 import threading, time
-from actorlearner.envs.sql import SQLEnv
+from envs.sql import SQLEnv
 env = SQLEnv(time_limit_s=5.0)
 errors = []
 def run():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from actorlearner.sumtree import SumTree, sample_distinct
+from actorlearner.replay.sumtree import SumTree, sample_distinct
 
 FANOUTS = [2, 4, 16, 32]
 

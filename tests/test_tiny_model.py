@@ -14,15 +14,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2ForCausalLM
 
-from actorlearner import tiny_model
-from actorlearner.tiny_model import (
+from actorlearner.models import tiny as tiny_model
+from actorlearner.models.loading import load_model_and_tokenizer
+from actorlearner.models.tiny import (
     QWEN2_PRETOKENIZE_REGEX,
     build_tiny_model,
     build_tokenizer,
     corpus_words,
     ensure_tiny_model,
     env_corpus,
-    load_model_and_tokenizer,
 )
 
 CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "37 * 52"}}</tool_call>'
@@ -245,7 +245,7 @@ def test_env_corpus_without_demonstration() -> None:
 
 
 def test_env_corpus_calculator(tmp_path: Path) -> None:
-    calculator = pytest.importorskip("actorlearner.envs.calculator")
+    calculator = pytest.importorskip("envs.calculator")
     texts = env_corpus(calculator.Calculator, num_episodes=16)
     model_dir = build_tiny_model(texts, tmp_path / "calc")
     _, tok = load_model_and_tokenizer(model_dir)

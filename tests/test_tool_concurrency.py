@@ -2,7 +2,7 @@
 
 The env runner plays every episode as an asyncio task; ``env.step`` (and so every tool call) runs in
 a worker thread, and generation runs in the engine's own thread. These tests run the real
-:class:`~actorlearner.env_runner.EnvRunner` in-process (``num_env_runners=0`` uses the same class)
+:class:`~actorlearner.rollout.runner.EnvRunner` in-process (``num_env_runners=0`` uses the same class)
 with a tiny model.
 """
 
@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from actorlearner.config import EnvRunnersConfig
-from actorlearner.env_runner import EnvRunner
-from actorlearner.interfaces import Generation
-from actorlearner.rollout import TIMEOUT_MESSAGE, DemonstrationTurnPolicy, EnginePolicy
-from actorlearner.tiny_model import ensure_tiny_model, env_corpus
-from actorlearner.toolenv import Messages, ToolEnv, tool
-from actorlearner.trajectory import Group
+from actorlearner.core.protocols import Generation
+from actorlearner.core.trajectory import Group
+from actorlearner.env.toolenv import Messages, ToolEnv, tool
+from actorlearner.models.tiny import ensure_tiny_model, env_corpus
+from actorlearner.rollout.episode import TIMEOUT_MESSAGE, DemonstrationTurnPolicy, EnginePolicy
+from actorlearner.rollout.runner import EnvRunner
 from tests.conftest import SMALL_MODEL
 
 SLEEP_S = 3.0

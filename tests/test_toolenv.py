@@ -12,8 +12,8 @@ from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actorlearner.parsing import ParsedTurn, format_answer, format_tool_call
-from actorlearner.toolenv import ChatMessages, ToolDefinitionError, ToolEnv, tool
+from actorlearner.env.parsing import ParsedTurn, format_answer, format_tool_call
+from actorlearner.env.toolenv import ChatMessages, ToolDefinitionError, ToolEnv, tool
 
 
 class Toy(ToolEnv):
@@ -488,8 +488,8 @@ def test_a_subclass_void_message_wins_over_the_format() -> None:
 
 
 def test_bare_parser_env_cannot_write_calls() -> None:
-    from actorlearner.parsing import PARSERS
-    from actorlearner.registry import RegistryError
+    from actorlearner.core.registry import RegistryError
+    from actorlearner.env.parsing import PARSERS
 
     PARSERS.register("test_bare_toolenv")(lambda text: ParsedTurn(final_answer=text or None))
     try:

@@ -1,4 +1,4 @@
-"""Advantages and policy losses of the GRPO family, as plain functions (ALGORITHMS.md section 3).
+"""Advantages and policy losses of the GRPO family, as plain functions (docs/algorithms.md §3).
 
 Everything here is pure math over numpy arrays or torch tensors, unit-tested on CPU without Ray.
 Token tensors are ``[batch, time]`` with a float ``mask`` that is 1 on tokens the loss covers.
@@ -172,7 +172,7 @@ def entropy_guided_advantages(
     coef: float = 0.01,
     detach: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """TAO-RL entropy-guided advantage at post-tool tokens (ALGORITHMS.md section 6).
+    """TAO-RL entropy-guided advantage at post-tool tokens (docs/algorithms.md §6).
 
     ``z_t = (H_t - mean(H)) / (std(H) + 1e-8)`` with the mean and (population) std over the valid
     response tokens of the micro-batch (``mask > 0``); on valid tokens with ``post_tool = 1``,

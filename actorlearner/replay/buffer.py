@@ -1,4 +1,4 @@
-"""The group-level prioritized replay buffer (ALGORITHMS.md section 8).
+"""The group-level prioritized replay buffer (docs/algorithms.md §8).
 
 Groups enter through the filter chain; each kept group gets a priority from the priority function
 (which also sees the prompt's history); sampling is proportional to ``priority ** alpha`` with
@@ -7,7 +7,7 @@ when they are more than ``max_staleness`` versions behind the learner, or when c
 (oldest first).
 
 Groups live in ``capacity`` fixed slots (per-slot numpy arrays, a free list, an insertion-order
-queue); each slot is a leaf of a :class:`~actorlearner.sumtree.SumTree`, so a batch is drawn, and
+queue); each slot is a leaf of a :class:`~actorlearner.replay.sumtree.SumTree`, so a batch is drawn, and
 priorities are written, in a few numpy calls whatever the capacity.
 """
 
@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from actorlearner.filters import FilterChain
-from actorlearner.history import PromptHistory
-from actorlearner.interfaces import PriorityFn
-from actorlearner.metrics import group_metrics
-from actorlearner.sumtree import SumTree, sample_distinct
-from actorlearner.trajectory import Group
+from actorlearner.core.history import PromptHistory
+from actorlearner.core.metrics import group_metrics
+from actorlearner.core.protocols import PriorityFn
+from actorlearner.core.trajectory import Group
+from actorlearner.replay.filters import FilterChain
+from actorlearner.replay.sumtree import SumTree, sample_distinct
 
 _NO_VERSION = sys.maxsize
 """The version lower bound of an empty buffer: nothing in it can be stale."""

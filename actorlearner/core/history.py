@@ -14,7 +14,7 @@ class PromptHistory:
 
     The buffer records every arriving group here *before* its filters run and before the priority
     function is called, so a priority function sees the current group as the newest entry. In
-    DSCL's notation (ALGORITHMS.md section 7a) for prompt i after its j-th group: ``last_mean`` is
+    DSCL's notation (docs/algorithms.md §7a) for prompt i after its j-th group: ``last_mean`` is
     ``M_ij``, ``last_var`` is ``V_sample,ij`` and ``epoch_variance`` is ``V_epoch,i`` over the window.
 
     Attributes:

@@ -1,4 +1,4 @@
-"""DSCL: dual dynamic sampling with curriculum, as a priority function (ALGORITHMS.md section 7).
+"""DSCL: dual dynamic sampling with curriculum, as a priority function (docs/algorithms.md §7).
 
 DSCL (arXiv 2509.14718) decides which prompts the learner trains on in two ways:
 
@@ -30,15 +30,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from actorlearner.history import PromptHistory
-from actorlearner.registry import register_priority
-from actorlearner.trajectory import Group, Trajectory
+from actorlearner.core.history import PromptHistory
+from actorlearner.core.registry import register_priority
+from actorlearner.core.trajectory import Group, Trajectory
 
 Category = Literal["mastered", "hard", "informative"]
 CATEGORIES: tuple[Category, ...] = ("mastered", "hard", "informative")
 
 TOOLRL_REWARD_RANGE = (-3.0, 4.0)
-"""ToolRL's reward range (``R_format + R_correct``, ALGORITHMS.md section 2)."""
+"""ToolRL's reward range (``R_format + R_correct``, docs/algorithms.md §2)."""
 
 TOOLRL_COMPONENT_RANGES: dict[str, tuple[float, float]] = {
     "format": (0.0, 1.0),
@@ -62,7 +62,7 @@ def normalize(value: float, value_range: tuple[float, float]) -> float:
 
 
 def categorize(mean: float, var: float, reward_max: float, t_mean: float, atol: float = 1e-6) -> Category:
-    """DSCL's category of a prompt from its newest group (ALGORITHMS.md section 7a).
+    """DSCL's category of a prompt from its newest group (docs/algorithms.md §7a).
 
     Args:
         mean: ``M``, the group's mean reward.
@@ -277,7 +277,7 @@ class DSCLPriority:
     """The DSCL priority function, stateful across groups: ``DSCLPriority(**knobs)(group, history)``.
 
     Resolving ``"dscl"`` or ``{name: dscl, **knobs}`` from config builds a fresh instance (a
-    registered class is a factory, see :mod:`actorlearner.registry`). The buffer calls it on each kept
+    registered class is a factory, see :mod:`actorlearner.core.registry`). The buffer calls it on each kept
     group with the prompt's history (which already holds this group). It always returns a finite
     float >= 0: non-finite rewards and components are ignored.
 

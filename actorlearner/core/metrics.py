@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from actorlearner.trajectory import Group, Trajectory
+from actorlearner.core.trajectory import Group, Trajectory
 
 
 def episode_metrics(trajectories: Sequence[Trajectory], prefix: str = "") -> dict[str, float]:

@@ -1,8 +1,8 @@
 """``check_env``: does an env follow the actorlearner tool-env protocol?
 
 In the spirit of ``gymnasium.utils.env_checker.check_env`` (whose ``data_equivalence`` it reuses),
-for the protocol of :mod:`actorlearner.toolenv` rather than gymnasium's spaces. It works on any
-``gymnasium.Env`` that follows the protocol, not only :class:`~actorlearner.toolenv.ToolEnv`
+for the protocol of :mod:`actorlearner.env.toolenv` rather than gymnasium's spaces. It works on any
+``gymnasium.Env`` that follows the protocol, not only :class:`~actorlearner.env.toolenv.ToolEnv`
 subclasses. The checks, each named in the error it raises:
 
 * ``reset``: ``reset(seed=...)`` returns a non-empty list of ``{"role", "content"}`` messages and an
@@ -29,7 +29,7 @@ subclasses. The checks, each named in the error it raises:
 
 Example:
     >>> from actorlearner import check_env
-    >>> from actorlearner.envs.calculator import Calculator
+    >>> from envs.calculator import Calculator
     >>> report = check_env(Calculator())
     >>> report.checks[0]
     'reset'
@@ -49,7 +49,7 @@ import gymnasium
 import numpy as np
 from gymnasium.utils.env_checker import data_equivalence
 
-from actorlearner.parsing import format_tool_call
+from actorlearner.env.parsing import format_tool_call
 
 try:  # jsonschema comes with ray; without it the schema checks are structural only
     import jsonschema

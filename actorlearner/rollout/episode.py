@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import gymnasium
 import numpy as np
 
-from actorlearner import chat
-from actorlearner.interfaces import Generation, SamplingParams
-from actorlearner.trajectory import ToolCallRecord, Trajectory, TurnRecord
+from actorlearner.core.protocols import Generation, SamplingParams
+from actorlearner.core.trajectory import ToolCallRecord, Trajectory, TurnRecord
+from actorlearner.rollout import chat
 
 TIMEOUT_MESSAGE = "Error: the tool call timed out"
 
@@ -37,7 +37,7 @@ class EnginePolicy:
     """Samples turns from an engine (through the async batcher).
 
     Args:
-        engine: An :class:`~actorlearner.engine.AsyncBatchingEngine`.
+        engine: An :class:`~actorlearner.rollout.engine.AsyncBatchingEngine`.
         params: Sampling parameters (``max_new_tokens`` is capped by the episode's token budget).
     """
 

@@ -3,7 +3,7 @@
 An episode's ids are built once and only ever appended to: ``prompt_ids`` for the first prompt,
 then per turn the ids the engine sampled, then ``observation_ids`` for the env's reply (which also
 closes the assistant turn and opens the next one). Nothing is re-tokenized from the whole chat
-text, so the learner trains on exactly the ids the policy produced (ALGORITHMS.md section 1).
+text, so the learner trains on exactly the ids the policy produced (docs/algorithms.md §1).
 
 Compared with tokenizing the full rendered chat, the ids can differ in two documented ways only:
 (1) a sampled turn keeps the model's own tokenization of its text (e.g. a word the model spelled

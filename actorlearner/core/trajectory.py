@@ -2,7 +2,7 @@
 
 Token-in/token-out: ``token_ids`` is the concatenation, turn by turn, of the prompt ids, the ids the
 engine sampled and the ids of each observation the env returned. Nothing is ever re-tokenized from
-the chat text, so the learner trains on exactly the ids the policy produced (ALGORITHMS.md section 1).
+the chat text, so the learner trains on exactly the ids the policy produced (docs/algorithms.md §1).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Group filters and the chain that applies them, counting what each one drops.
 
 A filter sees a group and returns the kept group (possibly with some trajectories' loss masks
-scaled) or None to drop it (ALGORITHMS.md section 5). Filters never mutate their input: a filter
+scaled) or None to drop it (docs/algorithms.md §5). Filters never mutate their input: a filter
 that masks returns a new group whose rewards are untouched, so GRPO's group statistics still include
 the masked trajectories. Built in: ``zero_variance`` (DAPO), ``tool_failure_mask`` and
 ``uniform_tool_outcome`` (TAO-RL), ``void_turn`` (SimpleTIR) and ``overlong``. Register your own with
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from actorlearner.interfaces import GroupFilter
-from actorlearner.registry import register_filter
-from actorlearner.trajectory import Group, Trajectory
+from actorlearner.core.protocols import GroupFilter
+from actorlearner.core.registry import register_filter
+from actorlearner.core.trajectory import Group, Trajectory
 
 
 @register_filter("zero_variance")
@@ -63,7 +63,7 @@ def tool_failure_mask(group: Group, strength: float = 1.0) -> Group:
     A trajectory with at least one tool call and no successful one (``ToolCallRecord.ok``: the tool
     ran without error and returned output) gets its loss mask multiplied by ``1 - strength``. The
     group is never dropped and its rewards are untouched, so GRPO's group mean and std still include
-    the masked trajectory's reward (ALGORITHMS.md section 5, arXiv 2606.03762).
+    the masked trajectory's reward (docs/algorithms.md §5, arXiv 2606.03762).
 
     Args:
         group: The group (not modified).
@@ -88,7 +88,7 @@ def uniform_tool_outcome(
     """TAO-RL group filter: drops a group whose tool outcomes are uniform and rewards carry no signal.
 
     Outcomes are uniform when, over all tool calls of all members, every call failed or every call
-    succeeded (members without calls contribute none). Our choice (ALGORITHMS.md section 5): the
+    succeeded (members without calls contribute none). Our choice (docs/algorithms.md §5): the
     group is dropped when *all required* conditions hold; with both requirements off the filter
     keeps everything.
 

@@ -12,7 +12,7 @@ the Google docstring, via ``transformers.utils.get_json_schema``) and three task
         def prompt_messages(self, task): ...      # the first chat messages
         def score_answer(self, task, answer): ... # ({"answer": 1.0}, True)
 
-``actorlearner.envs.calculator.Calculator`` is a complete example.
+``envs.calculator.Calculator`` is a complete example.
 
 The protocol the rollout runner relies on:
 
@@ -32,7 +32,7 @@ format error of the parser (bad JSON, unclosed or nested tag, ...), each call to
 with bad arguments, that raised, returned None or timed out, and a void turn. The penalties of an
 episode add up to at most ``max_format_penalty``; once it is reached further problems cost nothing.
 
-Tool-call format: ``parser`` names a :class:`~actorlearner.parsing.ToolCallFormat` (``"json_tags"``,
+Tool-call format: ``parser`` names a :class:`~actorlearner.env.parsing.ToolCallFormat` (``"json_tags"``,
 ``"python_call"``, or one you register). The instruction after a void turn follows it, and
 :meth:`ToolEnv.format_call` / :meth:`ToolEnv.format_answer` write turns in it, so a demonstration
 that uses them follows whatever format the env is configured with.
@@ -66,7 +66,7 @@ import gymnasium as gym
 import numpy as np
 from transformers.utils import get_json_schema
 
-from actorlearner.parsing import PARSERS, ParsedCall, ParsedTurn, ToolCallFormat, get_format, parse_turn
+from actorlearner.env.parsing import PARSERS, ParsedCall, ParsedTurn, ToolCallFormat, get_format, parse_turn
 
 F = TypeVar("F", bound=Callable[..., Any])
 Messages = list[dict[str, Any]]
@@ -151,7 +151,7 @@ class ToolEnv(gym.Env[Messages, str]):
             component).
         max_format_penalty: Cap on the total format penalty of an episode.
         max_output_chars: Tool outputs and error texts are cut to this many characters.
-        parser: Name of the tool-call format (or bare parser) in :data:`actorlearner.parsing.PARSERS`.
+        parser: Name of the tool-call format (or bare parser) in :data:`actorlearner.env.parsing.PARSERS`.
         tool_timeout_s: Longest wait for one tool call, in seconds (> 0; ``math.inf`` runs tools
             inline without a thread). See the module docstring.
         render_mode: Unused; tool envs do not render.

@@ -19,19 +19,20 @@ import numpy as np
 from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from actorlearner.chat import stop_token_ids
 from actorlearner.config import EnvRunnersConfig
-from actorlearner.engine import AsyncBatchingEngine, HFEngine
-from actorlearner.interfaces import SamplingParams
-from actorlearner.rollout import DemonstrationTurnPolicy, EnginePolicy, TurnPolicy, run_episode
-from actorlearner.trajectory import Group, Trajectory
+from actorlearner.core.protocols import SamplingParams
+from actorlearner.core.trajectory import Group, Trajectory
+from actorlearner.env.registration import make_env
+from actorlearner.rollout.chat import stop_token_ids
+from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine
+from actorlearner.rollout.episode import (
+    DemonstrationTurnPolicy,
+    EnginePolicy,
+    TurnPolicy,
+    run_episode,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def make_env(spec: gymnasium.envs.registration.EnvSpec, env_config: Mapping[str, Any]) -> gymnasium.Env:
-    """Instantiates a tool env from its spec (no registry lookup: works in any Ray worker)."""
-    return gymnasium.make(spec, disable_env_checker=True, **dict(env_config))
 
 
 class EnvPool:

@@ -26,8 +26,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-from actorlearner.interfaces import Engine, Generation, SamplingParams
-from actorlearner.tiny_model import load_model
+from actorlearner.core.protocols import Engine, Generation, SamplingParams
+from actorlearner.models.loading import load_model
 
 T = TypeVar("T")
 

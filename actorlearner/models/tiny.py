@@ -1,10 +1,10 @@
 """The embedded default model: a tiny Qwen2-style causal LM with a word-level tokenizer, built locally.
 
 Nothing is downloaded. :func:`build_tiny_model` writes a model directory with ``save_pretrained`` and
-:func:`load_model_and_tokenizer` reads it back with ``AutoTokenizer`` / ``AutoModelForCausalLM``, the
-same path a user's own model directory takes.
+:func:`~actorlearner.models.loading.load_model_and_tokenizer` reads it back with ``AutoTokenizer`` /
+``AutoModelForCausalLM``, the same path a user's own model directory takes.
 
-The tokenizer is word level in effect (CALIBRATION.md): every digit, operator, whitespace character
+The tokenizer is word level in effect (docs/calibration.md): every digit, operator, whitespace character
 and tag is one token, and each letter run ("word") seen in a corpus is one token. It is stored as a
 byte-level BPE whose merges only spell those words, because ``AutoTokenizer`` loads every ``qwen2``
 model directory as ``Qwen2Tokenizer``, which rebuilds a byte-level BPE from ``tokenizer.json`` (a
@@ -25,22 +25,19 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import gymnasium as gym
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     GenerationConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
-from transformers.utils import logging as hf_logging
+
+from actorlearner.models.loading import quiet_progress
 
 QWEN2_PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
@@ -393,51 +390,3 @@ def env_corpus(make_env: Callable[[], gym.Env], num_episodes: int = 64) -> list[
     finally:
         env.close()
     return texts
-
-
-@contextlib.contextmanager
-def quiet_progress() -> Iterator[None]:
-    """Hides transformers' progress bars (weights loading and saving) inside the block."""
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
-def load_model(
-    path: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> PreTrainedModel:
-    """Loads a causal LM directory (the tiny model or a user's) in eval mode.
-
-    Args:
-        path: Directory written by ``save_pretrained``.
-        device: Device to place the model on.
-        dtype: Parameter dtype.
-
-    Returns:
-        The model.
-    """
-    with quiet_progress():
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    cast(torch.nn.Module, model).to(device)  # in place
-    model.eval()
-    return model
-
-
-def load_model_and_tokenizer(
-    path: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Loads a model directory and its tokenizer with the ``Auto`` classes.
-
-    Args:
-        path: Directory written by ``save_pretrained``.
-        device: Device to place the model on.
-        dtype: Parameter dtype.
-
-    Returns:
-        ``(model, tokenizer)``, the model in eval mode.
-    """
-    return load_model(path, device, dtype), AutoTokenizer.from_pretrained(str(path))

@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from actorlearner import losses
 from actorlearner.config import LearnerConfig, TrainingConfig
-from actorlearner.trajectory import Group, Trajectory
+from actorlearner.core.trajectory import Group, Trajectory
+from actorlearner.learn import losses
 
 
 def resolve_device(device: str) -> torch.device:

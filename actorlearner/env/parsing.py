@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from actorlearner.registry import Registry, RegistryError
+from actorlearner.core.registry import Registry, RegistryError
 
 MAX_TURN_CHARS = 100_000
 """Characters of a turn a parser reads; the rest is ignored (and reported as an error)."""

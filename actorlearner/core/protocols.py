@@ -1,7 +1,7 @@
 """The few protocols of actorlearner, on one screen.
 
 Data flows one way: a tool env (a ``gymnasium.Env``) is played by an :class:`EnvRunner` with an
-:class:`Engine`; finished :class:`~actorlearner.trajectory.Group` s go to the :class:`ReplayBuffer`,
+:class:`Engine`; finished :class:`~actorlearner.core.trajectory.Group` s go to the :class:`ReplayBuffer`,
 whose :data:`PriorityFn` and :data:`GroupFilter` chain decide what the :class:`Learner` consumes;
 the learner's weights go back to the runners with a version number.
 """
@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from actorlearner.history import PromptHistory
-from actorlearner.trajectory import Group
+from actorlearner.core.history import PromptHistory
+from actorlearner.core.trajectory import Group
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Tool-use rewards as pure functions: ToolRL's fine-grained call matching and OTC's efficiency term.
 
-Definitions: ALGORITHMS.md section 2 (ToolRL, arXiv 2504.13958; OTC, arXiv 2504.14870).
+Definitions: docs/algorithms.md §2 (ToolRL, arXiv 2504.13958; OTC, arXiv 2504.14870).
 
 A call is a mapping ``{"name": str, "arguments": {key: value}}`` (``"parameters"`` is accepted in
 place of ``"arguments"``, as in ToolRL's data). ToolRL compares the predicted calls with the

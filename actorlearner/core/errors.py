@@ -1,0 +1,7 @@
+"""Errors users see as one line."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is not allowed (the message is one line)."""

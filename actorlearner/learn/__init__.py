@@ -1,0 +1,1 @@
+"""Learning: advantage estimators, policy losses, KL estimators and the learner."""

@@ -1,0 +1,60 @@
+"""Loading a policy directory (the tiny default or a user's model) with the ``Auto`` classes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Hides transformers' progress bars (weights loading and saving) inside the block."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(
+    path: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """Loads a causal LM directory (the tiny model or a user's) in eval mode.
+
+    Args:
+        path: Directory written by ``save_pretrained``.
+        device: Device to place the model on.
+        dtype: Parameter dtype.
+
+    Returns:
+        The model.
+    """
+    with quiet_progress():
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    cast(torch.nn.Module, model).to(device)  # in place
+    model.eval()
+    return model
+
+
+def load_model_and_tokenizer(
+    path: Path | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Loads a model directory and its tokenizer with the ``Auto`` classes.
+
+    Args:
+        path: Directory written by ``save_pretrained``.
+        device: Device to place the model on.
+        dtype: Parameter dtype.
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode.
+    """
+    return load_model(path, device, dtype), AutoTokenizer.from_pretrained(str(path))
