@@ -1,18 +1,20 @@
 """The Algorithm: wires env runners, the replay buffer and the learner, in Ray or in-process.
 
-``train()`` is one learner iteration: sample a batch of groups from the buffer (runners keep
-filling it asynchronously), update, publish the new weights to the runners. With
-``num_env_runners=0`` the same classes run in-process and sampling is synchronous.
+``train()`` is one learner iteration: a batch sampled from the buffer (runners keep filling it
+asynchronously) goes to the learner, which updates; its weights are published once, and runners
+pick them up in the replies to their pushes. A runtime places the parts (``num_env_runners=0``:
+every part in this process, all coroutines on one event loop; else Ray actors) and the same
+coroutines drive both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
-import pickle
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,9 @@ from transformers.utils import logging as hf_logging
 
 from actorlearner.config import AlgorithmConfig, ConfigError
 from actorlearner.core.metrics import MetricsLogger, episode_metrics
+from actorlearner.core.protocols import EnvRunner as EnvRunnerProtocol
+from actorlearner.core.protocols import Handle, ReplayBufferActor
+from actorlearner.core.protocols import Learner as LearnerProtocol
 from actorlearner.core.registry import FILTERS, PRIORITIES
 from actorlearner.core.trajectory import Trajectory
 from actorlearner.env.registration import make_env, resolve_env_spec
@@ -29,6 +34,11 @@ from actorlearner.learn.learner import Learner
 from actorlearner.replay.buffer import BufferActor
 from actorlearner.replay.filters import FilterChain
 from actorlearner.rollout.runner import EnvRunner
+from actorlearner.runtime.checkpoint import read_checkpoint, write_checkpoint
+from actorlearner.runtime.handles import gather
+from actorlearner.runtime.placement import LocalRuntime, RayRuntime, Runtime
+
+logger = logging.getLogger(__name__)
 
 MAX_SKIPPED_ITERATIONS = 3
 """Consecutive iterations without a single group before ``train()`` raises."""
@@ -75,28 +85,6 @@ def _name_of(spec: Any) -> str:
     return str(getattr(spec, "__name__", type(spec).__name__))
 
 
-class _Local:
-    """Calls methods of an in-process object with the ``handle.method.remote(...)`` syntax of Ray."""
-
-    def __init__(self, obj: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._obj = obj
-        self._loop = loop
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._obj, name)
-        loop = self._loop
-
-        class _Method:
-            @staticmethod
-            def remote(*args: Any, **kwargs: Any) -> Any:
-                result = method(*args, **kwargs)
-                if isinstance(result, Coroutine):
-                    return loop.run_until_complete(result)
-                return result
-
-        return _Method()
-
-
 class Algorithm:
     """Asynchronous actor-learner RL for a tool env. Build it with ``AlgorithmConfig().build()``.
 
@@ -124,13 +112,9 @@ class Algorithm:
         self._rl_started = False
         self._optimizer_restored = False
         self._skipped = 0
-        self._run_refs: list[Any] = []
-        self._owns_ray = False
-        self._loop = asyncio.new_event_loop()
-        if self.local:
-            self._build_local()
-        else:
-            self._build_ray()
+        self._run_refs: list[asyncio.Future[Any]] = []
+        self.runtime: Runtime = LocalRuntime() if self.local else self._ray_runtime()
+        self._place_parts()
 
     # ----------------------------------------------------------------------------------- set-up
     def _resolve_model(self) -> str:
@@ -213,43 +197,35 @@ class Algorithm:
             seed=cfg.debugging.seed,
         )
 
-    def _build_local(self) -> None:
-        args = self._component_args()
-        loop = self._loop
-        self.buffer: Any = _Local(BufferActor(**args["buffer"]), loop)
-        self.learner: Any = _Local(Learner(**args["learner"]), loop)
-        self.runners: list[Any] = [_Local(EnvRunner(**self._runner_kwargs(0)), loop)]
-        self._get: Callable[[Any], Any] = lambda x: x
-
-    def _build_ray(self) -> None:
-        import ray
-
-        cfg = self.config
-        if not ray.is_initialized():
-            ray.init(
-                address=cfg.debugging.ray_address,
-                num_cpus=cfg.debugging.ray_num_cpus,
-                include_dashboard=False,
-                log_to_driver=True,
-                runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-            )
-            self._owns_ray = True
-        self._check_resources(ray.cluster_resources())
+    def _ray_runtime(self) -> RayRuntime:
+        runtime = RayRuntime(self.config.debugging.ray_address, self.config.debugging.ray_num_cpus)
+        self._check_resources(runtime.resources())
         args = self._component_args()
         _check_picklable(args["buffer"]["priority_fn"], "replay.priority_fn")
         for name, fn in args["buffer"]["filters"].filters:
             _check_picklable(fn, f"replay.filters ({name})")
+        return runtime
+
+    def _place_parts(self) -> None:
+        """Places the buffer, the learner and the runners (one in-process runner in local mode)."""
+        cfg, args = self.config, self._component_args()
         gpus = 1 if torch.cuda.is_available() and cfg.learners.device != "cpu" else 0
-        self.buffer = ray.remote(num_cpus=0)(BufferActor).options(max_concurrency=64).remote(**args["buffer"])
-        self.learner = ray.remote(num_cpus=cfg.learners.num_cpus, num_gpus=gpus)(Learner).remote(
-            **args["learner"]
+        self.buffer: Handle[ReplayBufferActor] = self.runtime.place(
+            BufferActor, args["buffer"], num_cpus=0, max_concurrency=64
         )
-        runner_cls = ray.remote(num_cpus=cfg.env_runners.num_cpus_per_runner)(EnvRunner)
-        self.runners = [
-            runner_cls.options(max_concurrency=1000).remote(**self._runner_kwargs(i))
-            for i in range(cfg.env_runners.num_env_runners)
+        self.learner: Handle[LearnerProtocol] = self.runtime.place(
+            Learner, args["learner"], threaded=True, num_cpus=cfg.learners.num_cpus, num_gpus=gpus
+        )
+        num_runners = max(1, cfg.env_runners.num_env_runners)
+        self.runners: list[Handle[EnvRunnerProtocol]] = [
+            self.runtime.place(
+                EnvRunner,
+                self._runner_kwargs(i),
+                num_cpus=cfg.env_runners.num_cpus_per_runner,
+                max_concurrency=1000,
+            )
+            for i in range(num_runners)
         ]
-        self._get = ray.get
 
     def _check_resources(self, resources: dict[str, float]) -> None:
         r = self.config.env_runners
@@ -263,9 +239,27 @@ class Algorithm:
             )
 
     # ---------------------------------------------------------------------------- the phases
-    def _sync_weights(self) -> None:
-        weights = self.learner.get_weights.remote()
-        self._get([r.set_weights.remote(weights, self.version) for r in self.runners])
+    async def _publish(self) -> dict[str, Any]:
+        """Publishes the learner's weights once (object store) and returns the buffer's metrics."""
+        weights = self.learner.call(LearnerProtocol.get_weights)  # a reference: never fetched here
+        return await self.buffer.call(ReplayBufferActor.publish_weights, self.version, [weights])
+
+    async def _sync_weights(self) -> None:
+        """Phase boundaries (after SFT, restore): every runner stages the learner's weights now."""
+        weights = self.learner.call(LearnerProtocol.get_weights)
+        # A reference stands for its value: each runner fetches the weights where it runs.
+        set_weights = EnvRunnerProtocol.set_weights
+        staged = [r.call(set_weights, weights, self.version) for r in self.runners]  # type: ignore[call-overload]
+        await gather(staged)
+        await self._publish()
+
+    def sync_weights(self) -> None:
+        """Sends the learner's weights to every runner now and waits until they are staged.
+
+        Training never needs this (runners take new weights from their push replies); it is for
+        a caller that wants the very next episodes on the newest weights.
+        """
+        self.runtime.run(self._sync_weights())
 
     def pretrain(self, progress: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
         """Cold-start SFT on the env's demonstrations (skipped when disabled or not offered).
@@ -280,29 +274,32 @@ class Algorithm:
         probe = make_env(self.env_spec, self.config.environment.env_config)
         if not sft.enabled or sft.steps == 0 or not hasattr(probe.unwrapped, "demonstration"):
             return {}
+        return self.runtime.run(self._pretrain(progress))
+
+    async def _pretrain(self, progress: Callable[[int, dict[str, float]], None] | None) -> dict[str, float]:
+        sft = self.config.sft
         per_runner = -(-sft.num_demos // len(self.runners))
-        refs = [
-            r.demonstrations.remote(per_runner, self.config.debugging.seed + i)
-            for i, r in enumerate(self.runners)
-        ]
-        demos: list[Trajectory] = [t for chunk in self._get(refs) for t in chunk]
-        self._get(self.learner.set_demonstrations.remote(demos))
+        chunks = await gather(
+            [
+                r.call(EnvRunnerProtocol.demonstrations, per_runner, self.config.debugging.seed + i)
+                for i, r in enumerate(self.runners)
+            ]
+        )
+        await self.learner.call(LearnerProtocol.set_demonstrations, [t for c in chunks for t in c])
         last: dict[str, float] = {}
         chunk = 25
         for start in range(0, sft.steps, chunk):
             n = min(chunk, sft.steps - start)
-            history = self._get(
-                self.learner.sft_steps.remote(
-                    start, n, sft.steps, sft.batch_size, sft.lr, self._cpu_threads()
-                )
+            history = await self.learner.call(
+                LearnerProtocol.sft_steps, start, n, sft.steps, sft.batch_size, sft.lr, self._cpu_threads()
             )
             for i, record in enumerate(history):
                 self.logger.log(start + i, {"phase": "sft", **record})
             last = history[-1]
             if progress is not None:
                 progress(start + n, last)
-        self.version = int(self._get(self.learner.get_version.remote()))
-        self._sync_weights()
+        self.version = int(await self.learner.call(LearnerProtocol.get_version))
+        await self._sync_weights()
         return last
 
     def _cpu_threads(self) -> int:
@@ -310,72 +307,34 @@ class Algorithm:
         cpus = self.config.debugging.ray_num_cpus or os.cpu_count() or 1
         return max(1, min(cpus, os.cpu_count() or 1))
 
-    def _start_rl(self) -> None:
-        self._get(self.learner.start_rl.remote(reset_optimizer=not self._optimizer_restored))
-        if not self.local:
-            self._get([r.pause.remote(False) for r in self.runners])
-            self._run_refs = [r.run.remote(self.buffer) for r in self.runners]
+    async def _start_rl(self) -> None:
+        await self.learner.call(LearnerProtocol.start_rl, reset_optimizer=not self._optimizer_restored)
+        await gather([r.call(EnvRunnerProtocol.pause, False) for r in self.runners])
+        self._run_refs = [
+            asyncio.ensure_future(r.call(EnvRunnerProtocol.run, self.buffer)) for r in self.runners
+        ]
         self._rl_started = True
 
-    def _sample_batch(self) -> Any:
-        n = self.config.training.train_batch_groups
-        wait = self.config.training.max_wait_s
-        if not self.local:
-            ref = self.buffer.sample_wait.remote(n, self.version, wait)
-            self._wait_watching_runners(ref)
-            return ref
-        buf = self.buffer._obj
-        deadline = time.monotonic() + wait
-        while buf.num_fresh(self.version) < n and time.monotonic() < deadline:
-            buf.add(self.runners[0].sample.remote(self.config.env_runners.groups_in_flight))
-        return buf.sample(n, self.version)
-
-    def _steer_prompts(self) -> None:
-        """Passes the prompts the priority function wants rarely re-issued (DSCL) to the runners."""
-        skip = self.buffer.skip_list.remote()
-        self._get([r.set_skip_prompts.remote(*self._get(skip)) for r in self.runners])
-
-    def _wait_watching_runners(self, ref: Any) -> None:
+    async def _watch_runners(self, ref: asyncio.Future[Any]) -> None:
         """Waits for ``ref``; if a runner's rollout loop ends first, raises its error here."""
-        import ray
-
-        while True:
-            ready, _ = ray.wait([ref, *self._run_refs], num_returns=1, timeout=None)
-            if ready[0] == ref:
-                return
-            ray.get(ready[0])  # raises the runner's exception
-            raise RuntimeError("an env runner's rollout loop ended unexpectedly")
+        while not ref.done():
+            await asyncio.wait([ref, *self._run_refs], return_when=asyncio.FIRST_COMPLETED)
+            for run in self._run_refs:
+                if run.done():
+                    run.result()  # raises the runner's exception
+                    raise RuntimeError("an env runner's rollout loop ended unexpectedly")
 
     def train(self) -> dict[str, float]:
-        """One iteration: a batch from the buffer, one learner update, new weights to the runners.
+        """One iteration: a batch from the buffer, one learner update, the new weights published.
+
+        The batch goes from the buffer to the learner and the weights from the learner to the
+        buffer (whence runners take them in their push replies) as references: the driver moves
+        only metrics.
 
         Returns:
             Metrics: ``learner/*``, ``rollout/*``, ``buffer/*``, ``filter/*``, ``time/*``.
         """
-        if not self._rl_started:
-            self._start_rl()
-        start = time.perf_counter()
-        batch = self._sample_batch()
-        waited = time.perf_counter() - start
-        learner_metrics = self._get(self.learner.update.remote(batch))
-        self.version = int(learner_metrics.get("version", self.version))
-        self._skipped = self._skipped + 1 if learner_metrics.get("skipped") else 0
-        self._sync_weights()
-        self._steer_prompts()
-        metrics: dict[str, float] = {f"learner/{k}": v for k, v in learner_metrics.items()}
-        metrics.update(self._get(self.buffer.metrics.remote()))
-        for stats in self._get([r.stats.remote() for r in self.runners]):
-            metrics.update(stats)
-        if self._skipped >= MAX_SKIPPED_ITERATIONS:
-            raise RuntimeError(
-                f"no group reached the learner in {self._skipped} iterations of up to "
-                f"{self.config.training.max_wait_s:g}s: rollout/group_errors="
-                f"{metrics.get('rollout/group_errors', 0):g}, filter drops="
-                f"{ {k: v for k, v in metrics.items() if k.endswith('groups_dropped')} }; "
-                "check the runner logs, the env, and replay.filters"
-            )
-        metrics["time/wait_for_data_s"] = waited
-        metrics["time/iteration_s"] = time.perf_counter() - start
+        metrics = self.runtime.run(self._train())
         self.iteration += 1
         metrics["iteration"] = float(self.iteration)
         interval = self.config.evaluation.interval
@@ -387,6 +346,40 @@ class Algorithm:
             self.save(str(self.run_dir / f"checkpoint_{self.iteration:06d}"))
         return metrics
 
+    async def _train(self) -> dict[str, float]:
+        if not self._rl_started:
+            await self._start_rl()
+        training = self.config.training
+        start = time.perf_counter()
+        batch = self.buffer.call(
+            ReplayBufferActor.sample_wait, training.train_batch_groups, self.version, training.max_wait_s
+        )
+        # The batch reference goes to the learner as is: the groups never pass through here.
+        update = asyncio.ensure_future(self.learner.call(LearnerProtocol.update, batch))  # type: ignore[call-overload]
+        await self._watch_runners(update)
+        learner_metrics = update.result()
+        updated = time.perf_counter()
+        self.version = int(learner_metrics.get("version", self.version))
+        self._skipped = self._skipped + 1 if learner_metrics.get("skipped") else 0
+        metrics: dict[str, float] = {f"learner/{k}": v for k, v in learner_metrics.items()}
+        metrics.update(await self._publish())
+        self._check_progress(metrics)
+        metrics["time/wait_for_data_s"] = metrics.get("buffer/wait_s", 0.0)
+        metrics["time/update_s"] = updated - start - metrics["time/wait_for_data_s"]
+        metrics["time/publish_s"] = time.perf_counter() - updated
+        metrics["time/iteration_s"] = time.perf_counter() - start
+        return metrics
+
+    def _check_progress(self, metrics: dict[str, float]) -> None:
+        if self._skipped >= MAX_SKIPPED_ITERATIONS:
+            raise RuntimeError(
+                f"no group reached the learner in {self._skipped} iterations of up to "
+                f"{self.config.training.max_wait_s:g}s: rollout/group_errors="
+                f"{metrics.get('rollout/group_errors', 0):g}, filter drops="
+                f"{ {k: v for k, v in metrics.items() if k.endswith('groups_dropped')} }; "
+                "check the runner logs, the env, and replay.filters"
+            )
+
     def evaluate(self, num_episodes: int | None = None) -> dict[str, float]:
         """Held-out success, greedy and at the training temperature, on seeds ``0..n-1``.
 
@@ -394,17 +387,10 @@ class Algorithm:
             ``eval/greedy/*`` and ``eval/sampled/*`` episode metrics (success_rate, tool_use_rate...).
         """
         n = num_episodes or self.config.evaluation.num_episodes
-        seeds = list(range(n))
-        shards = [seeds[i :: len(self.runners)] for i in range(len(self.runners))]
-        if self._rl_started and not self.local:
-            self._get([r.pause.remote(True) for r in self.runners])
         out: dict[str, float] = {}
         for label, temp in (("greedy", 0.0), ("sampled", self.config.env_runners.temperature)):
-            refs = [r.evaluate.remote(s, temp) for r, s in zip(self.runners, shards, strict=True) if s]
-            trajs = [t for chunk in self._get(refs) for t in chunk]
+            trajs = self.runtime.run(self._episodes(list(range(n)), temp))
             out.update(episode_metrics(trajs, prefix=f"eval/{label}/"))
-        if self._rl_started and not self.local:
-            self._get([r.pause.remote(False) for r in self.runners])
         return out
 
     def evaluate_on(
@@ -412,63 +398,90 @@ class Algorithm:
     ) -> list[Trajectory]:
         """Episodes of another env (seeds ``0..n-1``), e.g. one BFCL category, with the current policy."""
         spec = resolve_env_spec(env)
-        seeds = list(range(num_episodes))
+        return self.runtime.run(self._episodes(list(range(num_episodes)), temperature, spec, env_config))
+
+    async def _episodes(
+        self, seeds: list[int], temperature: float, spec: Any = None, env_config: Any = None
+    ) -> list[Trajectory]:
+        """Evaluation episodes sharded over the runners, which launch no training group meanwhile."""
         shards = [seeds[i :: len(self.runners)] for i in range(len(self.runners))]
-        refs = [
-            r.evaluate.remote(s, temperature, spec, env_config)
-            for r, s in zip(self.runners, shards, strict=True)
-            if s
-        ]
-        return [t for chunk in self._get(refs) for t in chunk]
+        if self._rl_started:
+            await gather([r.call(EnvRunnerProtocol.pause, True) for r in self.runners])
+        try:
+            refs = [
+                r.call(EnvRunnerProtocol.evaluate, s, temperature, spec, env_config)
+                for r, s in zip(self.runners, shards, strict=True)
+                if s
+            ]
+            return [t for chunk in await gather(refs) for t in chunk]
+        finally:
+            if self._rl_started:
+                await gather([r.call(EnvRunnerProtocol.pause, False) for r in self.runners])
 
     # ----------------------------------------------------------------------- save and restore
     def save(self, path: str | None = None) -> str:
         """Writes a checkpoint and returns its directory.
 
-        It holds the model (safetensors, with the tokenizer), the optimizer tensors, the JSON state
-        and the replay buffer's state (``buffer.pkl``: groups, priorities, prompt histories, the
-        priority function's state such as DSCL's mastery). ``buffer.pkl`` is a pickle: restore
-        only checkpoints you trust.
+        It holds the model (``model/``: safetensors and the tokenizer, loadable with
+        ``from_pretrained``), the learner's optimizer tensors and version, the runners' task
+        streams, the JSON state and the replay buffer's state (``buffer.pkl``: groups, priorities,
+        prompt histories, the priority function's state such as DSCL's mastery). ``buffer.pkl`` and
+        ``runners.pkl`` are pickles: restore only checkpoints you trust.
         """
-        from transformers import AutoTokenizer
-
         out = Path(path or self.run_dir / "checkpoint")
         out.mkdir(parents=True, exist_ok=True)
-        self._get(self.learner.save.remote(str(out)))
-        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(out / "model")
+        states = self.runtime.run(self._gather_states(str(out / "model")))
+        write_checkpoint(out, states, self.model_path)
         state = {"iteration": self.iteration, "version": self.version, "config": self.config.to_dict()}
         (out / "algorithm.json").write_text(json.dumps(state, indent=2))
-        (out / "buffer.pkl").write_bytes(pickle.dumps(self._get(self.buffer.state.remote())))
         return str(out)
+
+    async def _gather_states(self, model_dir: str) -> dict[str, Any]:
+        await self.learner.call(LearnerProtocol.save_pretrained, model_dir)
+        learner, buffer, *runners = await gather(
+            [
+                self.learner.call(LearnerProtocol.get_state, components=("version", "optimizer")),
+                self.buffer.call(ReplayBufferActor.get_state),
+                *[r.call(EnvRunnerProtocol.get_state) for r in self.runners],
+            ]
+        )
+        return {"learner": learner, "buffer": buffer, "runners": runners}
 
     def restore(self, path: str) -> None:
         """Loads a checkpoint written by :meth:`save` and sends its weights to the runners.
 
-        The replay buffer is restored too when the checkpoint has ``buffer.pkl``.
+        The replay buffer and the runners' task streams are restored too when the checkpoint has
+        them.
         """
         src = Path(path)
         state = json.loads((src / "algorithm.json").read_text())
-        self._get(self.learner.restore.remote(str(src)))
-        if (src / "buffer.pkl").exists():
-            self._get(self.buffer.load_state.remote(pickle.loads((src / "buffer.pkl").read_bytes())))
+        states = read_checkpoint(src)
+        self.runtime.run(self._restore(states))
         self._optimizer_restored = True  # the RL phase must not reset the restored AdamW moments
         self.iteration = int(state["iteration"])
         self.version = int(state["version"])
-        self._sync_weights()
+        self.runtime.run(self._sync_weights())
+
+    async def _restore(self, states: dict[str, Any]) -> None:
+        await self.learner.call(LearnerProtocol.set_state, states["learner"])
+        if states.get("buffer") is not None:
+            await self.buffer.call(ReplayBufferActor.set_state, states["buffer"])
+        for runner, runner_state in zip(self.runners, states.get("runners") or [], strict=False):
+            await runner.call(EnvRunnerProtocol.set_state, runner_state)
 
     def stop(self) -> None:
-        """Stops the runners and actors and closes the metric files."""
-        if self.local:
-            self._get([r.stop.remote() for r in self.runners])
-        else:
-            import ray
-
-            self._get([r.stop.remote() for r in self.runners])
-            if self._run_refs:
-                ray.wait(self._run_refs, num_returns=len(self._run_refs), timeout=30)
-            for actor in [*self.runners, self.buffer, self.learner]:
-                ray.kill(actor)
-            if self._owns_ray:
-                ray.shutdown()
+        """Stops the runners and actors and closes the metric files; never raises."""
+        try:
+            self.runtime.run(self._stop())
+        except Exception as err:  # a dead actor must not hide the error that led here
+            logger.warning("stopping the parts failed: %r", err)
+        parts: list[Handle[Any]] = [*self.runners, self.buffer, self.learner]
+        for part in parts:
+            part.kill()
+        self.runtime.shutdown()
         self.logger.close()
-        self._loop.close()
+
+    async def _stop(self) -> None:
+        await asyncio.wait_for(gather([r.call(EnvRunnerProtocol.stop) for r in self.runners]), 30)
+        if self._run_refs:
+            await asyncio.wait(self._run_refs, timeout=30)

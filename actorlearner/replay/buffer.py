@@ -17,15 +17,16 @@ import asyncio
 import contextlib
 import math
 import sys
+import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from actorlearner.core.history import PromptHistory
 from actorlearner.core.metrics import group_metrics
-from actorlearner.core.protocols import PriorityFn
+from actorlearner.core.protocols import PriorityFn, PushReply
 from actorlearner.core.trajectory import Group
 from actorlearner.replay.filters import FilterChain
 from actorlearner.replay.sumtree import SumTree, sample_distinct
@@ -438,31 +439,84 @@ class GroupReplayBuffer:
 
 
 class BufferActor(GroupReplayBuffer):
-    """The buffer as a Ray async actor: runners ``add``; the learner side awaits ``sample_wait``."""
+    """The buffer as an async actor: runners :meth:`push`, the learner side awaits :meth:`sample_wait`.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    It is also where control meets data: the learner's newest weights (published once per version)
+    and the priority function's skip list go to each runner in the reply to its push, and a push
+    while ``max_ready`` fresh groups are held is answered only when there is room (or after
+    ``hold_s``): back-pressure without polling.
+
+    Args:
+        *args: As :class:`GroupReplayBuffer`.
+        hold_s: Longest a push waits for room before replying ``room=False``.
+        **kwargs: As :class:`GroupReplayBuffer`.
+    """
+
+    def __init__(self, *args: Any, hold_s: float = 5.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.hold_s = hold_s
         self._changed: asyncio.Condition | None = None
         self.learner_version = 0
+        self._weights: tuple[int, list[Any]] | None = None
+        self._skip: tuple[list[str], float] = ([], 1.0)
+        self._skip_version = 0
+        self._runner_stats: dict[str, float] = defaultdict(float)
 
     def _condition(self) -> asyncio.Condition:
         if self._changed is None:
             self._changed = asyncio.Condition()
         return self._changed
 
-    async def add_groups(self, groups: Sequence[Group]) -> dict[str, float]:
-        """Adds groups, drops what is stale for the learner, and wakes any waiting sampler.
-
-        Returns:
-            ``added``, ``dropped`` and ``size`` (groups held, none of them stale): runners pause
-            on ``size``, so stale groups can never hold them back while the learner waits.
-        """
-        result = self.add(groups)
-        self.evict_stale(self.learner_version)
-        result["size"] = len(self)
+    async def _notify(self) -> None:
         async with self._condition():
             self._condition().notify_all()
-        return result
+
+    async def push(
+        self,
+        groups: Sequence[Group],
+        stats: Mapping[str, float] | None = None,
+        max_ready: int | None = None,
+        weights_version: int = -1,
+        skip_version: int = -1,
+    ) -> PushReply:
+        """Adds a runner's groups and counters; replies with room, newest weights and skip list.
+
+        Args:
+            groups: Finished groups (may be empty: a push that only asks for room and news).
+            stats: The runner's counters since its last push (summed into ``rollout/*``).
+            max_ready: The runner's cap on fresh groups held; the reply waits up to ``hold_s``
+                for room while it is reached.
+            weights_version: The newest version the runner has; newer weights come in the reply.
+            skip_version: The version of the skip list the runner has.
+        """
+        if groups:
+            self.add(groups)
+        for key, value in (stats or {}).items():
+            self._runner_stats[key] += value
+        self.evict_stale(self.learner_version)
+        if groups:
+            await self._notify()
+        room = await self._wait_for_room(max_ready)
+        return self._reply(room, weights_version, skip_version)
+
+    async def _wait_for_room(self, max_ready: int | None) -> bool:
+        if max_ready is None or len(self) < max_ready:
+            return True
+        cond = self._condition()
+        async with cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cond.wait_for(lambda: len(self) < max_ready), self.hold_s)
+        return len(self) < max_ready
+
+    def _reply(self, room: bool, weights_version: int, skip_version: int) -> PushReply:
+        reply = PushReply(size=len(self), room=room, skip_version=self._skip_version)
+        if self._weights is not None:
+            reply.weights_version = self._weights[0]
+            if self._weights[0] > weights_version:
+                reply.weights = self._weights[1]
+        if skip_version != self._skip_version:
+            reply.skip, reply.p_revisit = list(self._skip[0]), self._skip[1]
+        return reply
 
     async def sample_wait(
         self, num_groups: int, learner_version: int, timeout_s: float = 600.0
@@ -470,31 +524,53 @@ class BufferActor(GroupReplayBuffer):
         """Waits until ``num_groups`` fresh groups are held (or the timeout), then samples."""
         self.learner_version = max(self.learner_version, learner_version)
         self.evict_stale(learner_version)
+        start = time.perf_counter()
         cond = self._condition()
         async with cond:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     cond.wait_for(lambda: self.num_fresh(learner_version) >= num_groups), timeout_s
                 )
-        return self.sample(num_groups, learner_version)
+        self.counters["wait_s"] += time.perf_counter() - start
+        batch = self.sample(num_groups, learner_version)
+        await self._notify()  # room for the runners waiting in push
+        return batch
 
-    async def skip_list(self) -> tuple[list[str], float]:
-        """:meth:`prompts_to_skip`, for the driver to pass on to the runners."""
-        return self.prompts_to_skip()
+    async def publish_weights(self, version: int, weights: list[Any]) -> dict[str, Any]:
+        """Records the learner's newest weights (``[ref]``) and refreshes the skip list.
 
-    async def size(self) -> int:
-        """Number of groups held that are not stale for the learner."""
+        Returns:
+            The metrics since the last call (:meth:`pop_metrics`), so that one call per iteration
+            carries both.
+        """
+        self.learner_version = max(self.learner_version, version)
+        self._weights = (version, weights)
+        skip = self.prompts_to_skip()
+        if skip != self._skip:
+            self._skip, self._skip_version = skip, self._skip_version + 1
         self.evict_stale(self.learner_version)
-        return len(self)
-
-    async def metrics(self) -> dict[str, float]:
-        """Counters since the last call."""
+        await self._notify()
         return self.pop_metrics()
 
-    async def state(self) -> dict[str, Any]:
-        """The buffer's state, for checkpoints."""
-        return self.get_state()
+    def pop_metrics(self) -> dict[str, Any]:
+        """As :meth:`GroupReplayBuffer.pop_metrics`, plus the runners' summed counters."""
+        out = super().pop_metrics()
+        stats, self._runner_stats = dict(self._runner_stats), defaultdict(float)
+        out.update(rollout_counters(stats))
+        return out
 
-    async def load_state(self, state: dict[str, Any]) -> None:
-        """Restores a checkpointed state."""
-        self.set_state(state)
+
+def rollout_counters(stats: Mapping[str, float]) -> dict[str, float]:
+    """The runners' summed engine counters as ``rollout/*`` metrics, with the derived rates.
+
+    Args:
+        stats: Sums of ``tokens``, ``seconds`` (in ``generate``), ``batches``, ``requests``,
+            ``group_errors`` and ``prompts_skipped`` over every push since the last call.
+    """
+    out = {f"rollout/{k}": float(v) for k, v in stats.items()}
+    batches, seconds = stats.get("batches", 0.0), stats.get("seconds", 0.0)
+    out["rollout/mean_batch_size"] = stats.get("requests", 0.0) / batches if batches else 0.0
+    out["rollout/tokens_per_s"] = stats.get("tokens", 0.0) / seconds if seconds > 0 else 0.0
+    out.setdefault("rollout/group_errors", 0.0)
+    out.setdefault("rollout/prompts_skipped", 0.0)
+    return out

@@ -1,7 +1,8 @@
 """Rollout actor: many episodes in flight on one engine, finished groups pushed as they complete.
 
-The same class runs in-process (``sample``) or as a Ray async actor (``run`` pushes to the buffer
-actor until stopped). Weights arrive with a version and are loaded between generation steps.
+The same coroutines run in-process (on the driver's event loop) or in a Ray async actor: ``run``
+pushes groups to the buffer's handle until stopped and learns from each reply whether to slow down,
+which prompts to skip and which weights are newest; weights are loaded between generation steps.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import numpy as np
 from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from actorlearner.config import EnvRunnersConfig
-from actorlearner.core.protocols import SamplingParams
+from actorlearner.core.protocols import Handle, PushReply, ReplayBufferActor, SamplingParams
 from actorlearner.core.trajectory import Group, Trajectory
 from actorlearner.env.registration import make_env
 from actorlearner.rollout.chat import stop_token_ids
+from actorlearner.rollout.config import EnvRunnersConfig
 from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine
 from actorlearner.rollout.episode import (
     DemonstrationTurnPolicy,
@@ -97,6 +98,8 @@ class EnvRunner:
         self.prompts_skipped = 0
         self._skip: set[str] = set()
         self._p_revisit = 1.0
+        self._skip_version = -1
+        self._resume_event: asyncio.Event | None = None
 
     def _ensure_executor(self) -> None:
         # Episodes run env.step in threads; the default pool (cores + 4) is too small for many in flight.
@@ -161,45 +164,32 @@ class EnvRunner:
             self.pool.release(env)
         return str(info.get("prompt_id", seed))
 
-    async def set_skip_prompts(self, prompt_ids: list[str], p_revisit: float) -> None:
-        """Prompts to rarely re-issue (DSCL's mastered ones) and the chance of issuing one anyway."""
-        self._skip, self._p_revisit = set(prompt_ids), float(p_revisit)
+    async def run(self, buffer: Handle[ReplayBufferActor]) -> int:
+        """Keeps ``groups_in_flight`` groups going, pushing each to ``buffer`` when it is done.
 
-    async def sample(self, num_groups: int) -> list[Group]:
-        """Plays ``num_groups`` groups (``groups_in_flight`` at a time) and returns them."""
-        sem = asyncio.Semaphore(self.cfg.groups_in_flight)
-
-        async def one() -> Group:
-            async with sem:
-                return await self._next_group()
-
-        return list(await asyncio.gather(*(one() for _ in range(num_groups))))
-
-    async def run(self, buffer: Any) -> int:
-        """Ray mode: keeps ``groups_in_flight`` groups going, pushing each to ``buffer`` when done.
-
-        Pauses while the buffer holds ``max_ready_groups``; returns the number of groups pushed
-        after :meth:`stop`.
+        Control comes back in the push replies (:class:`~actorlearner.core.protocols.PushReply`):
+        no new group starts while the buffer has no room (an empty push then waits for room),
+        newer weights are staged for the next generation step, and the skip list is replaced.
+        Returns the number of groups pushed after :meth:`stop`.
         """
         pushed = 0
         in_flight: set[asyncio.Task[Group]] = set()
         self._running = True
         try:
+            reply = await self._push(buffer, [])
             while not self._stopping:
-                while len(in_flight) < self.cfg.groups_in_flight and not self._paused:
-                    in_flight.add(asyncio.create_task(self._next_group()))
+                if reply.room and not self._paused:
+                    while len(in_flight) < self.cfg.groups_in_flight:
+                        in_flight.add(asyncio.create_task(self._next_group()))
                 if not in_flight:
-                    await asyncio.sleep(0.05)
+                    reply = await self._idle(buffer, reply)
                     continue
                 done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 if self._stopping:
                     break
                 groups = [g for g in (self._result(t) for t in done) if g is not None]
-                result = await buffer.add_groups.remote(groups)
+                reply = await self._push(buffer, groups)
                 pushed += len(groups)
-                while result["size"] >= self.cfg.max_ready_groups and not self._stopping:
-                    await asyncio.sleep(0.05)
-                    result = {"size": await buffer.size.remote()}
         finally:
             for task in in_flight:
                 task.cancel()
@@ -207,6 +197,43 @@ class EnvRunner:
             self._running = False
             self.batcher.close()
         return pushed
+
+    async def _idle(self, buffer: Handle[ReplayBufferActor], reply: PushReply) -> PushReply:
+        """Nothing in flight: wait to be resumed, or for room in the buffer (a long push)."""
+        if self._paused:
+            await self._resumed().wait()
+            return reply
+        return await self._push(buffer, [])
+
+    async def _push(self, buffer: Handle[ReplayBufferActor], groups: list[Group]) -> PushReply:
+        """Pushes groups with the counters since the last push; applies the reply."""
+        reply = await buffer.call(
+            ReplayBufferActor.push,
+            groups,
+            self._pop_counters(),
+            self.cfg.max_ready_groups,
+            self.batcher.version,
+            self._skip_version,
+        )
+        if reply.weights is not None and reply.weights_version > self.batcher.version:
+            self.batcher.stage_weights(await reply.weights[0], reply.weights_version)
+        if reply.skip is not None:
+            self._skip, self._p_revisit = set(reply.skip), reply.p_revisit
+            self._skip_version = reply.skip_version
+        return reply
+
+    def _pop_counters(self) -> dict[str, float]:
+        """Additive counters since the last push (the buffer sums them over runners)."""
+        engine = self.batcher.pop_stats()
+        counters = {k: engine[k] for k in ("tokens", "seconds", "batches", "requests")}
+        counters["group_errors"], self.group_errors = float(self.group_errors), 0
+        counters["prompts_skipped"], self.prompts_skipped = float(self.prompts_skipped), 0
+        return counters
+
+    def _resumed(self) -> asyncio.Event:
+        if self._resume_event is None:
+            self._resume_event = asyncio.Event()
+        return self._resume_event
 
     def _result(self, task: asyncio.Task[Group]) -> Group | None:
         """A finished group, or None (logged and counted) when playing it raised."""
@@ -220,16 +247,36 @@ class EnvRunner:
     async def pause(self, paused: bool = True) -> None:
         """Stops (or resumes) launching new groups; groups in flight finish."""
         self._paused = paused
+        if paused:
+            self._resumed().clear()
+        else:
+            self._resumed().set()
 
     async def stop(self) -> None:
         """Ends :meth:`run` (which then closes the engine's batching task) or closes it now."""
         self._stopping = True
+        self._resumed().set()
         if not self._running:
             self.batcher.close()
 
     async def set_weights(self, weights: Mapping[str, Any], version: int) -> None:
-        """Stages new weights; the engine loads them before its next generation step."""
+        """Stages new weights (phase boundaries); the engine loads them before its next step."""
         self.batcher.stage_weights(weights, version)
+
+    def get_state(self) -> dict[str, Any]:
+        """The task stream's RNG and the skip list."""
+        return {
+            "rng": self.rng.bit_generator.state,
+            "skip": sorted(self._skip),
+            "p_revisit": self._p_revisit,
+            "skip_version": self._skip_version,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`get_state` returned."""
+        self.rng.bit_generator.state = state["rng"]
+        self._skip, self._p_revisit = set(state["skip"]), float(state["p_revisit"])
+        self._skip_version = int(state["skip_version"])
 
     async def evaluate(
         self,
@@ -256,14 +303,3 @@ class EnvRunner:
         rng = np.random.default_rng(seed)
         seeds = rng.integers(0, 2**31 - 1, size=num_episodes).tolist()
         return list(await asyncio.gather(*(self._episode(self.pool, policy, int(s)) for s in seeds)))
-
-    async def stats(self) -> dict[str, float]:
-        """Engine counters since the last call (tokens/s, batch sizes), prefixed ``rollout/``."""
-        stats = {f"rollout/{k}": v for k, v in self.batcher.pop_stats().items()}
-        stats["rollout/group_errors"], self.group_errors = float(self.group_errors), 0
-        stats["rollout/prompts_skipped"], self.prompts_skipped = float(self.prompts_skipped), 0
-        return stats
-
-    async def version(self) -> int:
-        """Weights version the next generation step uses (staged weights included)."""
-        return int(self.batcher.version)

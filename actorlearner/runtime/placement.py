@@ -1,0 +1,138 @@
+"""Where the parts run: in this process (one event loop) or as Ray actors, behind one interface.
+
+The algorithm asks a runtime to :meth:`place` each part (runners, buffer, learner) and drives
+everything through the returned handles with :meth:`run`; nothing else differs between the modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
+
+from actorlearner.core.protocols import Handle
+from actorlearner.runtime.handles import LocalHandle, RayHandle
+
+R = TypeVar("R")
+
+
+class Runtime(Protocol):
+    """Places parts and runs the driver's coroutines."""
+
+    local: bool
+
+    def place(
+        self,
+        cls: type,
+        kwargs: dict[str, Any],
+        *,
+        threaded: bool = False,
+        num_cpus: float = 0,
+        num_gpus: float = 0,
+        max_concurrency: int | None = None,
+    ) -> Handle[Any]:
+        """Creates ``cls(**kwargs)`` somewhere and returns its handle."""
+        ...
+
+    def run(self, coro: Coroutine[Any, Any, R]) -> R:
+        """Runs a driver coroutine to completion on the runtime's event loop."""
+        ...
+
+    def shutdown(self) -> None:
+        """Releases what the runtime started (never raises)."""
+        ...
+
+
+class LocalRuntime:
+    """Every part in this process, all coroutines on one event loop."""
+
+    local = True
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def place(self, cls: type, kwargs: dict[str, Any], *, threaded: bool = False, **_: Any) -> Handle[Any]:
+        """Instantiates the part here; ``threaded`` parts run plain methods in their own thread."""
+        return LocalHandle(cls(**kwargs), self.loop, threaded=threaded)
+
+    def run(self, coro: Coroutine[Any, Any, R]) -> R:
+        """Runs ``coro`` (and, meanwhile, every task of the parts) until it completes."""
+        return self.loop.run_until_complete(coro)
+
+    def shutdown(self) -> None:
+        """Cancels the parts' leftover tasks and closes the loop."""
+        if self.loop.is_closed():
+            return
+        pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
+
+
+class RayRuntime:
+    """Each part a Ray actor; starts a local Ray runtime unless one is running or an address is given.
+
+    Args:
+        address: A Ray cluster to connect to (None: start a local one).
+        num_cpus: CPUs of a local Ray runtime (None: all).
+    """
+
+    local = False
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        import ray
+
+        self.loop = asyncio.new_event_loop()
+        self.owns_ray = False
+        if not ray.is_initialized():
+            ray.init(
+                address=address,
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=True,
+                runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+            )
+            self.owns_ray = True
+
+    @staticmethod
+    def resources() -> dict[str, float]:
+        """The cluster's resources (``CPU``, ``GPU``...)."""
+        import ray
+
+        return dict(ray.cluster_resources())
+
+    def place(
+        self,
+        cls: type,
+        kwargs: dict[str, Any],
+        *,
+        threaded: bool = False,
+        num_cpus: float = 0,
+        num_gpus: float = 0,
+        max_concurrency: int | None = None,
+    ) -> Handle[Any]:
+        """Starts ``cls`` as a Ray actor with the given resources."""
+        import ray
+
+        options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        if max_concurrency is not None:
+            options["max_concurrency"] = max_concurrency
+        return RayHandle(ray.remote(cls).options(**options).remote(**kwargs))
+
+    def run(self, coro: Coroutine[Any, Any, R]) -> R:
+        """Runs a driver coroutine (awaiting ``ObjectRef`` s) on the driver's loop."""
+        return self.loop.run_until_complete(coro)
+
+    def shutdown(self) -> None:
+        """Closes the driver's loop and stops Ray if this runtime started it (never raises)."""
+        import ray
+
+        try:
+            if not self.loop.is_closed():
+                self.loop.close()
+            if self.owns_ray:
+                ray.shutdown()
+        except Exception:  # shutting down must not mask the error that led here
+            pass
