@@ -10,8 +10,15 @@ from actorlearner.core.registry import register_filter, register_priority
 from actorlearner.core.trajectory import Group, ToolCallRecord, Trajectory, TurnRecord
 from actorlearner.env.checker import EnvCheckError, check_env
 from actorlearner.env.toolenv import ToolEnv, tool
+from actorlearner.learn.registry import (
+    register_advantage_estimator,
+    register_kl_estimator,
+    register_loss_aggregation,
+    register_policy_loss,
+)
 from actorlearner.replay import filters as _filters  # noqa: F401  (registers the built-in filters)
 from actorlearner.replay import priorities as _priorities  # noqa: F401  (registers the built-in priorities)
+from actorlearner.rollout.engines import register_engine
 
 from envs import register_envs as _register_envs  # isort: skip
 
@@ -27,7 +34,12 @@ __all__ = [
     "Trajectory",
     "TurnRecord",
     "check_env",
+    "register_advantage_estimator",
+    "register_engine",
     "register_filter",
+    "register_kl_estimator",
+    "register_loss_aggregation",
+    "register_policy_loss",
     "register_priority",
     "tool",
 ]

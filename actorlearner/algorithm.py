@@ -27,7 +27,7 @@ from actorlearner.core.metrics import MetricsLogger, episode_metrics
 from actorlearner.core.protocols import EnvRunner as EnvRunnerProtocol
 from actorlearner.core.protocols import Handle, ReplayBufferActor
 from actorlearner.core.protocols import Learner as LearnerProtocol
-from actorlearner.core.registry import FILTERS, PRIORITIES
+from actorlearner.core.registry import FILTERS, PRIORITIES, resolve_class
 from actorlearner.core.trajectory import Trajectory
 from actorlearner.env.registration import make_env, resolve_env_spec
 from actorlearner.learn.learner import Learner
@@ -113,6 +113,10 @@ class Algorithm:
         self._optimizer_restored = False
         self._skipped = 0
         self._run_refs: list[asyncio.Future[Any]] = []
+        self._classes = (
+            resolve_class(cfg.learners.learner_cls, Learner),
+            resolve_class(cfg.env_runners.env_runner_cls, EnvRunner),
+        )
         self.runtime: Runtime = LocalRuntime() if self.local else self._ray_runtime()
         self._place_parts()
 
@@ -177,7 +181,7 @@ class Algorithm:
         )
         learner_kwargs = dict(
             model_path=self.model_path,
-            training=cfg.training,
+            training=cfg.training.portable(),
             learner=cfg.learners,
             temperature=cfg.env_runners.temperature,
             seed=cfg.debugging.seed,
@@ -193,7 +197,7 @@ class Algorithm:
             env_config=cfg.environment.env_config,
             eval_env_config=cfg.environment.eval_env_config,
             model_path=self.model_path,
-            config=cfg.env_runners,
+            config=cfg.env_runners.portable(),
             seed=cfg.debugging.seed,
         )
 
@@ -213,13 +217,14 @@ class Algorithm:
         self.buffer: Handle[ReplayBufferActor] = self.runtime.place(
             BufferActor, args["buffer"], num_cpus=0, max_concurrency=64
         )
+        learner_cls, runner_cls = self._classes
         self.learner: Handle[LearnerProtocol] = self.runtime.place(
-            Learner, args["learner"], threaded=True, num_cpus=cfg.learners.num_cpus, num_gpus=gpus
+            learner_cls, args["learner"], threaded=True, num_cpus=cfg.learners.num_cpus, num_gpus=gpus
         )
         num_runners = max(1, cfg.env_runners.num_env_runners)
         self.runners: list[Handle[EnvRunnerProtocol]] = [
             self.runtime.place(
-                EnvRunner,
+                runner_cls,
                 self._runner_kwargs(i),
                 num_cpus=cfg.env_runners.num_cpus_per_runner,
                 max_concurrency=1000,
@@ -244,14 +249,18 @@ class Algorithm:
         weights = self.learner.call(LearnerProtocol.get_weights)  # a reference: never fetched here
         return await self.buffer.call(ReplayBufferActor.publish_weights, self.version, [weights])
 
-    async def _sync_weights(self) -> None:
-        """Phase boundaries (after SFT, restore): every runner stages the learner's weights now."""
+    async def _sync_weights(self) -> dict[str, Any]:
+        """Every runner stages the learner's weights now (phase boundaries, the synchronous schedule).
+
+        Returns:
+            The buffer's metrics since the last publication.
+        """
         weights = self.learner.call(LearnerProtocol.get_weights)
         # A reference stands for its value: each runner fetches the weights where it runs.
         set_weights = EnvRunnerProtocol.set_weights
         staged = [r.call(set_weights, weights, self.version) for r in self.runners]  # type: ignore[call-overload]
         await gather(staged)
-        await self._publish()
+        return await self._publish()
 
     def sync_weights(self) -> None:
         """Sends the learner's weights to every runner now and waits until they are staged.
@@ -309,11 +318,20 @@ class Algorithm:
 
     async def _start_rl(self) -> None:
         await self.learner.call(LearnerProtocol.start_rl, reset_optimizer=not self._optimizer_restored)
+        self._rl_started = True
+        if self.config.training.synchronous:
+            return  # the runners play each batch on demand (_play_batch)
         await gather([r.call(EnvRunnerProtocol.pause, False) for r in self.runners])
         self._run_refs = [
             asyncio.ensure_future(r.call(EnvRunnerProtocol.run, self.buffer)) for r in self.runners
         ]
-        self._rl_started = True
+
+    async def _play_batch(self) -> None:
+        """The synchronous schedule: the runners play exactly one batch of groups, then stop."""
+        n, k = self.config.training.train_batch_groups, len(self.runners)
+        shares = [n // k + (i < n % k) for i in range(k)]
+        pairs = zip(self.runners, shares, strict=True)
+        await gather([r.call(EnvRunnerProtocol.play, m, self.buffer) for r, m in pairs if m])
 
     async def _watch_runners(self, ref: asyncio.Future[Any]) -> None:
         """Waits for ``ref``; if a runner's rollout loop ends first, raises its error here."""
@@ -351,6 +369,9 @@ class Algorithm:
             await self._start_rl()
         training = self.config.training
         start = time.perf_counter()
+        if training.synchronous:
+            await self._play_batch()
+        played = time.perf_counter()
         batch = self.buffer.call(
             ReplayBufferActor.sample_wait, training.train_batch_groups, self.version, training.max_wait_s
         )
@@ -362,10 +383,11 @@ class Algorithm:
         self.version = int(learner_metrics.get("version", self.version))
         self._skipped = self._skipped + 1 if learner_metrics.get("skipped") else 0
         metrics: dict[str, float] = {f"learner/{k}": v for k, v in learner_metrics.items()}
-        metrics.update(await self._publish())
+        metrics.update(await (self._sync_weights() if training.synchronous else self._publish()))
         self._check_progress(metrics)
-        metrics["time/wait_for_data_s"] = metrics.get("buffer/wait_s", 0.0)
-        metrics["time/update_s"] = updated - start - metrics["time/wait_for_data_s"]
+        waited = metrics.get("buffer/wait_s", 0.0) + (played - start)
+        metrics["time/wait_for_data_s"] = waited
+        metrics["time/update_s"] = updated - start - waited
         metrics["time/publish_s"] = time.perf_counter() - updated
         metrics["time/iteration_s"] = time.perf_counter() - start
         return metrics

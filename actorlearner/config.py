@@ -7,174 +7,44 @@ Unknown keys and bad values fail at once with one line naming the key and what i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
+from actorlearner.core.config import Section, one_line_error, plain
 from actorlearner.core.errors import ConfigError
-from actorlearner.core.registry import FILTERS, PRIORITIES
-from actorlearner.env.registration import resolve_env_spec
+from actorlearner.core.protocols import Trainer
+from actorlearner.core.registry import resolve_class
+from actorlearner.env.config import EnvironmentConfig
+from actorlearner.learn.config import LearnerConfig, SFTConfig, TrainingConfig
+from actorlearner.replay.config import ReplayConfig
+from actorlearner.rollout.config import EnvRunnersConfig
 
-if TYPE_CHECKING:
-    from actorlearner.algorithm import Algorithm
+__all__ = [
+    "SECTIONS",
+    "AlgorithmConfig",
+    "ConfigError",
+    "DebuggingConfig",
+    "EnvRunnersConfig",
+    "EnvironmentConfig",
+    "EvaluationConfig",
+    "LearnerConfig",
+    "ModelConfig",
+    "ReplayConfig",
+    "ReportingConfig",
+    "SFTConfig",
+    "Section",
+    "TrainingConfig",
+    "config_reference",
+]
 
-
-class _Section(BaseModel):
-    """A validated config section; calling it updates it on its config (the builder syntax)."""
-
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
-    _name: str = PrivateAttr("")
-    _parent: AlgorithmConfig | None = PrivateAttr(None)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        """Assigning a field (``config.training.lr = 1e-4``) is validated like the builder."""
-        if name.startswith("_"):
-            super().__setattr__(name, value)
-            return
-        try:
-            super().__setattr__(name, value)
-        except ValidationError as err:
-            raise ConfigError(_one_line(self._name or type(self).__name__, type(self), err)) from None
-
-    def __call__(self, **values: Any) -> AlgorithmConfig:
-        """Validates ``values``, applies them to this section and returns the config for chaining.
-
-        Raises:
-            ConfigError: One line naming the key and what is allowed.
-        """
-        if self._parent is None:
-            raise TypeError("a detached config section cannot be updated; use AlgorithmConfig()")
-        return self._parent.update(self._name, **values)
+_Section = Section  # the base's former name here
 
 
-class EnvironmentConfig(_Section):
-    """Which tool env to train on."""
-
-    env: Any = Field(
-        "actorlearner/Calculator-v0",
-        description="A gymnasium id (registered with gymnasium.register) or a gymnasium.Env subclass.",
-    )
-    env_config: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the env.")
-    eval_env_config: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Overrides of env_config for held-out evaluation.",
-    )
-
-    @field_validator("env")
-    @classmethod
-    def _known_env(cls, value: Any) -> Any:
-        resolve_env_spec(value)
-        return value
-
-    def __call__(self, env: Any = None, **values: Any) -> AlgorithmConfig:  # type: ignore[override]
-        """Sets the env (a gymnasium id or an Env subclass) and its ``env_config``."""
-        if env is not None:
-            values["env"] = env
-        return super().__call__(**values)
-
-
-class EnvRunnersConfig(_Section):
-    """The rollout actors and how they sample."""
-
-    num_env_runners: int = Field(1, ge=0, description="Ray rollout actors; 0 runs everything in-process.")
-    groups_in_flight: int = Field(32, ge=1, description="Groups each runner keeps in flight at once.")
-    group_size: int = Field(8, ge=2, description="G: episodes per prompt (GRPO group).")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of training rollouts.")
-    max_new_tokens: int = Field(32, ge=1, description="Cap on one assistant turn, in tokens.")
-    max_tokens: int = Field(256, ge=8, description="Cap on a whole episode (prompt included), in tokens.")
-    step_timeout_s: float = Field(30.0, gt=0, description="Time limit of one env.step (tool call).")
-    batch_wait_s: float = Field(
-        0.05, ge=0, description="Longest a generation request waits for others to join its batch."
-    )
-    max_ready_groups: int = Field(
-        64, ge=1, description="Runners pause while the buffer holds this many unconsumed groups."
-    )
-    num_cpus_per_runner: float = Field(1.0, ge=0, description="Ray CPUs reserved per runner.")
-
-
-class TrainingConfig(_Section):
-    """The RL phase: GRPO-family loss and optimizer."""
-
-    num_iterations: int = Field(200, ge=0, description="Learner updates in the RL phase.")
-    time_budget_s: float | None = Field(None, gt=0, description="Stop the RL phase after this long.")
-    train_batch_groups: int = Field(32, ge=1, description="Groups per learner update.")
-    lr: float = Field(2e-4, gt=0, description="AdamW learning rate.")
-    adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
-    advantage: Literal["grpo", "drgrpo"] = Field("grpo", description="Advantage estimator.")
-    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field(
-        "token_mean", description="How per-token losses reduce to a scalar."
-    )
-    clip_low: float = Field(0.2, ge=0, description="PPO clip range below 1.")
-    clip_high: float = Field(0.2, ge=0, description="PPO clip range above 1 (DAPO clip-higher: 0.28).")
-    dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c (e.g. 3), off when null.")
-    kl_beta: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference model.")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator.")
-    entropy_advantage_coef: float = Field(
-        0.0, ge=0, description="TAO-RL: c of A' = A(1 + c z(H)) at post-tool tokens (0 off; paper 0.01)."
-    )
-    entropy_advantage_detach: bool = Field(
-        True, description="Detach the entropy in that shaping (our choice); false reproduces the reference."
-    )
-    micro_batch_size: int = Field(128, ge=1, description="Trajectories per forward/backward pass.")
-    max_wait_s: float = Field(
-        60.0, gt=0, description="Longest the learner waits for a full batch; then it trains on what is there."
-    )
-
-
-class SFTConfig(_Section):
-    """Cold start: supervised fine-tuning on the env's demonstrations before RL."""
-
-    enabled: bool = Field(True, description="Run SFT when the env offers demonstration(); skip otherwise.")
-    steps: int = Field(300, ge=0, description="Optimizer steps.")
-    batch_size: int = Field(64, ge=1, description="Trajectories per step.")
-    lr: float = Field(2e-3, gt=0, description="Peak learning rate (cosine decay to 0).")
-    num_demos: int = Field(4096, ge=1, description="Demonstration episodes collected.")
-
-
-class ReplayConfig(_Section):
-    """The group-level prioritized replay buffer: priorities and filters decide what trains."""
-
-    priority_fn: Any = Field("uniform", description="Registered name, 'pkg.mod:fn' path or callable.")
-    filters: list[Any] = Field(
-        default_factory=lambda: ["zero_variance"],
-        description="Filter chain: names, {'name': ..., **options} or callables, in order.",
-    )
-    capacity: int = Field(1024, ge=1, description="Groups the buffer holds; the oldest go first.")
-    max_reuse: int = Field(1, ge=1, description="Times a group may be sampled.")
-    max_staleness: int = Field(4, ge=0, description="eta: evict groups older than this many versions.")
-    alpha: float = Field(0.6, ge=0, description="Priority exponent.")
-    beta: float = Field(0.4, ge=0, le=1, description="Initial importance-sampling exponent.")
-    beta_anneal_iters: int = Field(200, ge=1, description="Iterations over which beta anneals to 1.")
-    history_window: int = Field(8, ge=1, description="Groups of history kept per prompt.")
-
-    @field_validator("priority_fn")
-    @classmethod
-    def _known_priority(cls, value: Any) -> Any:
-        PRIORITIES.resolve(value)
-        return value
-
-    @field_validator("filters")
-    @classmethod
-    def _known_filters(cls, value: list[Any]) -> list[Any]:
-        for item in value:
-            FILTERS.resolve(item)
-        return value
-
-
-class LearnerConfig(_Section):
-    """The learner actor."""
-
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
-    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for the learner.")
-    num_threads: int | None = Field(None, ge=1, description="torch threads; default: Ray's per-actor share.")
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """The policy model."""
 
     model: str = Field("tiny", description="'tiny' builds the embedded default; else a local directory.")
@@ -185,14 +55,14 @@ class ModelConfig(_Section):
     intermediate_size: int = Field(512, ge=8, description="Tiny model: FFN width.")
 
 
-class EvaluationConfig(_Section):
+class EvaluationConfig(Section):
     """Held-out evaluation."""
 
     num_episodes: int = Field(500, ge=1, description="Held-out episodes (seeds 0..n-1 of the eval split).")
     interval: int = Field(0, ge=0, description="Evaluate every N iterations (0: only before and after).")
 
 
-class ReportingConfig(_Section):
+class ReportingConfig(Section):
     """Where results go."""
 
     run_dir: str = Field("runs", description="Parent folder of run directories.")
@@ -202,7 +72,7 @@ class ReportingConfig(_Section):
     checkpoint_interval: int = Field(0, ge=0, description="Save every N iterations (0: only at the end).")
 
 
-class DebuggingConfig(_Section):
+class DebuggingConfig(Section):
     """Seeds and Ray set-up."""
 
     seed: int = Field(0, ge=0, description="Seeds tasks, sampling and model init.")
@@ -210,7 +80,7 @@ class DebuggingConfig(_Section):
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray runtime.")
 
 
-SECTIONS: dict[str, type[_Section]] = {
+SECTIONS: dict[str, type[Section]] = {
     "environment": EnvironmentConfig,
     "env_runners": EnvRunnersConfig,
     "training": TrainingConfig,
@@ -222,17 +92,6 @@ SECTIONS: dict[str, type[_Section]] = {
     "reporting": ReportingConfig,
     "debugging": DebuggingConfig,
 }
-
-
-def _one_line(section: str, cls: type[_Section], err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in (section, *first["loc"]))
-    if first["type"] == "extra_forbidden":
-        allowed = ", ".join(cls.model_fields)
-        return f"{key}: unknown key; allowed: {allowed}"
-    if first["type"] == "value_error" and "ctx" in first:
-        return f"{key}: {first['ctx'].get('error', first['msg'])}"
-    return f"{key}: {first['msg']} (got {first.get('input')!r})"
 
 
 class AlgorithmConfig:
@@ -250,12 +109,13 @@ class AlgorithmConfig:
         ...     .replay(priority_fn="uniform", filters=["zero_variance"]))
     """
 
-    def __init__(self) -> None:
-        self.sections: dict[str, _Section] = {}
+    def __init__(self, algo_class: type | str = "actorlearner.algorithm:Algorithm") -> None:
+        self.algo_class = algo_class
+        self.sections: dict[str, Section] = {}
         for name, cls in SECTIONS.items():
             self._attach(name, cls())
 
-    def _attach(self, name: str, section: _Section) -> None:
+    def _attach(self, name: str, section: Section) -> None:
         section._name = name
         section._parent = self
         self.sections[name] = section
@@ -273,7 +133,7 @@ class AlgorithmConfig:
         try:
             self._attach(section, cls.model_validate(merged))
         except ValidationError as err:
-            raise ConfigError(_one_line(section, cls, err)) from None
+            raise ConfigError(one_line_error(section, cls, err)) from None
         return self
 
     @property
@@ -360,36 +220,27 @@ class AlgorithmConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain-data view (callables and classes shown by their qualified names)."""
-        return {name: _plain(section.model_dump()) for name, section in self.sections.items()}
+        return {name: plain(section.model_dump()) for name, section in self.sections.items()}
 
     def copy(self) -> AlgorithmConfig:
         """A deep copy (sections are re-attached to the copy)."""
-        new = AlgorithmConfig()
+        new = AlgorithmConfig(self.algo_class)
         for name, section in self.sections.items():
             new._attach(name, section.model_copy(deep=True))
         return new
 
-    def build(self) -> Algorithm:
-        """Builds the :class:`~actorlearner.algorithm.Algorithm` (starts Ray unless local)."""
-        from actorlearner.algorithm import Algorithm
+    def build(self) -> Trainer:
+        """Builds the algorithm (starts Ray unless local).
 
-        return Algorithm(self.copy())
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    if isinstance(value, Callable):  # type: ignore[arg-type]
-        return f"{getattr(value, '__module__', '?')}:{getattr(value, '__qualname__', repr(value))}"
-    return repr(value)
+        The class is ``algo_class`` (RLlib's seam): by default
+        :class:`~actorlearner.algorithm.Algorithm`, named by path so that this module sits below it.
+        """
+        algo_class: Any = resolve_class(self.algo_class, object)
+        return algo_class(self.copy())  # type: ignore[no-any-return]
 
 
 def config_reference() -> str:
-    """The README's configuration reference, generated from the sections' field descriptions."""
+    """The configuration reference (docs/configuration.md), generated from every section's fields."""
     lines: list[str] = []
     for name, cls in SECTIONS.items():
         lines += [
@@ -400,17 +251,32 @@ def config_reference() -> str:
         ]
         for key, field in cls.model_fields.items():
             default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
-            lines.append(f"| `{key}` | `{_plain(default)!r}` | {field.description} |")
+            lines.append(f"| `{key}` | `{plain(default)!r}` | {field.description} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
-if __name__ == "__main__":  # regenerates the README's configuration reference
+def write_config_reference(path: str | Path = "docs/configuration.md") -> None:
+    """Rewrites the text between the ``config-reference`` markers of ``path`` with :func:`config_reference`.
+
+    Raises:
+        ValueError: If ``path`` lacks the ``<!-- config-reference:start ... -->`` and
+            ``<!-- config-reference:end -->`` markers.
+    """
     import re
+
+    target = Path(path)
+    text = target.read_text()
+    pattern = r"(<!-- config-reference:start[^>]*-->\n).*?(<!-- config-reference:end -->)"
+    fresh, count = re.subn(pattern, lambda m: m.group(1) + config_reference() + m.group(2), text, flags=re.S)
+    if count == 0:
+        raise ValueError(
+            f"{path}: no <!-- config-reference:start --> ... <!-- config-reference:end --> markers"
+        )
+    target.write_text(fresh)
+
+
+if __name__ == "__main__":  # python -m actorlearner.config [FILE]: regenerates the configuration reference
     import sys
 
-    readme = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
-    text = readme.read_text()
-    pattern = r"(<!-- config-reference:start[^>]*-->\n).*?(<!-- config-reference:end -->)"
-    fresh = re.sub(pattern, lambda m: m.group(1) + config_reference() + m.group(2), text, flags=re.S)
-    readme.write_text(fresh)
+    write_config_reference(*sys.argv[1:2])

@@ -1,6 +1,6 @@
 """``actorlearner report RUN_DIR``: PNG plots and a short ``report.md`` from a run's metrics files.
 
-Each figure is drawn from the metrics named in the README's metrics reference. A figure whose
+Each figure is drawn from the metrics named in docs/metrics.md. A figure whose
 metrics are all absent is skipped (and listed as skipped in ``report.md``); null, NaN and
 non-numeric values are left out of the curves. Figures are drawn on :class:`matplotlib.figure.Figure`
 objects directly, rendered by Agg: no display, no pyplot global state.

@@ -13,8 +13,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from actorlearner.algorithm import Algorithm
 from actorlearner.config import AlgorithmConfig
+from actorlearner.core.protocols import Trainer
 
 REPORT_KEYS = (
     ("greedy success", "eval/greedy/success_rate"),
@@ -40,7 +40,7 @@ def format_report(phases: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
-def _rl_loop(algo: Algorithm, show: bool) -> dict[str, float]:
+def _rl_loop(algo: Trainer, show: bool) -> dict[str, float]:
     training = algo.config.training
     start = time.monotonic()
     last: dict[str, float] = {}

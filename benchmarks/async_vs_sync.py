@@ -1,8 +1,18 @@
-"""Asynchronous (Ray runners + learner in parallel) vs synchronous (in-process) RL throughput.
+"""Asynchronous vs synchronous RL throughput, side by side in one invocation, with a time breakdown.
 
-Both modes run the same classes, config and model side by side in one invocation; the result is
-the ratio of learner samples per second (trajectories consumed by updates), which is what peers
-report as "async over sync" speed-up. Run: ``.venv/bin/python benchmarks/async_vs_sync.py``.
+Both schedules run the same framework, config, model and placement (``--runners`` Ray runners, or
+in-process with ``--runners 0``):
+
+* **sync** (``training.synchronous=true``): the classic loop. Each iteration the runners play
+  exactly one batch of groups with the current weights (the slowest episode holds the batch), the
+  learner trains on it, and the new weights are synced to every runner before the next batch.
+* **async** (the default schedule): runners keep ``groups_in_flight`` groups going and push each
+  as it finishes; the learner trains on what the buffer holds while generation goes on; weights
+  are published once per version and runners take them from their push replies.
+
+Reported: learner samples per second (trajectories consumed by updates; what peers report as
+"async over sync" speed-up), seconds per iteration and where an iteration's time goes (waiting for
+data, the update, publishing weights and metrics). Run: ``.venv/bin/python benchmarks/async_vs_sync.py``.
 """
 
 from __future__ import annotations
@@ -14,13 +24,17 @@ import time
 
 from actorlearner import AlgorithmConfig
 
+PARTS = ("time/wait_for_data_s", "time/update_s", "time/publish_s")
 
-def _config(run_dir: str, num_env_runners: int, iterations: int) -> AlgorithmConfig:
+
+def _config(run_dir: str, runners: int, synchronous: bool, iterations: int) -> AlgorithmConfig:
     return AlgorithmConfig.from_yaml(
         "configs/calculator.yaml",
         [
-            f"env_runners.num_env_runners={num_env_runners}",
+            f"env_runners.num_env_runners={runners}",
+            f"training.synchronous={str(synchronous).lower()}",
             f"training.num_iterations={iterations}",
+            "training.time_budget_s=null",
             "sft.steps=100",
             "sft.num_demos=2048",
             "replay.filters=[]",
@@ -31,39 +45,45 @@ def _config(run_dir: str, num_env_runners: int, iterations: int) -> AlgorithmCon
     )
 
 
-def measure(num_env_runners: int, iterations: int, warmup: int) -> dict[str, float]:
-    """Learner samples per second over ``iterations`` after ``warmup`` iterations."""
+def measure(runners: int, synchronous: bool, iterations: int, warmup: int) -> dict[str, float]:
+    """Learner samples per second and the mean time breakdown over ``iterations`` after ``warmup``."""
     with tempfile.TemporaryDirectory() as run_dir:
-        algo = _config(run_dir, num_env_runners, iterations).build()
+        algo = _config(run_dir, runners, synchronous, iterations).build()
         try:
             algo.pretrain()
             for _ in range(warmup):
                 algo.train()
             start = time.perf_counter()
             samples = 0.0
+            parts = dict.fromkeys(PARTS, 0.0)
             for _ in range(iterations):
                 metrics = algo.train()
                 samples += metrics["buffer/sampled_groups"] * algo.config.env_runners.group_size
+                for key in PARTS:
+                    parts[key] += metrics[key] / iterations
             elapsed = time.perf_counter() - start
         finally:
             algo.stop()
-    return {"samples_per_s": samples / elapsed, "seconds_per_iteration": elapsed / iterations}
+    return {"samples_per_s": samples / elapsed, "seconds_per_iteration": elapsed / iterations, **parts}
 
 
 def main() -> None:
-    """Runs both modes and prints a table and a JSON line."""
+    """Runs both schedules and prints a table and a JSON line."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--runners", type=int, default=1, help="Ray env runners (0: in-process)")
     args = parser.parse_args()
-    sync = measure(0, args.iterations, args.warmup)
-    async_ = measure(1, args.iterations, args.warmup)
+    sync = measure(args.runners, True, args.iterations, args.warmup)
+    async_ = measure(args.runners, False, args.iterations, args.warmup)
     ratio = async_["samples_per_s"] / sync["samples_per_s"]
-    print(f"{'mode':<28}{'learner samples/s':>20}{'s/iteration':>14}")
-    for name, m in (("sync (in-process)", sync), ("async (1 runner + learner)", async_)):
-        print(f"{name:<28}{m['samples_per_s']:>20.1f}{m['seconds_per_iteration']:>14.2f}")
-    print(f"async / sync: {ratio:.2f}x")
-    print(json.dumps({"sync": sync, "async": async_, "ratio": ratio}))
+    header = f"{'schedule':<10}{'samples/s':>11}{'s/iter':>8}{'wait data':>11}{'update':>8}{'publish':>9}"
+    print(header)
+    for name, m in (("sync", sync), ("async", async_)):
+        cells = "".join(f"{m[k]:>{w}.2f}" for k, w in zip(PARTS, (11, 8, 9), strict=True))
+        print(f"{name:<10}{m['samples_per_s']:>11.1f}{m['seconds_per_iteration']:>8.2f}{cells}")
+    print(f"async / sync: {ratio:.2f}x ({args.runners} runner(s){'' if args.runners else ', in-process'})")
+    print(json.dumps({"runners": args.runners, "sync": sync, "async": async_, "ratio": ratio}))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ def test_builder_chains_and_validates():
     [
         (lambda c: c.training(lrr=1), r"^training\.lrr: unknown key; allowed: .*\blr\b"),
         (lambda c: c.training(lr=-1), r"^training\.lr: Input should be greater than 0"),
-        (lambda c: c.training(advantage="ppo"), r"^training\.advantage: .*'grpo' or 'drgrpo'"),
+        (
+            lambda c: c.training(advantage="ppo"),
+            r"^training\.advantage: unknown advantage estimator 'ppo'; known: drgrpo, grpo$",
+        ),
         (
             lambda c: c.replay(priority_fn="nope"),
             r"^replay\.priority_fn: .*unknown priority function 'nope'; known: .*uniform",
@@ -121,3 +124,21 @@ def test_unpicklable_priority_function_is_named_at_build(ray_session, tmp_path):
     config = small_config(tmp_path, num_env_runners=1).replay(priority_fn=locked_priority)
     with pytest.raises(ConfigError, match=r"^replay\.priority_fn: .*locked_priority cannot be pickled"):
         config.build()
+
+
+def test_config_reference_covers_every_section_and_is_written_between_the_markers(tmp_path):
+    from actorlearner.config import SECTIONS, config_reference, write_config_reference
+
+    reference = config_reference()
+    for name, cls in SECTIONS.items():
+        assert f"**`{name}`**" in reference
+        assert all(f"| `{key}` |" in reference for key in cls.model_fields)
+    page = tmp_path / "configuration.md"
+    start = "# Configuration\n<!-- config-reference:start (generated) -->\n"
+    end = "<!-- config-reference:end -->\n"
+    page.write_text(start + "old\n" + end)
+    write_config_reference(page)
+    assert page.read_text() == start + reference + end
+    page.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no <!-- config-reference:start -->"):
+        write_config_reference(page)

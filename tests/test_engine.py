@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from actorlearner.core.protocols import Generation, SamplingParams
+from actorlearner.core.registry import RegistryError
 from actorlearner.models.tiny import build_tiny_model
 from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine
+from actorlearner.rollout.engines import make_engine
 
 CORPUS = ["What is 37 * 52? Use the calculator tool.", "<tool_call></tool_call><answer></answer>"]
 
@@ -129,6 +131,22 @@ def test_seeded_sampling_is_reproducible(model_dir: Path) -> None:
     ga, gb, gc = a.generate(prompts, params), b.generate(prompts, params), c.generate(prompts, params)
     assert [g.token_ids for g in ga] == [g.token_ids for g in gb]
     assert [g.token_ids for g in ga] != [g.token_ids for g in gc]
+
+
+def test_make_engine_builds_the_registered_hf_engine(model_dir: Path) -> None:
+    prompts, params = _prompts(4, seed=6), SamplingParams(temperature=1.0, max_new_tokens=8)
+    built = make_engine("hf", model_dir, seed=7, prune_fraction=0.5)
+    assert type(built) is HFEngine and built.prune_fraction == 0.5
+    direct = HFEngine(model_dir, seed=7, prune_fraction=0.5)
+    assert [g.token_ids for g in built.generate(prompts, params)] == [
+        g.token_ids for g in direct.generate(prompts, params)
+    ]
+    assert type(make_engine(HFEngine, model_dir)) is HFEngine
+    assert type(make_engine("actorlearner.rollout.engine:HFEngine", model_dir)) is HFEngine
+    with pytest.raises(RegistryError, match=r"^unknown engine 'vllm'; known: .*\bhf\b"):
+        make_engine("vllm", model_dir)
+    with pytest.raises(RegistryError, match=r"^engine 'hf': bad options \{'top_k': 5\}"):
+        make_engine("hf", model_dir, top_k=5)
 
 
 def test_load_weights(model_dir: Path) -> None:

@@ -123,3 +123,21 @@ def test_dscl_marks_mastered_prompts_for_the_runners_after_warm_up() -> None:
     buf.add([make_group([1, 1, 1, 1], prompt_id="solved"), make_group([0, 1, 0, 1], prompt_id="open")])
     ids, p_revisit = buf.prompts_to_skip()
     assert ids == ["solved"] and p_revisit == 0.05
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_local_mode_runs_the_same_coroutines_in_both_schedules(tmp_path, synchronous) -> None:
+    """In-process, the runner's push loop (or the synchronous batch) feeds the learner through the
+    buffer; runner counters reach the metrics through the buffer, and weights reach the runner."""
+    algo = small_config(tmp_path, num_env_runners=0).training(synchronous=synchronous).build()
+    try:
+        metrics = [algo.train() for _ in range(2)]
+        runner = algo.runners[0].obj
+        if synchronous:  # weights are synced to the runner after every update
+            assert runner.batcher.version == algo.version == 2
+    finally:
+        algo.stop()
+    for m in metrics:
+        assert m["buffer/sampled_groups"] == 2
+        assert m["time/iteration_s"] >= m["time/update_s"] > 0
+    assert sum(m["rollout/tokens"] for m in metrics) > 0 and metrics[0]["rollout/requests"] > 0

@@ -10,11 +10,14 @@ import pytest
 import torch
 
 import actorlearner  # noqa: F401  (registers the built-in envs)
-from actorlearner.config import LearnerConfig, TrainingConfig
+from actorlearner import register_advantage_estimator, register_kl_estimator, register_policy_loss
 from actorlearner.core.protocols import SamplingParams
 from actorlearner.core.trajectory import Group
 from actorlearner.env.registration import make_env
+from actorlearner.learn import losses
+from actorlearner.learn.config import LearnerConfig, TrainingConfig
 from actorlearner.learn.learner import Learner, collate
+from actorlearner.learn.registry import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
 from actorlearner.models.tiny import ensure_tiny_model, env_corpus
 from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine
 from actorlearner.rollout.episode import EnginePolicy, run_episode
@@ -97,9 +100,10 @@ def test_restore_before_rl_keeps_the_optimizer_moments(model_dir, groups, tmp_pa
     a = _learner(model_dir)
     a.start_rl()
     a.update(groups)
-    a.save(str(tmp_path))
+    a.save_pretrained(str(tmp_path / "model"))
+    state = a.get_state(components=("version", "optimizer"))
     b = _learner(model_dir)
-    b.restore(str(tmp_path))
+    b.set_state({**state, "model_dir": str(tmp_path / "model")})
     b.start_rl(reset_optimizer=False)
     state_a, state_b = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
     assert state_b and all(torch.equal(state_a[k]["exp_avg"], state_b[k]["exp_avg"]) for k in state_a)
@@ -127,3 +131,70 @@ def test_entropy_guided_advantage_changes_the_update_only_through_post_tool_toke
     base = grads(0.0, True)
     torch.testing.assert_close(grads(0.5, False), base)  # no post-tool token: nothing changes
     assert not torch.allclose(grads(0.5, True), base)
+
+
+def _grads(learner: Learner, groups: list[Group]) -> tuple[torch.Tensor, dict[str, float]]:
+    """One update's gradient (the weights are kept) and its metrics."""
+    learner.start_rl()
+    learner.optimizer.step = lambda: None
+    metrics = learner.update(groups)
+    return torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None]), metrics
+
+
+def test_a_registered_advantage_estimator_drives_the_update(model_dir, groups) -> None:
+    @register_advantage_estimator("test_negated_grpo")
+    def negated(rewards: np.ndarray) -> np.ndarray:
+        return -losses.grpo_advantages(rewards)
+
+    try:
+        base, _ = _grads(_learner(model_dir), groups)
+        flipped, _ = _grads(_learner(model_dir, advantage="test_negated_grpo"), groups)
+    finally:
+        ADVANTAGE_ESTIMATORS.unregister("test_negated_grpo")
+    assert base.abs().sum() > 0
+    torch.testing.assert_close(flipped, -base, rtol=1e-4, atol=1e-6)
+
+
+def test_a_registered_policy_loss_drives_the_update(model_dir, groups) -> None:
+    seen: list[TrainingConfig] = []
+
+    @register_policy_loss("test_double_ppo")
+    def double(logprobs, old_logprobs, advantages, mask, config):
+        seen.append(config)
+        loss, _ = losses.ppo_clip_loss(logprobs, old_logprobs, advantages, mask, config)
+        return 2.0 * loss, torch.ones_like(loss)  # and it says every token was clipped
+
+    try:
+        base, base_metrics = _grads(_learner(model_dir, grad_clip=100.0), groups)  # no norm clip at 2x
+        doubled, metrics = _grads(
+            _learner(model_dir, policy_loss="test_double_ppo", clip_high=0.28, grad_clip=100.0), groups
+        )
+    finally:
+        POLICY_LOSSES.unregister("test_double_ppo")
+    torch.testing.assert_close(doubled, 2.0 * base, rtol=1e-4, atol=1e-6)
+    assert metrics["clip_frac"] == pytest.approx(1.0) and base_metrics["clip_frac"] < 0.5
+    assert seen and seen[0].clip_high == 0.28
+
+
+def test_a_registered_kl_estimator_drives_the_penalty(model_dir, groups) -> None:
+    @register_kl_estimator("test_constant_kl")
+    def constant(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(logprobs, 0.5) + 0.0 * logprobs
+
+    try:
+        _, k3 = _grads(_learner(model_dir, kl_beta=0.1), groups)
+        _, custom = _grads(_learner(model_dir, kl_beta=0.1, kl_estimator="test_constant_kl"), groups)
+    finally:
+        KL_ESTIMATORS.unregister("test_constant_kl")
+    assert k3["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy still equals its reference
+    assert custom["kl"] == pytest.approx(0.5)
+    assert custom["loss"] == pytest.approx(k3["loss"] + 0.1 * 0.5, rel=1e-4)
+
+
+def test_a_loss_aggregation_given_as_a_callable_is_used(model_dir, groups) -> None:
+    def token_sum(loss, mask, max_len=None, total_tokens=None, total_rows=None):
+        return (loss * mask).sum()
+
+    _, mean = _grads(_learner(model_dir), groups)
+    _, total = _grads(_learner(model_dir, loss_aggregation=token_sum), groups)
+    assert total["loss"] == pytest.approx(mean["loss"] * mean["tokens"], rel=1e-4)

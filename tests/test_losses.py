@@ -22,8 +22,40 @@ def test_identical_float_rewards_give_exactly_zero_advantage():
 
 
 def test_unknown_estimator_names_the_known_ones():
-    with pytest.raises(ValueError, match="grpo, drgrpo"):
-        losses.group_advantages(np.array([0.0, 1.0]), "ppo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^unknown advantage estimator 'ppo'; known: drgrpo, grpo$"):
+        losses.group_advantages(np.array([0.0, 1.0]), "ppo")
+
+
+@pytest.mark.parametrize(
+    ("call", "pattern"),
+    [
+        (
+            lambda: losses.kl_penalty(torch.zeros(1), torch.zeros(1), "k9"),
+            r"KL estimator 'k9'; known: k1, k2, k3$",
+        ),
+        (
+            lambda: losses.aggregate_loss(torch.zeros(1, 1), torch.ones(1, 1), "sum"),
+            r"loss aggregation 'sum'; known: seq_mean_token_mean, seq_mean_token_sum_norm, token_mean$",
+        ),
+    ],
+)
+def test_unknown_kl_estimator_and_aggregation_name_the_known_ones(call, pattern):
+    with pytest.raises(ValueError, match=pattern) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_micro_batch_aggregation_shares_sum_to_the_full_batch_loss():
+    loss = torch.tensor([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
+        fn = getattr(losses, mode)
+        full = fn(loss, mask, max_len=5)
+        parts = sum(
+            fn(loss[rows], mask[rows], max_len=5, total_tokens=float(mask.sum()), total_rows=3)
+            for rows in (slice(0, 1), slice(1, 3))
+        )
+        assert float(parts) == pytest.approx(float(full)), mode
 
 
 def test_clipped_loss_clips_positive_advantage_above_one_plus_eps():

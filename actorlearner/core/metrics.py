@@ -1,6 +1,6 @@
 """Metrics: what episodes did (pure functions) and where numbers go (JSONL and TensorBoard).
 
-Every metric name is documented in the README's metrics reference.
+Every metric name is documented in docs/metrics.md.
 """
 
 from __future__ import annotations

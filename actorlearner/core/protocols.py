@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
 from actorlearner.core.history import PromptHistory
@@ -165,7 +166,7 @@ class ReplayBufferActor(ReplayBuffer, Protocol):
         self,
         groups: Sequence[Group],
         stats: Mapping[str, float],
-        max_ready: int,
+        max_ready: int | None,
         weights_version: int,
         skip_version: int,
     ) -> PushReply:
@@ -190,6 +191,10 @@ class EnvRunner(Stateful, Protocol):
 
     async def run(self, buffer: Any) -> int:
         """Keeps groups in flight and pushes each to ``buffer`` (a handle) until stopped."""
+        ...
+
+    async def play(self, num_groups: int, buffer: Any) -> int:
+        """The synchronous schedule: plays exactly ``num_groups`` groups and pushes them."""
         ...
 
     async def set_weights(self, weights: Mapping[str, Any], version: int) -> None:
@@ -260,6 +265,47 @@ class Learner(Stateful, Protocol):
 
     def save_pretrained(self, path: str) -> None:
         """Exports the policy as a model directory ``from_pretrained`` loads (checkpoints, eval)."""
+        ...
+
+
+class Trainer(Protocol):
+    """What ``AlgorithmConfig.build()`` returns: the phases of a run (RLlib's ``Algorithm`` API)."""
+
+    config: Any
+    run_dir: Path
+    model_path: str
+    env_spec: Any
+    iteration: int
+    version: int
+
+    def pretrain(self, progress: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+        """Cold-start SFT on the env's demonstrations."""
+        ...
+
+    def train(self) -> dict[str, float]:
+        """One RL iteration; returns its metrics."""
+        ...
+
+    def evaluate(self, num_episodes: int | None = None) -> dict[str, float]:
+        """Held-out evaluation metrics."""
+        ...
+
+    def evaluate_on(
+        self, env: Any, env_config: dict[str, Any], num_episodes: int, temperature: float = 0.0
+    ) -> list[Trajectory]:
+        """Episodes of another env with the current policy."""
+        ...
+
+    def save(self, path: str | None = None) -> str:
+        """Writes a checkpoint; returns its directory."""
+        ...
+
+    def restore(self, path: str) -> None:
+        """Loads a checkpoint."""
+        ...
+
+    def stop(self) -> None:
+        """Releases every part; never raises."""
         ...
 
 

@@ -5,23 +5,31 @@ The same class runs in-process (local mode) or as a Ray actor (GPU when present,
 
 from __future__ import annotations
 
-import json
+import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from actorlearner.config import LearnerConfig, TrainingConfig
 from actorlearner.core.trajectory import Group, Trajectory
 from actorlearner.learn import losses
+from actorlearner.learn.config import LearnerConfig, TrainingConfig
+from actorlearner.learn.registry import (
+    ADVANTAGE_ESTIMATORS,
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+    AdvantageEstimator,
+    KLEstimator,
+    LossAggregation,
+    PolicyLoss,
+)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -112,8 +120,15 @@ def collate(
     )
 
 
-def group_batch(groups: Sequence[Group], estimator: losses.AdvantageEstimator, pad_id: int = 0) -> Batch:
-    """Collates groups with GRPO advantages computed within each group."""
+def group_batch(groups: Sequence[Group], estimator: losses.Spec = "grpo", pad_id: int = 0) -> Batch:
+    """Collates groups with advantages computed within each group.
+
+    Args:
+        groups: The groups.
+        estimator: An advantage estimator (a registered name, a path or the function).
+        pad_id: Id used for padding.
+    """
+    estimator = ADVANTAGE_ESTIMATORS.resolve(estimator)
     trajs: list[Trajectory] = []
     advs: list[float] = []
     weights: list[float] = []
@@ -129,7 +144,8 @@ class Learner:
 
     Args:
         model_path: Directory to load the policy from (``from_pretrained``).
-        training: The RL-phase config.
+        training: The RL-phase config; its advantage, policy_loss, kl_estimator and
+            loss_aggregation are looked up in :mod:`actorlearner.learn.registry` once, here.
         learner: Device and threads.
         temperature: Sampling temperature of the rollouts (log-probs are computed at it).
         seed: Seeds torch.
@@ -155,6 +171,7 @@ class Learner:
         if learner.num_threads:
             torch.set_num_threads(learner.num_threads)
         self.cfg = training
+        self._resolve_math(training)
         self.temperature = temperature
         self.device = resolve_device(learner.device)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -164,6 +181,13 @@ class Learner:
         self.optimizer = self._make_optimizer(training.lr)
         self.ref_model: torch.nn.Module | None = None
         self.version = 0
+
+    def _resolve_math(self, training: TrainingConfig) -> None:
+        """Looks up the registered advantage estimator, policy loss, KL estimator and aggregation."""
+        self.advantage_fn: AdvantageEstimator = ADVANTAGE_ESTIMATORS.resolve(training.advantage)
+        self.policy_loss_fn: PolicyLoss = POLICY_LOSSES.resolve(training.policy_loss)
+        self.kl_fn: KLEstimator = KL_ESTIMATORS.resolve(training.kl_estimator)
+        self.aggregate_fn: LossAggregation = LOSS_AGGREGATIONS.resolve(training.loss_aggregation)
 
     def _make_optimizer(self, lr: float) -> torch.optim.AdamW:
         return torch.optim.AdamW(
@@ -202,7 +226,7 @@ class Learner:
         if not groups:
             return {"skipped": 1.0, "version": float(self.version)}
         start = time.perf_counter()
-        batch = group_batch(groups, self.cfg.advantage, self.pad_id).sorted_by_length().to(self.device)
+        batch = group_batch(groups, self.advantage_fn, self.pad_id).sorted_by_length().to(self.device)
         total_tokens = float(batch.mask.sum().item())
         n_rows = batch.input_ids.shape[0]
         keys = ("loss", "clip_frac", "mismatch_kl", "entropy", "kl", "entropy_advantage_change")
@@ -253,25 +277,21 @@ class Learner:
                 cfg.entropy_advantage_coef,
                 cfg.entropy_advantage_detach,
             )
-        per_token, clipped = losses.clipped_policy_loss(
-            logp, mb.old_logprobs, advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip
-        )
+        per_token, clipped = self.policy_loss_fn(logp, mb.old_logprobs, advantages, mb.mask, cfg)
         per_token = per_token * mb.is_weights
         kl_sum = 0.0
         if self.ref_model is not None:
             with torch.no_grad():
                 ref_logp, _ = self._logprobs(self.ref_model, mb)
-            kl = losses.kl_penalty(logp, ref_logp, cfg.kl_estimator)
+            kl = losses.kl_penalty(logp, ref_logp, self.kl_fn)
             per_token = per_token + cfg.kl_beta * kl
             kl_sum = float((kl.detach() * mb.mask).sum().item())
-        # Scale each micro-batch so that the sum over micro-batches equals the full-batch loss.
-        rows = mb.input_ids.shape[0]
-        if cfg.loss_aggregation == "token_mean":
-            loss = (per_token * mb.mask).sum() / max(total_tokens, 1.0)
-        else:
-            loss = losses.aggregate_loss(per_token, mb.mask, cfg.loss_aggregation, max_len) * rows / n_rows
+        # Each micro-batch's share: the sum over micro-batches equals the full-batch loss.
+        loss = self.aggregate_fn(
+            per_token, mb.mask, max_len=max_len, total_tokens=total_tokens, total_rows=n_rows
+        )
         with torch.no_grad():
-            mismatch = losses.kl_penalty(mb.old_logprobs, logp.detach(), "k3")
+            mismatch = losses.kl_penalty(mb.old_logprobs, logp.detach(), losses.kl_k3)
         stats = {
             "loss": float(loss.item()),
             "clip_frac": float((clipped * mb.mask).sum().item()),
@@ -356,42 +376,35 @@ class Learner:
         """The weights version (number of updates so far)."""
         return self.version
 
-    def save(self, path: str) -> None:
-        """Writes the model (safetensors via ``save_pretrained``), optimizer tensors and JSON state."""
-        out = Path(path)
-        self.model.save_pretrained(out / "model")
-        tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
-        save_file(tensors, str(out / "optimizer.safetensors"))
-        (out / "learner.json").write_text(json.dumps({"version": self.version, "optimizer": meta}))
+    def save_pretrained(self, path: str) -> None:
+        """Exports the policy as a model directory ``from_pretrained`` loads (safetensors)."""
+        self.model.save_pretrained(path)
 
-    def restore(self, path: str) -> None:
-        """Loads what :meth:`save` wrote."""
-        src = Path(path)
-        loaded = AutoModelForCausalLM.from_pretrained(src / "model", dtype=torch.float32)
-        self.model.load_state_dict(loaded.state_dict())
-        state = json.loads((src / "learner.json").read_text())
-        self.version = int(state["version"])
-        tensors = load_file(str(src / "optimizer.safetensors"))
-        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+    def get_state(self, components: Collection[str] | None = None) -> dict[str, Any]:
+        """The version, the optimizer's ``state_dict`` and the model weights (CPU copies).
 
+        Args:
+            components: Only these of ``version``, ``optimizer``, ``model`` (default: all), so
+                that a checkpoint can skip the weights it exports with :meth:`save_pretrained`.
+        """
+        parts = set(components or ("version", "optimizer", "model"))
+        state: dict[str, Any] = {}
+        if "version" in parts:
+            state["version"] = self.version
+        if "optimizer" in parts:
+            state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
+        if "model" in parts:
+            state["model"] = self.get_weights()
+        return state
 
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, pstate in state["state"].items():
-        for key, value in pstate.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    for pid, scalars in meta["scalars"].items():
-        state.setdefault(int(pid), {}).update(scalars)
-    return {"state": state, "param_groups": meta["param_groups"]}
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`get_state` returned; ``model_dir`` may stand for ``model``."""
+        if "model" in state:
+            self.model.load_state_dict(state["model"])
+        elif "model_dir" in state:
+            loaded = AutoModelForCausalLM.from_pretrained(state["model_dir"], dtype=torch.float32)
+            self.model.load_state_dict(loaded.state_dict())
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if "version" in state:
+            self.version = int(state["version"])

@@ -2,49 +2,75 @@
 
 Everything here is pure math over numpy arrays or torch tensors, unit-tested on CPU without Ray.
 Token tensors are ``[batch, time]`` with a float ``mask`` that is 1 on tokens the loss covers.
+
+The built-in advantage estimators, policy loss, KL estimators and loss aggregations are registered
+under their config names in :mod:`actorlearner.learn.registry` (grpo, drgrpo; ppo_clip; k1, k2,
+k3; token_mean, seq_mean_token_mean, seq_mean_token_sum_norm).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-AdvantageEstimator = Literal["grpo", "drgrpo"]
-LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
-KLEstimator = Literal["k1", "k2", "k3"]
+from actorlearner.learn.registry import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS, LossSettings
+
+Spec = str | Callable[..., Any] | Mapping[str, Any]
+"""A registered name, a ``"package.module:function"`` path, a callable or ``{"name": ..., **options}``."""
 
 ZERO_STD = 1e-6
 """Below this group std the advantages are set exactly to 0 (float noise is not a signal)."""
 
 
-def group_advantages(
-    rewards: np.ndarray, estimator: AdvantageEstimator = "grpo", eps: float = 1e-6
-) -> np.ndarray:
-    """Per-trajectory advantages of one group.
-
-    GRPO: ``(r - mean) / (std + eps)``; Dr. GRPO: ``r - mean``. Both are exactly 0 when the
-    group's std is below :data:`ZERO_STD`, or AdamW would turn float noise into full-size steps.
-
-    Args:
-        rewards: Scalar rewards of the group's trajectories.
-        estimator: "grpo" or "drgrpo".
-        eps: Added to the std in the GRPO denominator.
-
-    Returns:
-        Advantages, float64, same shape as ``rewards``.
-    """
+def _centered(rewards: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """``(rewards - mean, std)``, or None when the group carries no signal (size < 2 or std ~ 0)."""
     rewards = np.asarray(rewards, dtype=np.float64)
     std = float(rewards.std())
     if rewards.size < 2 or std < ZERO_STD:
-        return np.zeros_like(rewards)
-    centered = rewards - rewards.mean()
-    if estimator == "grpo":
-        return centered / (std + eps)
-    if estimator == "drgrpo":
-        return centered
-    raise ValueError(f"unknown advantage estimator {estimator!r}; known: grpo, drgrpo")
+        return None
+    return rewards - rewards.mean(), std
+
+
+def grpo_advantages(rewards: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """GRPO: ``(r - mean) / (std + eps)``; exactly 0 when the group's std is below :data:`ZERO_STD`.
+
+    Args:
+        rewards: Scalar rewards of one group's trajectories.
+        eps: Added to the std in the denominator.
+    """
+    centered = _centered(rewards)
+    if centered is None:
+        return np.zeros(np.shape(rewards), dtype=np.float64)
+    return centered[0] / (centered[1] + eps)
+
+
+def drgrpo_advantages(rewards: np.ndarray) -> np.ndarray:
+    """Dr. GRPO: ``r - mean``; exactly 0 when the group's std is below :data:`ZERO_STD`."""
+    centered = _centered(rewards)
+    return np.zeros(np.shape(rewards), dtype=np.float64) if centered is None else centered[0]
+
+
+def group_advantages(rewards: np.ndarray, estimator: Spec = "grpo") -> np.ndarray:
+    """Per-trajectory advantages of one group.
+
+    Both built-ins are exactly 0 when the group's std is below :data:`ZERO_STD`, or AdamW would
+    turn float noise into full-size steps.
+
+    Args:
+        rewards: Scalar rewards of the group's trajectories.
+        estimator: A registered advantage estimator ("grpo", "drgrpo", ...), a path or a callable.
+
+    Returns:
+        Advantages, float64, same shape as ``rewards``.
+
+    Raises:
+        RegistryError: If ``estimator`` is unknown (the message lists the known ones).
+    """
+    fn = ADVANTAGE_ESTIMATORS.resolve(estimator)
+    return np.asarray(fn(np.asarray(rewards, dtype=np.float64)), dtype=np.float64)
 
 
 def clipped_policy_loss(
@@ -77,58 +103,121 @@ def clipped_policy_loss(
     return loss, (clipped > unclipped).float()
 
 
-def kl_penalty(
-    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator = "k3"
-) -> torch.Tensor:
+def ppo_clip_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    config: LossSettings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The registered "ppo_clip" policy loss: :func:`clipped_policy_loss` with the config's clips.
+
+    Reads ``config.clip_low``, ``config.clip_high`` (clip-higher) and ``config.dual_clip``; the
+    mask is not needed by a per-token loss.
+    """
+    return clipped_policy_loss(
+        logprobs, old_logprobs, advantages, config.clip_low, config.clip_high, config.dual_clip
+    )
+
+
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Schulman's k1: ``l - l_ref``."""
+    return logprobs - ref_logprobs
+
+
+def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Schulman's k2: ``0.5 (l - l_ref)^2``."""
+    return 0.5 * (logprobs - ref_logprobs).square()
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3: ``exp(l_ref - l) - (l_ref - l) - 1``."""
+    diff = logprobs - ref_logprobs
+    return torch.exp(-diff) + diff - 1.0
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: Spec = "k3") -> torch.Tensor:
     """Per-token KL estimate between the policy and a reference (Schulman's k1, k2, k3).
 
     Args:
         logprobs: Policy log-probs ``l``.
         ref_logprobs: Reference log-probs ``l_ref``.
-        estimator: k1 ``l - l_ref``; k2 ``0.5 (l - l_ref)^2``; k3 ``exp(l_ref - l) - (l_ref - l) - 1``.
+        estimator: A registered KL estimator (k1 ``l - l_ref``; k2 ``0.5 (l - l_ref)^2``;
+            k3 ``exp(l_ref - l) - (l_ref - l) - 1``), a path or a callable.
 
     Returns:
         Per-token KL, clamped to [-10, 10].
+
+    Raises:
+        RegistryError: If ``estimator`` is unknown (the message lists the known ones).
     """
-    diff = logprobs - ref_logprobs
-    if estimator == "k1":
-        kl = diff
-    elif estimator == "k2":
-        kl = 0.5 * diff.square()
-    elif estimator == "k3":
-        kl = torch.exp(-diff) + diff - 1.0
-    else:
-        raise ValueError(f"unknown KL estimator {estimator!r}; known: k1, k2, k3")
-    return torch.clamp(kl, -10.0, 10.0)
+    return torch.clamp(KL_ESTIMATORS.resolve(estimator)(logprobs, ref_logprobs), -10.0, 10.0)
+
+
+def token_mean(
+    loss: torch.Tensor,
+    mask: torch.Tensor,
+    max_len: int | None = None,
+    total_tokens: float | None = None,
+    total_rows: int | None = None,
+) -> torch.Tensor:
+    """DAPO: the sum over all tokens / the total tokens of the (full) batch."""
+    if total_tokens is None:
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+    return (loss * mask).sum() / max(total_tokens, 1.0)
+
+
+def seq_mean_token_mean(
+    loss: torch.Tensor,
+    mask: torch.Tensor,
+    max_len: int | None = None,
+    total_tokens: float | None = None,
+    total_rows: int | None = None,
+) -> torch.Tensor:
+    """GRPO paper: the mean per sequence, then the mean over the (full batch's) sequences."""
+    per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+    return per_seq.mean() * _row_share(per_seq, total_rows)
+
+
+def seq_mean_token_sum_norm(
+    loss: torch.Tensor,
+    mask: torch.Tensor,
+    max_len: int | None = None,
+    total_tokens: float | None = None,
+    total_rows: int | None = None,
+) -> torch.Tensor:
+    """Dr. GRPO: each sequence's token sum / ``max_len`` (default: the time dimension), mean over rows."""
+    norm = float(max_len if max_len is not None else loss.shape[-1])
+    per_seq = (loss * mask).sum(-1) / norm
+    return per_seq.mean() * _row_share(per_seq, total_rows)
+
+
+def _row_share(per_seq: torch.Tensor, total_rows: int | None) -> float:
+    """The micro-batch's fraction of the full batch's rows (1 when it is the full batch)."""
+    return 1.0 if total_rows is None else per_seq.shape[0] / total_rows
 
 
 def aggregate_loss(
-    loss: torch.Tensor, mask: torch.Tensor, mode: LossAggregation, max_len: int | None = None
+    loss: torch.Tensor, mask: torch.Tensor, mode: Spec, max_len: int | None = None
 ) -> torch.Tensor:
     """Reduces a per-token loss ``[batch, time]`` to a scalar.
 
     Args:
         loss: Per-token loss.
         mask: Per-token weight (1 on tokens the loss covers; may be fractional).
-        mode: "token_mean" (DAPO: sum over all tokens / total tokens in the batch),
-            "seq_mean_token_mean" (GRPO paper: mean per sequence, then over sequences), or
-            "seq_mean_token_sum_norm" (Dr. GRPO: token sum / ``max_len``, mean over sequences).
+        mode: A registered loss aggregation: "token_mean" (DAPO: sum over all tokens / total tokens
+            in the batch), "seq_mean_token_mean" (GRPO paper: mean per sequence, then over
+            sequences), "seq_mean_token_sum_norm" (Dr. GRPO: token sum / ``max_len``, mean over
+            sequences); or a path or a callable.
         max_len: The constant of Dr. GRPO; defaults to the time dimension.
 
     Returns:
         The scalar loss.
+
+    Raises:
+        RegistryError: If ``mode`` is unknown (the message lists the known ones).
     """
-    if mode == "token_mean":
-        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
-    if mode == "seq_mean_token_mean":
-        per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
-        return per_seq.mean()
-    if mode == "seq_mean_token_sum_norm":
-        norm = float(max_len if max_len is not None else loss.shape[-1])
-        return ((loss * mask).sum(-1) / norm).mean()
-    raise ValueError(
-        f"unknown loss aggregation {mode!r}; known: token_mean, seq_mean_token_mean, seq_mean_token_sum_norm"
-    )
+    return LOSS_AGGREGATIONS.resolve(mode)(loss, mask, max_len=max_len)  # type: ignore[no-any-return]
 
 
 def overlong_penalty(length: int, max_len: int, cache_len: int) -> float:

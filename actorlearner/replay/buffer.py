@@ -567,10 +567,10 @@ def rollout_counters(stats: Mapping[str, float]) -> dict[str, float]:
         stats: Sums of ``tokens``, ``seconds`` (in ``generate``), ``batches``, ``requests``,
             ``group_errors`` and ``prompts_skipped`` over every push since the last call.
     """
-    out = {f"rollout/{k}": float(v) for k, v in stats.items()}
-    batches, seconds = stats.get("batches", 0.0), stats.get("seconds", 0.0)
-    out["rollout/mean_batch_size"] = stats.get("requests", 0.0) / batches if batches else 0.0
-    out["rollout/tokens_per_s"] = stats.get("tokens", 0.0) / seconds if seconds > 0 else 0.0
-    out.setdefault("rollout/group_errors", 0.0)
-    out.setdefault("rollout/prompts_skipped", 0.0)
+    keys = ("tokens", "seconds", "batches", "requests", "group_errors", "prompts_skipped")
+    sums = {**dict.fromkeys(keys, 0.0), **stats}
+    out = {f"rollout/{k}": float(v) for k, v in sums.items()}
+    batches, seconds = sums["batches"], sums["seconds"]
+    out["rollout/mean_batch_size"] = sums["requests"] / batches if batches else 0.0
+    out["rollout/tokens_per_s"] = sums["tokens"] / seconds if seconds > 0 else 0.0
     return out

@@ -25,7 +25,8 @@ from actorlearner.core.trajectory import Group, Trajectory
 from actorlearner.env.registration import make_env
 from actorlearner.rollout.chat import stop_token_ids
 from actorlearner.rollout.config import EnvRunnersConfig
-from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine
+from actorlearner.rollout.engine import AsyncBatchingEngine
+from actorlearner.rollout.engines import make_engine
 from actorlearner.rollout.episode import (
     DemonstrationTurnPolicy,
     EnginePolicy,
@@ -84,7 +85,9 @@ class EnvRunner:
         self.cfg = config
         self.pool = EnvPool(env_spec, env_config)
         self.eval_pool = EnvPool(env_spec, {**env_config, **eval_env_config})
-        self.engine = HFEngine(model_path, seed=seed + 1000 * index)
+        self.engine = make_engine(
+            config.engine, model_path, seed=seed + 1000 * index, **config.engine_options
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.batcher = AsyncBatchingEngine(self.engine, max_wait_s=config.batch_wait_s)
         self.stops = stop_token_ids(self.tokenizer)
@@ -198,6 +201,26 @@ class EnvRunner:
             self.batcher.close()
         return pushed
 
+    async def play(self, num_groups: int, buffer: Handle[ReplayBufferActor]) -> int:
+        """The synchronous schedule: plays exactly ``num_groups`` groups, pushing each as it finishes.
+
+        At most ``groups_in_flight`` at a time; returns when the last is pushed (how many were:
+        failed groups are counted in ``rollout/group_errors``, not pushed).
+        """
+        sem = asyncio.Semaphore(self.cfg.groups_in_flight)
+
+        async def one() -> int:
+            async with sem:
+                try:
+                    groups = [await self._next_group()]
+                except Exception as err:
+                    self._discard(err)
+                    groups = []
+            await self._push(buffer, groups, wait_for_room=False)
+            return len(groups)
+
+        return sum(await asyncio.gather(*(one() for _ in range(num_groups))))
+
     async def _idle(self, buffer: Handle[ReplayBufferActor], reply: PushReply) -> PushReply:
         """Nothing in flight: wait to be resumed, or for room in the buffer (a long push)."""
         if self._paused:
@@ -205,13 +228,15 @@ class EnvRunner:
             return reply
         return await self._push(buffer, [])
 
-    async def _push(self, buffer: Handle[ReplayBufferActor], groups: list[Group]) -> PushReply:
+    async def _push(
+        self, buffer: Handle[ReplayBufferActor], groups: list[Group], wait_for_room: bool = True
+    ) -> PushReply:
         """Pushes groups with the counters since the last push; applies the reply."""
         reply = await buffer.call(
             ReplayBufferActor.push,
             groups,
             self._pop_counters(),
-            self.cfg.max_ready_groups,
+            self.cfg.max_ready_groups if wait_for_room else None,
             self.batcher.version,
             self._skip_version,
         )
@@ -240,9 +265,13 @@ class EnvRunner:
         err = task.exception()
         if err is None:
             return task.result()
+        self._discard(err)
+        return None
+
+    def _discard(self, err: BaseException) -> None:
+        """Counts and logs a group whose play raised (the runner goes on)."""
         self.group_errors += 1
         logger.error("a group failed and was discarded", exc_info=err)
-        return None
 
     async def pause(self, paused: bool = True) -> None:
         """Stops (or resumes) launching new groups; groups in flight finish."""

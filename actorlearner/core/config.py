@@ -1,0 +1,91 @@
+"""The base of every config section: a validated pydantic model that updates its owner when called.
+
+Each component package defines its own section next to its code (``learn/config.py``,
+``rollout/config.py``, ...); :mod:`actorlearner.config` composes them into ``AlgorithmConfig``.
+Errors are :class:`~actorlearner.core.errors.ConfigError` with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, Self
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+
+from actorlearner.core.errors import ConfigError
+
+
+class SectionOwner(Protocol):
+    """What a section updates when called: ``AlgorithmConfig``, seen from below."""
+
+    def update(self, section: str, **values: Any) -> Any:
+        """Validates ``values`` and applies them to ``section``; returns the owner for chaining."""
+        ...
+
+
+class Section(BaseModel):
+    """A validated config section; calling it updates it on its config (the builder syntax)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+    _name: str = PrivateAttr("")
+    _parent: SectionOwner | None = PrivateAttr(None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assigning a field (``config.training.lr = 1e-4``) is validated like the builder."""
+        if name.startswith("_"):
+            super().__setattr__(name, value)
+            return
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as err:
+            raise ConfigError(one_line_error(self._name or type(self).__name__, type(self), err)) from None
+
+    def __call__(self, **values: Any) -> Any:
+        """Validates ``values``, applies them to this section and returns the config for chaining.
+
+        Returns:
+            The owning ``AlgorithmConfig``.
+
+        Raises:
+            ConfigError: One line naming the key and what is allowed.
+        """
+        if self._parent is None:
+            raise TypeError("a detached config section cannot be updated; use AlgorithmConfig()")
+        return self._parent.update(self._name, **values)
+
+    def detached_copy(self, **update: Any) -> Self:
+        """A copy with ``update`` applied unvalidated and no owner (what a worker process receives)."""
+        new = self.model_copy(update=update)
+        new._parent = None
+        return new
+
+
+def one_line_error(section: str, cls: type[Section], err: ValidationError) -> str:
+    """The first error of ``err`` as ``section.key: what is wrong``.
+
+    Args:
+        section: The section's name in the config (``training``).
+        cls: The section class (its fields are listed for an unknown key).
+        err: The pydantic error.
+    """
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in (section, *first["loc"]))
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(cls.model_fields)
+        return f"{key}: unknown key; allowed: {allowed}"
+    if first["type"] == "value_error" and "ctx" in first:
+        return f"{key}: {first['ctx'].get('error', first['msg'])}"
+    return f"{key}: {first['msg']} (got {first.get('input')!r})"
+
+
+def plain(value: Any) -> Any:
+    """Plain data for YAML and JSON: callables and classes become ``module:qualname``."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, Callable):  # type: ignore[arg-type]
+        return f"{getattr(value, '__module__', '?')}:{getattr(value, '__qualname__', repr(value))}"
+    return repr(value)

@@ -1,0 +1,115 @@
+"""Config sections of the learner: the RL-phase loss and optimizer, cold-start SFT, the learner actor.
+
+The pluggable math (``advantage``, ``policy_loss``, ``kl_estimator``, ``loss_aggregation``) is
+validated against the registries of :mod:`actorlearner.learn.registry`, whose names are the single
+list of what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from actorlearner.core.config import Section
+from actorlearner.core.registry import Registry, resolve_class
+from actorlearner.learn.registry import (
+    ADVANTAGE_ESTIMATORS,
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+)
+
+_REGISTRY_FIELDS: dict[str, Registry[Any]] = {
+    "advantage": ADVANTAGE_ESTIMATORS,
+    "policy_loss": POLICY_LOSSES,
+    "kl_estimator": KL_ESTIMATORS,
+    "loss_aggregation": LOSS_AGGREGATIONS,
+}
+
+
+def _choice(registry: Registry[Any], what: str) -> str:
+    """A field description that lists the registry's built-in names."""
+    return f"{what}: a registered name ({', '.join(registry.names())}), 'pkg.mod:fn' path or callable."
+
+
+class TrainingConfig(Section):
+    """The RL phase: GRPO-family loss and optimizer."""
+
+    num_iterations: int = Field(200, ge=0, description="Learner updates in the RL phase.")
+    time_budget_s: float | None = Field(None, gt=0, description="Stop the RL phase after this long.")
+    train_batch_groups: int = Field(32, ge=1, description="Groups per learner update.")
+    synchronous: bool = Field(
+        False,
+        description="Classic loop (a baseline): runners play exactly one batch, then the learner "
+        "trains and syncs weights; default: asynchronous.",
+    )
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    advantage: Any = Field("grpo", description=_choice(ADVANTAGE_ESTIMATORS, "Advantage estimator"))
+    policy_loss: Any = Field(
+        "ppo_clip", description=_choice(POLICY_LOSSES, "Policy loss (ppo_clip reads the clip settings)")
+    )
+    loss_aggregation: Any = Field(
+        "token_mean", description=_choice(LOSS_AGGREGATIONS, "How per-token losses reduce to a scalar")
+    )
+    clip_low: float = Field(0.2, ge=0, description="PPO clip range below 1.")
+    clip_high: float = Field(0.2, ge=0, description="PPO clip range above 1 (DAPO clip-higher: 0.28).")
+    dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c (e.g. 3), off when null.")
+    kl_beta: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference model.")
+    kl_estimator: Any = Field("k3", description=_choice(KL_ESTIMATORS, "KL estimator"))
+    entropy_advantage_coef: float = Field(
+        0.0, ge=0, description="TAO-RL: c of A' = A(1 + c z(H)) at post-tool tokens (0 off; paper 0.01)."
+    )
+    entropy_advantage_detach: bool = Field(
+        True, description="Detach the entropy in that shaping (our choice); false reproduces the reference."
+    )
+    micro_batch_size: int = Field(128, ge=1, description="Trajectories per forward/backward pass.")
+    max_wait_s: float = Field(
+        60.0, gt=0, description="Longest the learner waits for a full batch; then it trains on what is there."
+    )
+
+    @field_validator(*_REGISTRY_FIELDS)
+    @classmethod
+    def _registered(cls, value: Any, info: ValidationInfo) -> Any:
+        return _REGISTRY_FIELDS[str(info.field_name)].check(value)
+
+    def portable(self) -> TrainingConfig:
+        """A detached copy for another process (a Ray learner actor).
+
+        Names registered only in this process (a notebook, a script's ``__main__``) are replaced by
+        the functions they name; built-in names stay names.
+        """
+        update = {key: reg.portable(getattr(self, key)) for key, reg in _REGISTRY_FIELDS.items()}
+        return self.detached_copy(**update)
+
+
+class SFTConfig(Section):
+    """Cold start: supervised fine-tuning on the env's demonstrations before RL."""
+
+    enabled: bool = Field(True, description="Run SFT when the env offers demonstration(); skip otherwise.")
+    steps: int = Field(300, ge=0, description="Optimizer steps.")
+    batch_size: int = Field(64, ge=1, description="Trajectories per step.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate (cosine decay to 0).")
+    num_demos: int = Field(4096, ge=1, description="Demonstration episodes collected.")
+
+
+class LearnerConfig(Section):
+    """The learner actor."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
+    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for the learner.")
+    num_threads: int | None = Field(None, ge=1, description="torch threads; default: Ray's per-actor share.")
+    learner_cls: Any = Field(
+        None,
+        description="A Learner subclass or 'pkg.mod:Class' path to run instead of the built-in (null).",
+    )
+
+    @field_validator("learner_cls")
+    @classmethod
+    def _learner_subclass(cls, value: Any) -> Any:
+        if value is not None:
+            resolve_class(value, object)  # a class; Algorithm checks it subclasses the built-in
+        return value

@@ -1,0 +1,40 @@
+"""Config section of the group replay buffer: priorities and filters decide what trains."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from actorlearner.core.config import Section
+from actorlearner.core.registry import FILTERS, PRIORITIES
+
+
+class ReplayConfig(Section):
+    """The group-level prioritized replay buffer: priorities and filters decide what trains."""
+
+    priority_fn: Any = Field("uniform", description="Registered name, 'pkg.mod:fn' path or callable.")
+    filters: list[Any] = Field(
+        default_factory=lambda: ["zero_variance"],
+        description="Filter chain: names, {'name': ..., **options} or callables, in order.",
+    )
+    capacity: int = Field(1024, ge=1, description="Groups the buffer holds; the oldest go first.")
+    max_reuse: int = Field(1, ge=1, description="Times a group may be sampled.")
+    max_staleness: int = Field(4, ge=0, description="eta: evict groups older than this many versions.")
+    alpha: float = Field(0.6, ge=0, description="Priority exponent.")
+    beta: float = Field(0.4, ge=0, le=1, description="Initial importance-sampling exponent.")
+    beta_anneal_iters: int = Field(200, ge=1, description="Iterations over which beta anneals to 1.")
+    history_window: int = Field(8, ge=1, description="Groups of history kept per prompt.")
+
+    @field_validator("priority_fn")
+    @classmethod
+    def _known_priority(cls, value: Any) -> Any:
+        PRIORITIES.resolve(value)
+        return value
+
+    @field_validator("filters")
+    @classmethod
+    def _known_filters(cls, value: list[Any]) -> list[Any]:
+        for item in value:
+            FILTERS.resolve(item)
+        return value

@@ -1,0 +1,67 @@
+"""Config section of the rollout actors: how many, how they sample, and with which engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from actorlearner.core.config import Section
+from actorlearner.core.registry import resolve_class
+from actorlearner.rollout.engines import ENGINES, check_engine_options, engine_class
+
+
+class EnvRunnersConfig(Section):
+    """The rollout actors and how they sample."""
+
+    num_env_runners: int = Field(1, ge=0, description="Ray rollout actors; 0 runs everything in-process.")
+    groups_in_flight: int = Field(32, ge=1, description="Groups each runner keeps in flight at once.")
+    group_size: int = Field(8, ge=2, description="G: episodes per prompt (GRPO group).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of training rollouts.")
+    max_new_tokens: int = Field(32, ge=1, description="Cap on one assistant turn, in tokens.")
+    max_tokens: int = Field(256, ge=8, description="Cap on a whole episode (prompt included), in tokens.")
+    step_timeout_s: float = Field(30.0, gt=0, description="Time limit of one env.step (tool call).")
+    batch_wait_s: float = Field(
+        0.05, ge=0, description="Longest a generation request waits for others to join its batch."
+    )
+    max_ready_groups: int = Field(
+        64, ge=1, description="Runners pause while the buffer holds this many unconsumed groups."
+    )
+    num_cpus_per_runner: float = Field(1.0, ge=0, description="Ray CPUs reserved per runner.")
+    engine: Any = Field(
+        "hf",
+        description=f"Generation engine: a registered name ({', '.join(ENGINES.names())}), "
+        "'pkg.mod:Class' path or class.",
+    )
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments of the engine's constructor."
+    )
+    env_runner_cls: Any = Field(
+        None,
+        description="An EnvRunner subclass or 'pkg.mod:Class' path to run instead of the built-in (null).",
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: Any) -> Any:
+        if not (isinstance(value, str) and value in ENGINES):  # a known name is not imported here
+            engine_class(value)
+        return value
+
+    @field_validator("env_runner_cls")
+    @classmethod
+    def _runner_subclass(cls, value: Any) -> Any:
+        if value is not None:
+            resolve_class(value, object)  # a class; Algorithm checks it subclasses the built-in
+        return value
+
+    @field_validator("engine_options")
+    @classmethod
+    def _engine_takes_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if value and "engine" in info.data:  # checking them imports the engine (and torch): only if given
+            check_engine_options(info.data["engine"], value)
+        return value
+
+    def portable(self) -> EnvRunnersConfig:
+        """A detached copy for another process (a Ray runner): a driver-only engine name becomes its class."""
+        return self.detached_copy(engine=ENGINES.portable(self.engine))
