@@ -2,13 +2,15 @@
 
 Public names: :class:`ToolEnv` and :func:`tool` to write tool envs, :func:`check_env` to check one
 against the protocol, :class:`AlgorithmConfig` to configure and build an :class:`Algorithm`,
-:func:`register_priority` and :func:`register_filter` to decide what the learner trains on.
+:func:`register_priority` and :func:`register_filter` to decide what the learner trains on,
+``register_*`` for losses, estimators and engines, and :class:`StepInfo`, the step ``info`` contract.
 """
 
 from actorlearner.config import AlgorithmConfig, ConfigError
 from actorlearner.core.registry import register_filter, register_priority
 from actorlearner.core.trajectory import Group, ToolCallRecord, Trajectory, TurnRecord
 from actorlearner.env.checker import EnvCheckError, check_env
+from actorlearner.env.info import StepInfo
 from actorlearner.env.toolenv import ToolEnv, tool
 from actorlearner.learn.registry import (
     register_advantage_estimator,
@@ -29,6 +31,7 @@ __all__ = [
     "ConfigError",
     "EnvCheckError",
     "Group",
+    "StepInfo",
     "ToolCallRecord",
     "ToolEnv",
     "Trajectory",

@@ -27,7 +27,7 @@ from actorlearner.core.metrics import MetricsLogger, episode_metrics
 from actorlearner.core.protocols import EnvRunner as EnvRunnerProtocol
 from actorlearner.core.protocols import Handle, ReplayBufferActor
 from actorlearner.core.protocols import Learner as LearnerProtocol
-from actorlearner.core.registry import FILTERS, PRIORITIES, resolve_class
+from actorlearner.core.registry import FILTERS, PRIORITIES, RegistryError, resolve_class
 from actorlearner.core.trajectory import Trajectory
 from actorlearner.env.registration import make_env, resolve_env_spec
 from actorlearner.learn.learner import Learner
@@ -77,6 +77,18 @@ def _check_picklable(fn: Any, key: str) -> None:
         ) from None
 
 
+def _subclass(spec: Any, base: type, key: str) -> Any:
+    """The configured class (``base`` when None), checked to subclass ``base``.
+
+    Raises:
+        ConfigError: One line naming ``key``, before anything starts.
+    """
+    try:
+        return resolve_class(spec, base)
+    except RegistryError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
 def _name_of(spec: Any) -> str:
     if isinstance(spec, str):
         return spec
@@ -101,6 +113,10 @@ class Algorithm:
         torch.manual_seed(seed)
         self.env_spec = resolve_env_spec(cfg.environment.env)
         _check_cross_fields(cfg)
+        self._classes = (
+            _subclass(cfg.learners.learner_cls, Learner, "learners.learner_cls"),
+            _subclass(cfg.env_runners.env_runner_cls, EnvRunner, "env_runners.env_runner_cls"),
+        )
         self.model_path = self._resolve_model()
         self._check_prompt_fits()
         self.local = cfg.env_runners.num_env_runners == 0
@@ -113,10 +129,6 @@ class Algorithm:
         self._optimizer_restored = False
         self._skipped = 0
         self._run_refs: list[asyncio.Future[Any]] = []
-        self._classes = (
-            resolve_class(cfg.learners.learner_cls, Learner),
-            resolve_class(cfg.env_runners.env_runner_cls, EnvRunner),
-        )
         self.runtime: Runtime = LocalRuntime() if self.local else self._ray_runtime()
         self._place_parts()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from actorlearner.config import AlgorithmConfig, ConfigError
+from actorlearner.env.suites import EvalSuite, get_eval_suite
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +49,10 @@ EVAL_SECTIONS = ("environment", "env_runners", "model", "evaluation", "debugging
 def _eval(args: argparse.Namespace) -> int:
     from actorlearner.train import format_report
 
+    suite, categories = None, []
+    if args.bfcl is not None:  # checked before anything starts
+        suite = get_eval_suite("bfcl")
+        categories = suite.check_categories(args.bfcl)
     ckpt = Path(args.checkpoint)
     state_file = ckpt / "algorithm.json"
     if not state_file.is_file():
@@ -60,8 +65,8 @@ def _eval(args: argparse.Namespace) -> int:
     config.reporting(name=f"eval-{ckpt.parent.name}-{ckpt.name}").update_from_overrides(args.overrides)
     algo = config.build()
     try:
-        if args.bfcl is not None:
-            metrics = _bfcl(algo, args.bfcl, config.evaluation.num_episodes)
+        if suite is not None:
+            metrics = _run_suite(algo, suite, categories, config.evaluation.num_episodes)
         else:
             metrics = algo.evaluate()
             print(format_report({ckpt.name: metrics}))
@@ -71,24 +76,15 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bfcl(algo: Any, categories: list[str], max_episodes: int) -> dict[str, float]:
-    """Greedy BFCL accuracy per category (the first ``max_episodes`` tasks of each)."""
-    from envs.bfcl import CATEGORIES, bfcl_accuracy, load_bfcl
-
-    unknown = sorted(set(categories) - set(CATEGORIES))
-    if unknown:
-        raise ConfigError(f"--bfcl: unknown categories {unknown}; allowed: {', '.join(CATEGORIES)}")
-    results = {}
-    for category in categories or CATEGORIES:
-        n = min(max_episodes, len(load_bfcl(category)))
-        results[category] = algo.evaluate_on("actorlearner/BFCL-v0", {"category": category}, n)
-    accuracy = bfcl_accuracy(results)
-    width = max(len(c) for c in accuracy)
-    print(f"{'BFCL category':<{width}}  accuracy  tasks")
-    for category, value in accuracy.items():
+def _run_suite(algo: Any, suite: EvalSuite, categories: list[str], max_episodes: int) -> dict[str, float]:
+    """Plays a suite's categories (the first ``max_episodes`` tasks of each) and prints its table."""
+    scores, results = suite.run(algo.evaluate_on, categories, max_episodes)
+    width = max(len(c) for c in scores)
+    print(f"{suite.name.upper() + ' category':<{width}}  accuracy  tasks")
+    for category, value in scores.items():
         tasks = len(results[category]) if category in results else sum(len(r) for r in results.values())
         print(f"{category:<{width}}  {100 * value:7.1f}%  {tasks:5d}")
-    return accuracy
+    return scores
 
 
 def _report(args: argparse.Namespace) -> int:

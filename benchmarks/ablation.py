@@ -23,7 +23,7 @@ import numpy as np
 
 from actorlearner import AlgorithmConfig
 
-DSCL = "{name: dscl, t_warm: -1.0, warmup_batches: 3}"
+DSCL = "{name: dscl, reward_range: [-3, 4], t_warm: -1.0, warmup_batches: 3}"
 """DSCL with a lower warm-up gate than the paper's (1.0 on [-3, 4] for 7 batches): within this budget
 the tiny model's mean reward stays below 0, so the paper's gate would never open and DSCL would only
 be its curriculum multiplier on uniform priorities."""

@@ -13,9 +13,20 @@ ENVS: dict[str, str] = {
 }
 """Gymnasium id -> entry point of each built-in env."""
 
+SPLITS = ("train", "test")
+"""Values of the ``split`` knob of the built-in envs (the held-out set is ``"test"``)."""
+
+
+EVAL_SUITES: dict[str, str] = {"bfcl": "envs.bfcl:BFCL_SUITE"}
+"""Name -> import path of each built-in evaluation suite (``actorlearner eval --bfcl``)."""
+
 
 def register_envs() -> None:
-    """Registers the built-in envs with gymnasium; ids already registered are left alone."""
+    """Registers the built-in envs with gymnasium and their evaluation suites; safe to call again."""
+    from actorlearner.env.suites import register_eval_suite  # not at import: actorlearner imports envs
+
     for env_id, entry_point in ENVS.items():
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point=entry_point)
+    for name, path in EVAL_SUITES.items():
+        register_eval_suite(name, path)

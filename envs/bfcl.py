@@ -20,8 +20,11 @@ case-, space- and punctuation-insensitively, an int is accepted for a float, par
 in any order, and in the irrelevance categories making no call is correct. ``success`` is that
 verdict. The reward is ToolRL's (:func:`envs.rewards.toolrl_reward`, components ``format``,
 ``name``, ``keys``, ``values`` summing to it, in [-3, 4]) against the ground truth, judging a value
-with the same acceptable-values check; ``info["toolrl"]`` holds the full breakdown (``correct``
-included) and ``info["bfcl"]`` the verdict and its reason.
+with the same acceptable-values check. The env's own ``info`` keys (the ToolRL breakdown, the
+verdict and its reason) are :class:`BFCLInfo`'s.
+
+:data:`BFCL_SUITE` is the evaluation suite behind ``actorlearner eval --bfcl`` (registered by
+:func:`envs.register_envs`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from actorlearner.env.info import StepInfo, ToolCallInfo
 from actorlearner.env.parsing import PARSERS, format_answer, format_tool_call, parse_turn
+from actorlearner.env.suites import EvalSuite
 from actorlearner.env.toolenv import ChatMessages, Messages
 from envs.rewards import toolrl_reward
 
@@ -390,6 +395,22 @@ def toolrl_ground_truth(
     return out
 
 
+class BFCLInfo(StepInfo, total=False):
+    """BFCL's ``info``: :class:`~actorlearner.env.info.StepInfo` and the keys below.
+
+    Attributes:
+        bfcl_id: (reset) The task's BFCL id, e.g. ``simple_python_0``.
+        toolrl: (step) ToolRL's full breakdown (:func:`envs.rewards.toolrl_reward`: ``format``,
+            ``name``, ``keys``, ``values``, ``correct`` and ``total``).
+        bfcl: (step) BFCL's verdict: ``{"id": str, "correct": bool, "error": str | None}`` (the reason
+            when not correct).
+    """
+
+    bfcl_id: str
+    toolrl: dict[str, float]
+    bfcl: dict[str, Any]
+
+
 class BFCL(gym.Env[Messages, str]):
     """One BFCL category as a single-turn env (see the module docstring).
 
@@ -427,14 +448,13 @@ class BFCL(gym.Env[Messages, str]):
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def reset(
+    def reset(  # type: ignore[override]  # a typed info dict
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Messages, dict[str, Any]]:
+    ) -> tuple[Messages, BFCLInfo]:
         """Serves task ``options["index"]``, else ``seed % len(tasks)``, else a random one.
 
         Returns:
-            The task's messages and ``info`` with ``tools``, ``prompt_id``, ``sub_tasks``
-            (``[category]``), ``task_id`` and ``bfcl_id``.
+            The task's messages and ``info`` (``sub_tasks`` is ``[category]``; see :class:`BFCLInfo`).
         """
         super().reset(seed=seed)
         if options and "index" in options:
@@ -444,7 +464,7 @@ class BFCL(gym.Env[Messages, str]):
         else:
             index = int(self.np_random.integers(len(self.tasks)))
         self.task, self._done = self.tasks[index], False
-        info = {
+        info: BFCLInfo = {
             "tools": [to_tool_schema(f) for f in self.task.functions],
             "prompt_id": f"BFCL:{self.task.id}",
             "sub_tasks": [self.category],
@@ -453,7 +473,7 @@ class BFCL(gym.Env[Messages, str]):
         }
         return [dict(m) for m in self.task.messages], info
 
-    def step(self, action: str) -> tuple[Messages, float, bool, bool, dict[str, Any]]:
+    def step(self, action: str) -> tuple[Messages, float, bool, bool, BFCLInfo]:  # type: ignore[override]
         """Scores the turn's calls and ends the episode (see the module docstring).
 
         Raises:
@@ -478,7 +498,7 @@ class BFCL(gym.Env[Messages, str]):
         )
         components = {k: parts[k] for k in ("format", "name", "keys", "values")}
         names = {f["name"] for f in task.functions}
-        records = [
+        records: list[ToolCallInfo] = [
             {
                 "name": c.name,
                 "arguments": c.arguments,
@@ -488,7 +508,7 @@ class BFCL(gym.Env[Messages, str]):
             }
             for c in turn.calls
         ]
-        info = {
+        info: BFCLInfo = {
             "tool_calls": records,
             "final_answer": turn.final_answer,
             "reward_components": components,
@@ -547,6 +567,14 @@ def _is_answer_dict(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(v, list) for v in value.values())
 
 
+def _num_tasks(category: str) -> int:
+    return len(load_bfcl(category))
+
+
+def _category_config(category: str) -> dict[str, Any]:
+    return {"category": category}
+
+
 def bfcl_accuracy(results_by_category: Mapping[str, Iterable[Any]]) -> dict[str, float]:
     """Accuracy per BFCL category and their unweighted mean.
 
@@ -574,3 +602,14 @@ def _success(result: Any) -> bool:
     if hasattr(result, "success"):
         return bool(result.success)
     return bool(result)
+
+
+BFCL_SUITE = EvalSuite(
+    name="bfcl",
+    env="actorlearner/BFCL-v0",
+    categories=CATEGORIES,
+    env_config=_category_config,
+    num_tasks=_num_tasks,
+    score=bfcl_accuracy,
+)
+"""The BFCL evaluation suite (``actorlearner eval --bfcl``): greedy accuracy per category and overall."""

@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from actorlearner.core.errors import ConfigError
+from actorlearner.core.knobs import check_choice, check_fraction, check_int, check_probability
 from actorlearner.env.toolenv import Messages, tool
+from envs import SPLITS
 from envs.demo import ToolOrGuessEnv
-from envs.knobs import check_probability, check_split
 
 OP_NAMES = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 """Operators a task may use and their sub-task labels."""
@@ -154,11 +156,11 @@ class Calculator(ToolOrGuessEnv):
         demo_tool_prob: float = 0.4,
         **kwargs: Any,
     ) -> None:
-        if isinstance(max_operand, bool) or not isinstance(max_operand, int) or max_operand < 1:
-            raise ValueError(f"max_operand must be an int >= 1, got {max_operand!r}")
+        check_int("max_operand", max_operand, 1)
         if not ops or not isinstance(ops, str) or set(ops) - set(OP_NAMES) or len(set(ops)) != len(ops):
-            raise ValueError(f"ops must be distinct characters among {''.join(OP_NAMES)!r}, got {ops!r}")
-        check_split(split, test_fraction)
+            raise ConfigError(f"ops must be distinct characters among {''.join(OP_NAMES)!r}, got {ops!r}")
+        check_choice("split", split, SPLITS)
+        check_fraction("test_fraction", test_fraction, open_interval=True)
         check_probability("demo_tool_prob", demo_tool_prob)
         super().__init__(**kwargs)
         self.max_operand, self.ops, self.split = max_operand, ops, split

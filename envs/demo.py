@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from actorlearner.env.info import StepInfo
 from actorlearner.env.toolenv import Messages, ToolEnv
 
 
@@ -31,9 +32,9 @@ class ToolOrGuessEnv(ToolEnv):
         """The tool call (name, arguments) that computes the answer."""
         raise NotImplementedError
 
-    def reset(
+    def reset(  # type: ignore[override]  # a typed info dict
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Messages, dict]:
+    ) -> tuple[Messages, StepInfo]:
         """Starts an episode (see :meth:`ToolEnv.reset`) and draws the demonstration's decisions."""
         messages, info = super().reset(seed=seed, options=options)
         assert self.task is not None

@@ -32,14 +32,23 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from actorlearner.core.knobs import (
+    check_choice,
+    check_fraction,
+    check_int,
+    check_names,
+    check_number,
+    check_positive,
+)
+from actorlearner.env.info import StepInfo
 from actorlearner.env.parsing import ParsedCall, parse_turn
 from actorlearner.env.toolenv import Messages, ToolEnv, tool
+from envs import SPLITS
 from envs.calculator import format_number
-from envs.knobs import check_split
 from envs.rewards import otc_reward, toolrl_match, toolrl_reward
 
 CATEGORIES = ("single", "parallel", "multiple", "irrelevance", "multi_turn")
@@ -287,6 +296,19 @@ def is_held_out(question: str, test_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
 
 
+class FunctionCallingInfo(StepInfo, total=False):
+    """FunctionCalling's ``info``: :class:`~actorlearner.env.info.StepInfo` and, on the final step, more.
+
+    Attributes:
+        toolrl: ToolRL's full breakdown of the episode's calls (:func:`envs.rewards.toolrl_reward`:
+            ``format``, ``name``, ``keys``, ``values``, ``correct`` and ``total``).
+        ground_truth: The expected calls, ``{"name", "arguments"}`` each.
+    """
+
+    toolrl: dict[str, float]
+    ground_truth: list[dict[str, Any]]
+
+
 def _tool_names(calls: Sequence[Call]) -> list[str]:
     return list(dict.fromkeys(c["name"] for c in calls))
 
@@ -324,14 +346,12 @@ class FunctionCalling(ToolEnv):
         otc_c: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        self.categories = _check_categories(categories)
-        check_split(split, test_fraction)
-        if isinstance(distractors, bool) or not isinstance(distractors, int) or not 1 <= distractors <= 6:
-            raise ValueError(f"distractors must be an int in [1, 6], got {distractors!r}")
-        if not isinstance(otc_alpha, (int, float)) or not otc_alpha >= 0:
-            raise ValueError(f"otc_alpha must be a number >= 0, got {otc_alpha!r}")
-        if not isinstance(otc_c, (int, float)) or not otc_c > 0:
-            raise ValueError(f"otc_c must be a number > 0, got {otc_c!r}")
+        self.categories = check_names("categories", categories, CATEGORIES)
+        check_choice("split", split, SPLITS)
+        check_fraction("test_fraction", test_fraction, open_interval=True)
+        check_int("distractors", distractors, 1, 6)
+        check_number("otc_alpha", otc_alpha, 0.0)
+        check_positive("otc_c", otc_c)
         super().__init__(**kwargs)
         self.split, self.test_fraction, self.distractors = split, float(test_fraction), distractors
         self.otc_alpha, self.otc_c = float(otc_alpha), float(otc_c)
@@ -530,9 +550,9 @@ class FunctionCalling(ToolEnv):
         self._unparsable = False
         self._bad_format = False
 
-    def reset(
+    def reset(  # type: ignore[override]  # a typed info dict
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Messages, dict[str, Any]]:
+    ) -> tuple[Messages, StepInfo]:
         """Starts an episode (see :meth:`ToolEnv.reset`); ``info["tools"]`` holds the offered tools."""
         messages, info = super().reset(seed=seed, options=options)
         assert self.task is not None
@@ -541,11 +561,13 @@ class FunctionCalling(ToolEnv):
         self._episode_reset()
         return messages, info
 
-    def step(self, action: str) -> tuple[Messages, float, bool, bool, dict[str, Any]]:
+    def step(  # type: ignore[override]  # a typed info dict
+        self, action: str
+    ) -> tuple[Messages, float, bool, bool, FunctionCallingInfo]:
         """Plays one turn (see :meth:`ToolEnv.step`); the final step adds the ToolRL components.
 
-        The final step's ``info["toolrl"]`` holds ToolRL's full breakdown (``correct`` and
-        ``total`` included) and ``info["ground_truth"]`` the expected calls.
+        The final step's ``info`` also holds ``sub_task_scores`` and the keys of
+        :class:`FunctionCallingInfo` (``toolrl``, ``ground_truth``).
         """
         turn = parse_turn(action, self._parse)
         messages, reward, terminated, truncated, info = super().step(action)
@@ -554,7 +576,7 @@ class FunctionCalling(ToolEnv):
         self._unparsable |= any(c.error is not None for c in turn.calls)
         self._bad_format |= bool(turn.errors) or turn.void or not all(r["ok"] for r in info["tool_calls"])
         if not (terminated or truncated):
-            return messages, reward, terminated, truncated, info
+            return messages, reward, terminated, truncated, cast(FunctionCallingInfo, info)  # no extras yet
         assert self.task is not None
         truth = self.task["calls"]
         predicted = None if self._unparsable else self._calls
@@ -567,11 +589,14 @@ class FunctionCalling(ToolEnv):
             m = toolrl_match(predicted or [], truth)
             fraction = 0.0 if predicted is None else m.score / m.s_max
             components["otc"] = otc_reward(self._num_calls, len(truth), self.otc_c, self.otc_alpha, fraction)
-        info["success"] = bool(terminated and predicted is not None and parts["correct"] >= 3.0 - 1e-9)
-        info["toolrl"] = parts
-        info["sub_task_scores"] = _sub_task_scores(predicted, truth, parts["format"])
-        info["ground_truth"] = [dict(c) for c in truth]
-        return messages, float(sum(components.values())), terminated, truncated, info
+        final: FunctionCallingInfo = {
+            **info,
+            "success": bool(terminated and predicted is not None and parts["correct"] >= 3.0 - 1e-9),
+            "toolrl": parts,
+            "sub_task_scores": _sub_task_scores(predicted, truth, parts["format"]),
+            "ground_truth": [dict(c) for c in truth],
+        }
+        return messages, float(sum(components.values())), terminated, truncated, final
 
     def _check_call(self, call: ParsedCall) -> str | None:
         """Also rejects a call to a tool the task does not offer (as an unknown tool)."""
@@ -604,20 +629,6 @@ class FunctionCalling(ToolEnv):
 
 def _as_call(call: ParsedCall) -> Call:
     return {"name": call.name, "arguments": dict(call.arguments)}
-
-
-def _check_categories(categories: Sequence[str] | str) -> tuple[str, ...]:
-    """Validates the ``categories`` kwarg; returns the names as a tuple."""
-    names = [c.strip() for c in categories.split(",")] if isinstance(categories, str) else categories
-    if (
-        isinstance(names, (str, bytes))
-        or not isinstance(names, Sequence)
-        or not names
-        or any(c not in CATEGORIES for c in names)
-        or len(set(names)) != len(names)
-    ):
-        raise ValueError(f"categories must be distinct names among {list(CATEGORIES)}, got {categories!r}")
-    return tuple(names)
 
 
 def _sub_task_scores(

@@ -33,9 +33,17 @@ from typing import Any
 
 import numpy as np
 
+from actorlearner.core.knobs import (
+    check_choice,
+    check_fraction,
+    check_int,
+    check_names,
+    check_positive,
+    check_probability,
+)
 from actorlearner.env.toolenv import Messages, tool
+from envs import SPLITS
 from envs.demo import ToolOrGuessEnv
-from envs.knobs import check_probability, check_split
 from envs.sandbox import SandboxResult, run_python
 
 Task = dict[str, Any]
@@ -193,22 +201,18 @@ class PythonTIR(ToolOrGuessEnv):
         max_file_mb: int = 4,
         **kwargs: Any,
     ) -> None:
-        names = list(TEMPLATES) if templates is None else templates
-        if (
-            isinstance(names, str)
-            or not names
-            or set(names) - set(TEMPLATES)
-            or len(set(names)) != len(names)
-        ):
-            raise ValueError(f"templates must be distinct names among {sorted(TEMPLATES)}, got {templates!r}")
-        check_split(split, test_fraction)
+        names = (
+            list(TEMPLATES)
+            if templates is None
+            else check_names("templates", templates, TEMPLATES, comma_separated=False)
+        )
+        check_choice("split", split, SPLITS)
+        check_fraction("test_fraction", test_fraction, open_interval=True)
         check_probability("demo_tool_prob", demo_tool_prob)
-        for key, value in (("cpu_time_s", cpu_time_s), ("wall_time_s", wall_time_s)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{key} must be a number > 0, got {value!r}")
-        for key, value in (("memory_mb", memory_mb), ("max_file_mb", max_file_mb)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be an int >= 1, got {value!r}")
+        check_positive("cpu_time_s", cpu_time_s)
+        check_positive("wall_time_s", wall_time_s)
+        check_int("memory_mb", memory_mb, 1)
+        check_int("max_file_mb", max_file_mb, 1)
         super().__init__(**kwargs)
         self.templates, self.split = list(names), split
         self.test_fraction, self.demo_tool_prob = test_fraction, demo_tool_prob

@@ -22,6 +22,7 @@ irrelevant request), making no call is an exact match and any call scores -3.
 a term whose raw value is ``x`` out of a maximum ``M`` contributes ``(6 x - 3 M) / S_max``, so
 ``name + keys + values == correct`` and ``format + correct == total``. A part is positive when the
 term earned more than half its maximum; DSCL's curriculum reads the parts from the trajectory.
+Configure DSCL for this reward with :data:`TOOLRL_REWARD_RANGE` and :data:`TOOLRL_COMPONENT_RANGES`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,18 @@ TOOLRL_MAX = 4.0
 """Largest ToolRL reward (format 1 plus an exact match 3)."""
 TOOLRL_MIN = -3.0
 """Smallest ToolRL reward (no format, unparsable or nothing right)."""
+TOOLRL_REWARD_RANGE = (TOOLRL_MIN, TOOLRL_MAX)
+"""ToolRL's reward range ``[-3, 4]`` (``R_format + R_correct``): DSCL's ``reward_range`` for envs
+rewarded with ToolRL (configs/function_calling.yaml)."""
+TOOLRL_COMPONENT_RANGES: dict[str, tuple[float, float]] = {
+    "format": (0.0, 1.0),
+    "name": (0.0, 1.0),
+    "keys": (0.0, 1.0),
+    "values": (0.0, 1.0),
+}
+"""ToolRL's reward components as curriculum sub-tasks, each with the range normalizing it: DSCL's
+``component_ranges`` for envs rewarded with ToolRL (used for trajectories without
+``sub_task_scores``)."""
 
 
 def multiset_match(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:

@@ -47,9 +47,18 @@ from typing import Any
 
 import numpy as np
 
+from actorlearner.core.knobs import (
+    check_choice,
+    check_fraction,
+    check_int,
+    check_names,
+    check_number,
+    check_probability,
+)
+from actorlearner.env.info import StepInfo
 from actorlearner.env.toolenv import Messages, ToolEnv, tool
+from envs import SPLITS
 from envs.calculator import format_number
-from envs.knobs import check_probability, check_split, is_number
 
 # ---- the shop's data -----------------------------------------------------------------------------
 
@@ -654,17 +663,17 @@ class SQLEnv(ToolEnv):
         max_chars: int = 1000,
         **kwargs: Any,
     ) -> None:
-        _check_int("db_seed", db_seed, 0, 2**63 - 1)
-        _check_int("num_orders", num_orders, 10, 10_000)
-        self.templates = _check_templates(templates)
-        check_split(split, test_fraction)
+        check_int("db_seed", db_seed, 0, 2**63 - 1)
+        check_int("num_orders", num_orders, 10, 10_000)
+        self.templates = check_names("templates", templates, TEMPLATES)
+        check_choice("split", split, SPLITS)
+        check_fraction("test_fraction", test_fraction, open_interval=True)
         check_probability("demo_tool_prob", demo_tool_prob)
         check_probability("demo_schema_prob", demo_schema_prob)
-        _check_number("tool_bonus", tool_bonus, 0.0, math.inf)
-        if not is_number(time_limit_s) or not 0.0 < time_limit_s <= 60.0:
-            raise ValueError(f"time_limit_s must be a number in (0, 60], got {time_limit_s!r}")
-        _check_int("max_rows", max_rows, 1, 10_000)
-        _check_int("max_chars", max_chars, 16, 1_000_000)
+        check_number("tool_bonus", tool_bonus, 0.0)
+        check_number("time_limit_s", time_limit_s, 0.0, 60.0, open_low=True)
+        check_int("max_rows", max_rows, 1, 10_000)
+        check_int("max_chars", max_chars, 16, 1_000_000)
         super().__init__(**kwargs)
         self.db_seed, self.split, self.test_fraction = db_seed, split, float(test_fraction)
         self.demo_tool_prob, self.demo_schema_prob = float(demo_tool_prob), float(demo_schema_prob)
@@ -741,9 +750,9 @@ class SQLEnv(ToolEnv):
 
     # ---- episode ---------------------------------------------------------------------------------
 
-    def reset(
+    def reset(  # type: ignore[override]  # a typed info dict
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Messages, dict[str, Any]]:
+    ) -> tuple[Messages, StepInfo]:
         """Starts an episode (see :meth:`ToolEnv.reset`) and draws the demonstration's decisions."""
         messages, info = super().reset(seed=seed, options=options)
         assert self.task is not None
@@ -753,7 +762,7 @@ class SQLEnv(ToolEnv):
         self._demo_guess = self._wrong_guess(self.task, self.np_random)
         return messages, info
 
-    def step(self, action: str) -> tuple[Messages, float, bool, bool, dict[str, Any]]:
+    def step(self, action: str) -> tuple[Messages, float, bool, bool, StepInfo]:  # type: ignore[override]
         """Plays one turn (see :meth:`ToolEnv.step`); adds ``tool`` for the first successful query."""
         messages, reward, terminated, truncated, info = super().step(action)
         queried = any(r["ok"] and r["name"] == "query" for r in info["tool_calls"])
@@ -816,27 +825,3 @@ class SQLEnv(ToolEnv):
         if len(items) > 1 and rng.random() < 0.5:
             return ", ".join(items[:-1])
         return ", ".join([*items, other])
-
-
-def _check_int(key: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{key} must be an int in [{low}, {high}], got {value!r}")
-
-
-def _check_number(key: str, value: Any, low: float, high: float) -> None:
-    if not is_number(value) or not low <= value <= high:
-        raise ValueError(f"{key} must be a number in [{low}, {high}], got {value!r}")
-
-
-def _check_templates(templates: Sequence[str] | str) -> tuple[str, ...]:
-    """Validates the ``templates`` kwarg; returns the names as a tuple."""
-    names = [t.strip() for t in templates.split(",")] if isinstance(templates, str) else templates
-    if (
-        isinstance(names, bytes)
-        or not isinstance(names, Sequence)
-        or not names
-        or any(t not in TEMPLATES for t in names)
-        or len(set(names)) != len(names)
-    ):
-        raise ValueError(f"templates must be distinct names among {list(TEMPLATES)}, got {templates!r}")
-    return tuple(names)

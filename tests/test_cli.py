@@ -79,3 +79,24 @@ def test_train_then_eval_from_the_command_line(tmp_path: Path) -> None:
     accuracy = json.loads(bfcl.stdout[bfcl.stdout.index("{") :])
     assert set(accuracy) == {"simple_python", "irrelevance", "overall"}
     assert all(0.0 <= v <= 1.0 for v in accuracy.values())
+
+
+def test_eval_checks_the_bfcl_categories_before_anything_starts(tmp_path: Path, capsys) -> None:
+    import ray
+
+    from actorlearner.cli import main
+
+    ray_was_up = ray.is_initialized()
+    # tmp_path is no checkpoint: the categories are checked before the checkpoint is read or Ray starts
+    assert main(["eval", str(tmp_path), "--bfcl", "simple_python", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "config error: --bfcl: unknown categories ['nope']; allowed: simple_python, multiple" in err
+    assert ray.is_initialized() == ray_was_up
+
+
+def test_the_cli_imports_no_env_internals() -> None:
+    code = "import sys, actorlearner.cli; print(sorted(m for m in sys.modules if m.startswith('envs.')))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -11,10 +11,12 @@ from actorlearner.replay import dscl
 from actorlearner.replay.buffer import GroupReplayBuffer, compute_priority
 from actorlearner.replay.dscl import DSCLPriority, WarmupGate
 from actorlearner.replay.filters import FilterChain
+from envs.rewards import TOOLRL_REWARD_RANGE
 from tests.conftest import make_group, make_trajectory
 
-# A DSCL instance without the warm-up gate or the curriculum: the 7a formula alone.
-PLAIN = {"warmup_batches": 0, "curriculum": False}
+# A DSCL instance without the warm-up gate or the curriculum: the 7a formula alone, on ToolRL's
+# reward scale [-3, 4] (the paper's).
+PLAIN = {"warmup_batches": 0, "curriculum": False, "reward_range": TOOLRL_REWARD_RANGE}
 
 
 def _history(*groups: list[float]) -> PromptHistory:
@@ -269,3 +271,63 @@ def test_state_round_trip():
     clone.set_state(fn.get_state())
     assert clone.mastery == fn.mastery and clone.gate.is_open and clone.num_batches == 1
     assert float(clone.rng.random()) == float(fn.rng.random())
+
+
+# -- the reward scale comes from the options ---------------------------------------------------
+
+
+def test_dscl_knows_no_particular_reward():
+    fn = DSCLPriority()
+    assert fn.reward_range == (0.0, 1.0) and fn.component_ranges is None
+    assert not any(name.startswith("TOOLRL") for name in vars(dscl))
+    # without component_ranges every reward component is a sub-task on [0, 1]
+    t = make_trajectory(1.0).replace(reward_components={"answer": 0.5, "format": -0.2, "tool": 3.0})
+    assert dscl.trajectory_component_scores(t, None) == {"answer": 0.5, "format": 0.0, "tool": 1.0}
+    assert dscl.trajectory_component_scores(t, {}) == {}
+
+
+def test_function_calling_config_sets_toolrl_scale():
+    from actorlearner import AlgorithmConfig
+    from envs.rewards import TOOLRL_MAX, TOOLRL_MIN
+
+    config = AlgorithmConfig.from_yaml("configs/function_calling.yaml")
+    fn = PRIORITIES.resolve(config.replay.priority_fn)
+    assert isinstance(fn, DSCLPriority)
+    assert fn.reward_range == TOOLRL_REWARD_RANGE == (TOOLRL_MIN, TOOLRL_MAX)
+    assert fn.component_ranges is None
+
+
+@pytest.mark.parametrize(
+    "knobs, message",
+    [
+        ({"eps": -1}, "eps must be a finite number >= 0, got -1"),
+        ({"epoch_window": 2.5}, "epoch_window must be an int >= 0, got 2.5"),
+        ({"p_revisit": 2}, "p_revisit must be a number in [0, 1], got 2"),
+        ({"tau": 0}, "tau must be a number > 0, got 0"),
+        ({"component_ranges": {"format": [1, 1]}}, "component_ranges['format'] must be a finite [low, high]"),
+    ],
+)
+def test_bad_knobs_raise_one_line(knobs, message):
+    with pytest.raises(ValueError) as caught:
+        DSCLPriority(**knobs)
+    assert message in str(caught.value)
+
+
+def test_correctness_components_choose_what_is_reweighted():
+    comps = [{"format": 1.0, "name": 1.0, "values": v} for v in (0.0, 1.0)]
+    for names, changed in ((None, {"name", "values"}), (["format", "values"], {"format", "values"})):
+        fn = DSCLPriority(reweight_rewards=True, batch_groups=0, correctness_components=names)
+        fn.mastery = {"format": 0.0, "name": 1.0, "values": 0.5}  # format lags most: by default left alone
+        group = _scored([2.0, 2.0], {})
+        for t, c in zip(group.trajectories, comps, strict=True):
+            t.reward_components, t.reward = dict(c), sum(c.values())
+        before = [t.reward for t in group.trajectories]
+        fn.reweight_group(group)
+        assert [t.reward for t in group.trajectories] != before
+        focus = fn.focus()
+        chosen = sorted(changed)
+        total = sum(focus[c] for c in chosen)
+        for t, c in zip(group.trajectories, comps, strict=True):
+            expected = sum(v for k, v in c.items() if k not in changed)
+            expected += sum(len(chosen) * focus[k] / total * c[k] for k in chosen)
+            assert t.reward == pytest.approx(expected)

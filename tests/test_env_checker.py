@@ -6,6 +6,7 @@ import copy
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import warnings
@@ -356,7 +357,51 @@ def test_check_step_result_alone() -> None:
     check_step_result(env.step("<answer>1</answer>"))
     with pytest.raises(EnvCheckError, match=r"\[step\].*5-tuple"):
         check_step_result(([], 0.0, False, False))
-    with pytest.raises(EnvCheckError, match="final_answer must be str or None"):
+    with pytest.raises(EnvCheckError, match=r"info\['final_answer'\] must be a str or None, got 3"):
         check_step_result(
             ([], 0.0, True, False, {"tool_calls": [], "final_answer": 3, "reward_components": {}})
         )
+
+
+GOOD_CALL = {"name": "reveal", "arguments": {"loud": True}, "ok": True, "error": None, "output": "7"}
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"tool_calls": None}, "info['tool_calls'] must be a list, got None"),
+        ({"tool_calls": [{**GOOD_CALL, "ok": "yes"}]}, "info['tool_calls'][0]['ok'] must be a bool"),
+        ({"tool_calls": [{"name": "reveal", "ok": True}]}, "info['tool_calls'][0] has no 'arguments'"),
+        ({"tool_calls": [{**GOOD_CALL, "output": 7}]}, "['output'] must be a str or None, got 7"),
+        ({"tool_calls": [{**GOOD_CALL, "ok": False}]}, "info['tool_calls'][0] failed without an 'error'"),
+        ({"reward_components": {"answer": "1"}}, "['reward_components']['answer'] must be a finite float"),
+        ({"reward_components": {"answer": math.nan}}, "must be a finite float, got nan"),
+        ({"void": 1}, "info['void'] must be a bool, got 1"),
+        ({"turn": True}, "info['turn'] must be an int, got True"),
+        ({"format_errors": ["ok", 3]}, "info['format_errors'][1] must be a str"),
+        ({"sub_task_scores": {"name": None}}, "info['sub_task_scores']['name'] must be a finite float"),
+        ({"env_error": None}, "info['env_error'] must be a str, got None"),
+    ],
+)
+def test_check_step_result_follows_the_step_info_annotations(changes: dict[str, Any], fragment: str) -> None:
+    info = {"tool_calls": [GOOD_CALL], "final_answer": None, "reward_components": {"answer": 0.0}}
+    info.update(changes)
+    with pytest.raises(EnvCheckError) as caught:
+        check_step_result(([], 0.0, False, False, info))
+    assert fragment in str(caught.value)
+
+
+def test_check_step_result_ignores_keys_the_env_adds() -> None:
+    info = {"tool_calls": [], "final_answer": "1", "reward_components": {}, "toolrl": object()}
+    check_step_result(([], 0.0, True, False, info))
+
+
+class BadSubTasks(Plain):
+    def reset(self, *, seed=None, options=None):
+        messages, info = super().reset(seed=seed, options=options)
+        info["sub_tasks"] = ["fine", 3]
+        return messages, info
+
+
+def test_reset_info_follows_the_step_info_annotations() -> None:
+    assert_catches(BadSubTasks(), "reset", "info['sub_tasks'][1] must be a str, got 3")

@@ -119,7 +119,9 @@ def test_void_turn_masks_the_whole_trajectory_and_keeps_its_reward():
     assert [float(t.loss_mask.sum()) for t in kept.trajectories] == [0.0, 4.0, 4.0]
     assert group.trajectories[0].loss_mask.sum() == 4.0  # input untouched
     np.testing.assert_array_equal(kept.rewards, group.rewards)
-    assert void_turn(_group(_traj(0.0), _traj(1.0))) is not None
+    clean = _group(_traj(0.0), _traj(1.0))
+    assert void_turn(clean) is clean  # no void turn: the very group, every mask untouched
+    assert [float(t.loss_mask.sum()) for t in clean.trajectories] == [4.0, 4.0]
 
 
 def test_void_turn_checks_every_turn():
@@ -143,7 +145,9 @@ def test_overlong_drops_all_overlong_groups_and_honours_min_n():
     assert overlong(all_long, min_n=0) is None
     assert overlong(one_short) is one_short
     assert overlong(one_short, min_n=2) is None
-    assert overlong(_group(_traj(0.0), _traj(1.0)), min_n=2) is not None
+    short = _group(_traj(0.0), _traj(1.0))
+    assert overlong(short, min_n=2) is short
+    assert overlong(short, min_n=3) is None  # fewer than min_n members ended under the cap
 
 
 def test_overlong_mask_option_masks_overlong_members():

@@ -272,4 +272,11 @@ def test_train_from_the_command_line(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "python" / "summary.json").read_text())["iterations"] == 2
     rl_steps = [row for row in rows if row.get("phase") == "rl"]
     assert [row["step"] for row in rl_steps] == [1, 2] and all("learner/loss" in row for row in rl_steps)
-    assert any(row["rollout/tool_use_rate"] >= 0 for row in rl_steps)
+    measured = [row for row in rl_steps if "rollout/episodes" in row]  # iterations groups arrived in
+    assert measured
+    for row in measured:  # the rate is over the episodes that arrived: a count / episodes
+        episodes, rate = row["rollout/episodes"], row["rollout/tool_use_rate"]
+        calls = row["rollout/tool_calls_per_episode"]
+        assert episodes >= 4 and episodes % 4 == 0  # whole groups of 4
+        assert 0.0 <= rate <= 1.0 and rate * episodes == pytest.approx(round(rate * episodes))
+        assert rate <= calls and (rate == 0.0) == (calls == 0.0)  # a tool-using episode made >= 1 call

@@ -67,12 +67,12 @@ def half_grpo():
             r"^env_runners\.engine_options: engine 'hf': bad options \{'beam_width': 4\}: .*beam_width",
         ),
         (
-            lambda c: c.env_runners(env_runner_cls=dict),
+            lambda c: c.env_runners(env_runner_cls=dict).build(),  # subclass checked at build
             r"^env_runners\.env_runner_cls: <class 'dict'> is not a subclass of "
             r"actorlearner\.rollout\.runner\.EnvRunner$",
         ),
         (
-            lambda c: c.env_runners(env_runner_cls="collections:OrderedDict"),
+            lambda c: c.env_runners(env_runner_cls="collections:OrderedDict").build(),
             r"^env_runners\.env_runner_cls: .*OrderedDict'> is not a subclass of .*EnvRunner$",
         ),
         (
@@ -80,7 +80,7 @@ def half_grpo():
             r"^learners\.learner_cls: cannot import 'no_such_module:Learner'",
         ),
         (
-            lambda c: c.learners(learner_cls=int),
+            lambda c: c.learners(learner_cls=int).build(),
             r"^learners\.learner_cls: <class 'int'> is not a subclass of "
             r"actorlearner\.learn\.learner\.Learner$",
         ),

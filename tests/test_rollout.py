@@ -131,3 +131,41 @@ def test_demonstrated_turns_end_where_generation_would(model_dir: str) -> None:
     without = asyncio.run(DemonstrationTurnPolicy(tok)([], env, messages, 100))
     assert with_stops.token_ids == tok.encode(text, add_special_tokens=False)  # ends with </answer> etc.
     assert without.token_ids == [*with_stops.token_ids, tok.eos_token_id]  # no stop id: learn to stop
+
+
+def test_record_step_reads_a_step_info_into_the_turn_and_the_outcome() -> None:
+    from actorlearner.core.trajectory import TurnRecord
+    from actorlearner.rollout.episode import EpisodeOutcome, record_step
+
+    outcome = EpisodeOutcome()
+    first = TurnRecord(index=0, text="t0", start=0, end=1)
+    call = {
+        "name": "calculator",
+        "arguments": {"expression": "1 + 1"},
+        "ok": True,
+        "error": None,
+        "output": "2",
+    }
+    record_step(
+        {"tool_calls": [call], "final_answer": None, "reward_components": {"format": 0.0}, "success": False},
+        0.0,
+        first,
+        outcome,
+    )
+    assert first.tool_calls[0].output == "2" and first.final_answer is None and not first.void
+    second = TurnRecord(index=1, text="t1", start=1, end=2)
+    record_step(  # only the required keys: void is inferred, success and scores are kept
+        {"tool_calls": [], "final_answer": "2", "reward_components": {"format": -0.1, "answer": 1.0}},
+        0.9,
+        second,
+        outcome,
+    )
+    assert second.final_answer == "2" and not second.void
+    assert outcome.reward == pytest.approx(0.9)
+    assert outcome.components == pytest.approx({"format": -0.1, "answer": 1.0})
+    assert outcome.success is False and outcome.env_error is None and outcome.sub_task_scores == {}
+    third = TurnRecord(index=2, text="t2", start=2, end=3)
+    info = {"tool_calls": [], "final_answer": None, "reward_components": {}, "success": True}
+    record_step({**info, "sub_task_scores": {"name": 1}, "env_error": "Error: boom"}, 0.0, third, outcome)
+    assert third.void and outcome.success and outcome.env_error == "Error: boom"
+    assert outcome.sub_task_scores == {"name": 1.0}

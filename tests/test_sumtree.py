@@ -167,11 +167,16 @@ def test_sample_distinct_single_draws_follow_the_priorities():
 
 
 def test_stratified_batch_covers_each_segment():
-    # Ten equal priorities and a batch of ten: one draw per segment hits every leaf exactly once.
+    # Ten equal priorities and a batch of five: segment i of the total is exactly leaves {2i, 2i+1},
+    # so every batch holds one leaf of each pair. Plain iid draws (even de-duplicated) would often
+    # take two leaves of one pair: P(one per pair) = 5!/5^5 < 4% per batch.
     tree = SumTree(10)
     tree.update(np.arange(10), np.ones(10))
-    drawn = sample_distinct(tree, 10, np.random.default_rng(0))
-    assert sorted(drawn.tolist()) == list(range(10))
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        drawn = sample_distinct(tree, 5, rng)
+        assert sorted((drawn // 2).tolist()) == list(range(5)), drawn
+    assert sorted(sample_distinct(tree, 10, rng).tolist()) == list(range(10))
 
 
 @pytest.mark.parametrize("fanout", FANOUTS)

@@ -6,16 +6,18 @@ for the protocol of :mod:`actorlearner.env.toolenv` rather than gymnasium's spac
 subclasses. The checks, each named in the error it raises:
 
 * ``reset``: ``reset(seed=...)`` returns a non-empty list of ``{"role", "content"}`` messages and an
-  ``info`` dict with ``tools`` (list) and ``prompt_id`` (str); ``sub_tasks`` (list of str) and
-  ``task_id`` (str) are expected (a warning when missing).
+  ``info`` that fits :class:`~actorlearner.env.info.StepInfo`: the keys of ``RESET_REQUIRED``
+  present, those of ``RESET_EXPECTED`` expected (a warning when missing), and every key of
+  ``StepInfo`` it has of the annotated type.
 * ``tools``: each entry of ``info["tools"]`` is in the OpenAI function format
   ``{"type": "function", "function": {"name", "description", "parameters"}}``, names are unique,
   ``parameters`` is an object schema whose ``required`` names are properties, and it is a valid
   JSON Schema (checked with ``jsonschema`` when installed, structurally otherwise).
 * ``step``: ``step(text)`` returns ``(messages, reward, terminated, truncated, info)`` with a
-  finite float reward, bool flags and ``info`` holding ``tool_calls`` (each ``name``,
-  ``arguments``, ``ok``, ``error``), ``final_answer`` and ``reward_components`` summing to the
-  reward; ``success`` (bool) is expected on the last step.
+  finite float reward, bool flags and an ``info`` that fits ``StepInfo`` (the keys of
+  ``STEP_REQUIRED`` present, those of ``STEP_EXPECTED_AT_END`` expected on the last step, every
+  key of the annotated type, nested tool-call records included), ``reward_components`` summing to
+  the reward and each failed tool call carrying its ``error`` text.
 * ``determinism``: the same seed gives the same messages, tools and ``prompt_id`` (after resets
   with other seeds, and on a fresh instance when the env has a gymnasium spec); the same seed and
   turn give the same step outcome. All seeds giving one prompt is a warning.
@@ -40,15 +42,25 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 import gymnasium
 import numpy as np
 from gymnasium.utils.env_checker import data_equivalence
 
+from actorlearner.core.knobs import is_int, is_number
+from actorlearner.env.info import (
+    RESET_EXPECTED,
+    RESET_REQUIRED,
+    STEP_EXPECTED_AT_END,
+    STEP_REQUIRED,
+    StepInfo,
+    as_step_info,
+)
 from actorlearner.env.parsing import format_tool_call
 
 try:  # jsonschema comes with ray; without it the schema checks are structural only
@@ -166,7 +178,7 @@ class _Checker:
 
     # ---- reset and step, validated -------------------------------------------------------------
 
-    def reset(self, seed: int, check: str = "reset") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def reset(self, seed: int, check: str = "reset") -> tuple[list[dict[str, Any]], StepInfo]:
         """``env.reset(seed=seed)``, with its return checked against the protocol."""
         with _raising(check, f"reset(seed={seed})"):
             out = self.env.reset(seed=seed)
@@ -175,30 +187,28 @@ class _Checker:
         messages, info = out
         _check_messages(check, messages, where)
         _require(bool(messages), check, f"{where} returned no messages")
-        _require(isinstance(info, dict), check, f"{where}: info must be a dict, got {type(info).__name__}")
-        _require(isinstance(info.get("tools"), list), check, f"{where}: info['tools'] must be a list")
-        _require(isinstance(info.get("prompt_id"), str), check, f"{where}: info['prompt_id'] must be a str")
-        for key, ok in (("sub_tasks", _is_str_list), ("task_id", lambda v: isinstance(v, str))):
-            if key not in info:
-                if check == "reset":
-                    self.warn(check, f"info has no {key!r} (the curriculum and metrics use it)")
-            else:
-                _require(ok(info[key]), check, f"{where}: info[{key!r}] has the wrong type: {info[key]!r}")
+        check_info(info, RESET_REQUIRED, where, check)
+        for key in RESET_EXPECTED:
+            if key not in info and check == "reset":
+                self.warn(check, f"info has no {key!r} (the curriculum and metrics use it)")
         space = getattr(self.env, "observation_space", None)
         if check == "reset" and isinstance(space, gymnasium.spaces.Space) and messages not in space:
             self.warn(check, f"the reset messages are not in observation_space {space}")
-        return messages, info
+        return messages, as_step_info(info)
 
-    def step(self, text: str, check: str, label: str) -> tuple[Any, ...]:
+    def step(
+        self, text: str, check: str, label: str
+    ) -> tuple[list[dict[str, Any]], float, bool, bool, StepInfo]:
         """``env.step(text)``, with its return checked against the protocol."""
         where = f"step({label})"
         with _raising(check, where):
             out = self.env.step(text)
         check_step_result(out, where, check)
-        *_, terminated, truncated, info = out
-        if "success" not in info and (terminated or truncated):
-            self.warn(check, f"{where} ended the episode without info['success']")
-        return tuple(out)
+        messages, reward, terminated, truncated, info = out
+        for key in STEP_EXPECTED_AT_END:
+            if key not in info and (terminated or truncated):
+                self.warn(check, f"{where} ended the episode without info[{key!r}]")
+        return messages, float(reward), bool(terminated), bool(truncated), as_step_info(info)
 
     # ---- the checks ----------------------------------------------------------------------------
 
@@ -308,7 +318,7 @@ class _Checker:
             obs, _, terminated, truncated, info = self.step(
                 text, "demonstration", f"demonstrated turn {turn}"
             )
-            errors = list(info.get("format_errors") or [])
+            errors = info.get("format_errors", [])
             _require(
                 not errors and not info.get("void", False),
                 "demonstration",
@@ -316,7 +326,7 @@ class _Checker:
                 f"(format errors {errors}); does it follow the env's parser? Write calls with "
                 "env.format_call(name, arguments).",
             )
-            if any(not c.get("ok", True) for c in info["tool_calls"]):
+            if any(not c["ok"] for c in info["tool_calls"]):
                 self.warn("demonstration", f"seed {seed}, turn {turn}: a demonstrated tool call failed")
             if terminated or truncated:
                 return bool(info.get("success", False))
@@ -346,15 +356,41 @@ def check_step_result(out: Any, where: str = "step", check: str = "step") -> Non
     _require(_is_number(reward), check, f"{where}: reward must be a finite float, got {reward!r}")
     for name, flag in (("terminated", terminated), ("truncated", truncated)):
         _require(isinstance(flag, (bool, np.bool_)), check, f"{where}: {name} must be a bool")
-    _require(isinstance(info, dict), check, f"{where}: info must be a dict")
-    for key in ("tool_calls", "final_answer", "reward_components"):
-        _require(key in info, check, f"{where}: info has no {key!r}")
-    _check_tool_records(check, info["tool_calls"], where)
-    answer = info["final_answer"]
-    _require(answer is None or isinstance(answer, str), check, f"{where}: final_answer must be str or None")
+    check_info(info, STEP_REQUIRED, where, check)
+    for i, call in enumerate(info["tool_calls"]):
+        _require(
+            call["ok"] or isinstance(call.get("error"), str),
+            check,
+            f"{where}: info['tool_calls'][{i}] failed without an 'error' text",
+        )
     _check_components(check, info["reward_components"], float(reward), where)
-    if "success" in info:
-        _require(isinstance(info["success"], (bool, np.bool_)), check, f"{where}: success must be a bool")
+
+
+def check_info(info: Any, required: Sequence[str], where: str = "info", check: str = "step") -> None:
+    """Checks an ``info`` dict against :class:`~actorlearner.env.info.StepInfo`'s annotations.
+
+    Every key of ``required`` must be present, and every key of ``StepInfo`` that is present must
+    have the annotated type (recursively: lists, dicts, unions, nested TypedDicts such as the
+    tool-call records). Keys ``StepInfo`` does not know are the env's own and are not checked.
+
+    Args:
+        info: What ``reset`` or ``step`` returned as ``info``.
+        required: Keys that must be present (e.g. :data:`~actorlearner.env.info.STEP_REQUIRED`).
+        where: How the call is named in the error message.
+        check: The check name the error carries.
+
+    Raises:
+        EnvCheckError: At the first missing key or mistyped value (the message gives its path).
+    """
+    _require(isinstance(info, dict), check, f"{where}: info must be a dict, got {type(info).__name__}")
+    for key in required:
+        _require(
+            key in info, check, f"{where}: info[{key!r}] must be {_describe_type(_INFO_TYPES[key])} (missing)"
+        )
+    for key, annotation in _INFO_TYPES.items():
+        if key in info:
+            problem = _type_problem(info[key], annotation, f"info[{key!r}]")
+            _require(problem is None, check, f"{where}: {problem}")
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -401,11 +437,75 @@ def _twin(env: gymnasium.Env) -> gymnasium.Env | None:
 
 
 def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float, np.integer, np.floating))
-        and not isinstance(value, (bool, np.bool_))
-        and math.isfinite(float(value))
-    )
+    """A finite int or float (numpy scalars too), not a bool."""
+    return is_number(value) and math.isfinite(float(value))
+
+
+_INFO_TYPES: dict[str, Any] = get_type_hints(StepInfo)
+"""``StepInfo``'s keys and their annotations: what :func:`check_info` validates against."""
+
+_SCALARS: dict[Any, tuple[str, Callable[[Any], bool]]] = {
+    str: ("a str", lambda v: isinstance(v, str)),
+    bool: ("a bool", lambda v: isinstance(v, (bool, np.bool_))),
+    int: ("an int", is_int),
+    float: ("a finite float", _is_number),
+    type(None): ("None", lambda v: v is None),
+}
+
+
+def _describe_type(annotation: Any) -> str:
+    """How an annotation reads in a message: ``a str or None``, ``a list``, ``a ToolCallInfo dict``."""
+    if annotation is Any:
+        return "anything"
+    if annotation in _SCALARS:
+        return _SCALARS[annotation][0]
+    if get_origin(annotation) in (Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in get_args(annotation))
+    if is_typeddict(annotation):
+        return f"a {annotation.__name__} dict"
+    origin = get_origin(annotation)
+    return f"a {getattr(origin, '__name__', annotation)}"
+
+
+def _type_problem(value: Any, annotation: Any, where: str) -> str | None:
+    """Why ``value`` does not fit ``annotation`` (naming the path of the first bad part), or None."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is Any:
+        return None
+    if annotation in _SCALARS:
+        fits = _SCALARS[annotation][1](value)
+    elif origin in (Union, types.UnionType):
+        fits = any(_type_problem(value, a, where) is None for a in args)
+    elif is_typeddict(annotation) or origin in (list, dict):
+        return _container_problem(value, annotation, where)
+    else:  # pragma: no cover  (an annotation StepInfo does not use)
+        raise TypeError(f"check_info cannot check {annotation!r}")
+    return None if fits else _wrong_type(value, annotation, where)
+
+
+def _wrong_type(value: Any, annotation: Any, where: str) -> str:
+    return f"{where} must be {_describe_type(annotation)}, got {value!r}"[:500]
+
+
+def _container_problem(value: Any, annotation: Any, where: str) -> str | None:
+    """:func:`_type_problem` of a list, dict or TypedDict annotation: the container, then its items."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is list:
+        if not isinstance(value, list):
+            return _wrong_type(value, annotation, where)
+        items = [(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    elif not isinstance(value, dict):
+        return _wrong_type(value, annotation, where)
+    elif origin is dict:
+        items = [(k, args[0], f"{where}: key {k!r}") for k in value]
+        items += [(v, args[1], f"{where}[{k!r}]") for k, v in value.items()]
+    else:
+        missing = sorted(annotation.__required_keys__ - set(value))
+        if missing:
+            return f"{where} has no {missing[0]!r} (a {annotation.__name__} needs it)"
+        hints = get_type_hints(annotation)
+        items = [(value[k], a, f"{where}[{k!r}]") for k, a in hints.items() if k in value]
+    return next((p for v, a, w in items if (p := _type_problem(v, a, w)) is not None), None)
 
 
 def _is_str_list(value: Any) -> bool:
@@ -434,22 +534,8 @@ def _check_messages(check: str, messages: Any, where: str) -> None:
         )
 
 
-def _check_tool_records(check: str, records: Any, where: str) -> None:
-    _require(isinstance(records, list), check, f"{where}: info['tool_calls'] must be a list")
-    for i, r in enumerate(records):
-        what = f"{where}: info['tool_calls'][{i}]"
-        _require(isinstance(r, dict), check, f"{what} must be a dict")
-        _require(isinstance(r.get("name"), str), check, f"{what}['name'] must be a str")
-        _require(isinstance(r.get("arguments"), dict), check, f"{what}['arguments'] must be a dict")
-        _require(isinstance(r.get("ok"), (bool, np.bool_)), check, f"{what}['ok'] must be a bool")
-        if not r["ok"]:
-            _require(isinstance(r.get("error"), str), check, f"{what} failed without an 'error' text")
-
-
-def _check_components(check: str, components: Any, reward: float, where: str) -> None:
-    _require(isinstance(components, dict), check, f"{where}: info['reward_components'] must be a dict")
-    for name, value in components.items():
-        _require(_is_number(value), check, f"{where}: reward component {name!r} is {value!r}, not a float")
+def _check_components(check: str, components: dict[str, float], reward: float, where: str) -> None:
+    """The components (already type-checked) add up to the reward."""
     total = float(sum(float(v) for v in components.values()))
     _require(
         math.isclose(total, reward, rel_tol=1e-6, abs_tol=1e-6),

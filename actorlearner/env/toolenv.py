@@ -16,14 +16,12 @@ the Google docstring, via ``transformers.utils.get_json_schema``) and three task
 
 The protocol the rollout runner relies on:
 
-* ``reset(seed)`` returns the prompt messages and ``info`` with ``tools`` (schemas for the chat
-  template), ``prompt_id`` (a digest of the task: equal seeds give equal ids), ``sub_tasks`` and
-  ``task_id``.
+* ``reset(seed)`` returns the prompt messages and an ``info``; equal seeds give equal tasks.
 * ``step(text)`` parses the turn, runs its tool calls in order and returns the messages to append
   (one ``role="tool"`` message per call, ``"Error: ..."`` for a call that failed, a short
-  ``role="user"`` instruction after a void turn), the reward and ``info`` with ``tool_calls``,
-  ``final_answer``, ``reward_components`` (summing to the step's reward), ``success``, ``void``,
-  ``format_errors`` (the parser's complaints) and ``turn`` (0-based index of the turn).
+  ``role="user"`` instruction after a void turn), the reward, the two flags and an ``info``.
+* Both ``info`` dicts are a :class:`~actorlearner.env.info.StepInfo`, whose docstring documents
+  every key (``tools``, ``prompt_id``, ``tool_calls``, ``reward_components``...).
 * Model text never makes ``step`` raise: format problems, unknown tools, bad arguments and tools that
   raise become error messages and a format penalty.
 
@@ -66,6 +64,8 @@ import gymnasium as gym
 import numpy as np
 from transformers.utils import get_json_schema
 
+from actorlearner.core.knobs import check_int, check_number, check_positive
+from actorlearner.env.info import StepInfo, ToolCallInfo
 from actorlearner.env.parsing import PARSERS, ParsedCall, ParsedTurn, ToolCallFormat, get_format, parse_turn
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -157,7 +157,7 @@ class ToolEnv(gym.Env[Messages, str]):
         render_mode: Unused; tool envs do not render.
 
     Raises:
-        ValueError: If a knob is out of range (the message names it).
+        ConfigError: If a knob is out of range (a ValueError; the message names it).
         RegistryError: If ``parser`` is unknown.
         ToolDefinitionError: If a ``@tool`` method lacks type hints or docstring ``Args``.
     """
@@ -219,17 +219,11 @@ class ToolEnv(gym.Env[Messages, str]):
         self._penalty_total = 0.0
 
     def _validate_knobs(self) -> None:
-        if not (isinstance(self.max_turns, int) and self.max_turns >= 1):
-            raise ValueError(f"max_turns must be an int >= 1, got {self.max_turns!r}")
-        if not self.format_penalty >= 0:
-            raise ValueError(f"format_penalty must be >= 0, got {self.format_penalty!r}")
-        if not self.max_format_penalty >= 0:
-            raise ValueError(f"max_format_penalty must be >= 0, got {self.max_format_penalty!r}")
-        if not (isinstance(self.max_output_chars, int) and self.max_output_chars >= 16):
-            raise ValueError(f"max_output_chars must be an int >= 16, got {self.max_output_chars!r}")
-        timeout = self.tool_timeout_s
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"tool_timeout_s must be a number > 0 (math.inf: no limit), got {timeout!r}")
+        check_int("max_turns", self.max_turns, 1)
+        check_number("format_penalty", self.format_penalty, 0.0)
+        check_number("max_format_penalty", self.max_format_penalty, 0.0)
+        check_int("max_output_chars", self.max_output_chars, 16)
+        check_positive("tool_timeout_s", self.tool_timeout_s)
 
     def _collect_tools(self) -> tuple[dict[str, Callable[..., Any]], list[dict[str, Any]]]:
         """Finds the ``@tool`` methods and builds their schemas, in name order."""
@@ -332,9 +326,9 @@ class ToolEnv(gym.Env[Messages, str]):
         """Writes a final answer in this env's format (for demonstrations)."""
         return get_format(self._parse).write_answer(answer)
 
-    def reset(
+    def reset(  # type: ignore[override]  # StepInfo is gymnasium's info dict, typed
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Messages, dict[str, Any]]:
+    ) -> tuple[Messages, StepInfo]:
         """Starts an episode on the task the seed determines.
 
         ``np_random`` is seeded as ``np.random.default_rng(seed)`` would be; without a seed the
@@ -345,12 +339,12 @@ class ToolEnv(gym.Env[Messages, str]):
             options: Unused.
 
         Returns:
-            The prompt messages and ``info`` with ``tools``, ``prompt_id``, ``sub_tasks``, ``task_id``.
+            The prompt messages and the reset keys of :class:`~actorlearner.env.info.StepInfo`.
         """
         super().reset(seed=seed)
         self.task = self.sample_task(self.np_random)
         self._turn, self._done, self._penalty_total = 0, False, 0.0
-        info = {
+        info: StepInfo = {
             "tools": self.tool_schemas,
             "prompt_id": self.prompt_id(self.task),
             "sub_tasks": list(self.task_labels(self.task)),
@@ -358,14 +352,15 @@ class ToolEnv(gym.Env[Messages, str]):
         }
         return [dict(m) for m in self.prompt_messages(self.task)], info
 
-    def step(self, action: str) -> tuple[Messages, float, bool, bool, dict[str, Any]]:
+    def step(self, action: str) -> tuple[Messages, float, bool, bool, StepInfo]:  # type: ignore[override]
         """Plays one assistant turn.
 
         Args:
             action: The model's raw turn.
 
         Returns:
-            ``(messages, reward, terminated, truncated, info)`` as described in the module docstring.
+            ``(messages, reward, terminated, truncated, info)``: see the module docstring; ``info``
+            holds the step keys of :class:`~actorlearner.env.info.StepInfo`.
 
         Raises:
             RuntimeError: If called before ``reset`` or after the episode ended (never because of
@@ -393,7 +388,7 @@ class ToolEnv(gym.Env[Messages, str]):
         self._done = terminated or truncated
         if not self._done:
             messages.extend(self._format_feedback(turn))
-        info = {
+        info: StepInfo = {
             "tool_calls": records,
             "final_answer": turn.final_answer,
             "reward_components": components,
@@ -428,10 +423,15 @@ class ToolEnv(gym.Env[Messages, str]):
             return [{"role": "user", "content": "Format error: " + "; ".join(notes)}]
         return []
 
-    def _run_call(self, call: ParsedCall) -> dict[str, Any]:
+    def _run_call(self, call: ParsedCall) -> ToolCallInfo:
         """Runs one call, containing every failure; returns its ``info["tool_calls"]`` record."""
-        record: dict[str, Any] = {"name": call.name, "arguments": call.arguments, "ok": False}
-        record.update(error=None, output=None)
+        record: ToolCallInfo = {
+            "name": call.name,
+            "arguments": call.arguments,
+            "ok": False,
+            "error": None,
+            "output": None,
+        }
         error = call.error or self._check_call(call)
         if error is None:
             try:
@@ -445,7 +445,7 @@ class ToolEnv(gym.Env[Messages, str]):
                 if result is None:
                     error = f"{call.name} returned no output"
                 else:
-                    record.update(ok=True, output=self._clip(_to_text(result)))
+                    record["ok"], record["output"] = True, self._clip(_to_text(result))
         if error is not None:
             record["error"] = self._clip(error)
         return record
@@ -504,11 +504,11 @@ class ToolEnv(gym.Env[Messages, str]):
         return text[: self.max_output_chars] + f"... [{cut} characters cut]"
 
 
-def _call_message(record: dict[str, Any]) -> dict[str, Any]:
+def _call_message(record: ToolCallInfo) -> dict[str, Any]:
     """The message that answers one call: its output, or its error."""
     if record["ok"]:
-        return {"role": "tool", "name": record["name"], "content": record["output"]}
-    return {"role": "tool", "content": f"Error: {record['error']}"}
+        return {"role": "tool", "name": record["name"], "content": record.get("output")}
+    return {"role": "tool", "content": f"Error: {record.get('error')}"}
 
 
 def _describe(err: Exception) -> str:

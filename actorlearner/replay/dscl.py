@@ -9,16 +9,21 @@ DSCL (arXiv 2509.14718) decides which prompts the learner trains on in two ways:
   :func:`dscl_priority`; mastered prompts are excluded (priority 0) except with probability
   ``p_revisit``; hard ones are down-weighted. All of it stays off until the warm-up gate opens
   (:class:`WarmupGate`: the batch mean reward above ``t_warm`` for K consecutive batches).
-* **Task-based curriculum** (7b). Sub-tasks are the reward components (format, tool name, keys,
-  values) and the env's task categories (``group.sub_tasks``). Mastery ``mu_s`` is an EMA of the
-  normalized sub-task score per batch; focus ``w_s = softmax((1 - mu_s) / tau)``
-  (:func:`focus_weights`); a prompt's priority is multiplied by ``1 + kappa * sum_s w_s (1 - score_s)``
-  (:func:`curriculum_multiplier`). :func:`reweight_reward` is the optional second use (scalar reward
-  reweighted by focus), for the reward side to call.
+* **Task-based curriculum** (7b). Sub-tasks are the reward components (in the paper ToolRL's
+  format, tool name, keys and values) and the env's task categories (``group.sub_tasks``). Mastery
+  ``mu_s`` is an EMA of the normalized sub-task score per batch; focus
+  ``w_s = softmax((1 - mu_s) / tau)`` (:func:`focus_weights`); a prompt's priority is multiplied by
+  ``1 + kappa * sum_s w_s (1 - score_s)`` (:func:`curriculum_multiplier`). :func:`reweight_reward`
+  is the optional second use (scalar reward reweighted by focus), for the reward side to call.
 
 The pure math is in plain functions; :class:`DSCLPriority` (registered as ``"dscl"``) holds the state
 that spans groups (warm-up, mastery) and is what the buffer calls as ``fn(group, history)``.
 Everything marked *our choice* fills a detail the paper leaves open and is a constructor knob.
+
+DSCL knows no particular reward: the reward's range and the range of each reward component come
+from the options (``reward_range``, ``component_ranges``), or the env reports normalized
+``sub_task_scores``. configs/function_calling.yaml sets ToolRL's scale
+(``envs.rewards.TOOLRL_REWARD_RANGE``), on which the paper's thresholds (``t_warm``) are given.
 """
 
 from __future__ import annotations
@@ -31,25 +36,31 @@ from typing import Any, Literal
 import numpy as np
 
 from actorlearner.core.history import PromptHistory
+from actorlearner.core.knobs import (
+    check_fraction,
+    check_int,
+    check_non_negative,
+    check_positive,
+    check_probability,
+    check_range,
+)
 from actorlearner.core.registry import register_priority
 from actorlearner.core.trajectory import Group, Trajectory
 
 Category = Literal["mastered", "hard", "informative"]
 CATEGORIES: tuple[Category, ...] = ("mastered", "hard", "informative")
 
-TOOLRL_REWARD_RANGE = (-3.0, 4.0)
-"""ToolRL's reward range (``R_format + R_correct``, docs/algorithms.md §2)."""
+DEFAULT_RANGE = (0.0, 1.0)
+"""The default ``reward_range``, and the range of each reward component without ``component_ranges``."""
 
-TOOLRL_COMPONENT_RANGES: dict[str, tuple[float, float]] = {
-    "format": (0.0, 1.0),
-    "name": (0.0, 1.0),
-    "keys": (0.0, 1.0),
-    "values": (0.0, 1.0),
-}
-"""Default curriculum sub-tasks: reward components and the range each is normalized by."""
+T_WARM_FRACTION = 4 / 7
+"""Where the paper's ``t_warm`` (1.0 on ToolRL's [-3, 4]) sits on a reward range: the default on any range."""
 
-CORRECTNESS_COMPONENTS = ("name", "keys", "values")
-"""The components :func:`reweight_reward` reweights by focus (format is left as it is)."""
+T_MEAN_FRACTION = 3 / 7
+"""Where our ``t_mean`` (0.0 on [-3, 4]) sits on a reward range: the default on any range."""
+
+FORMAT_COMPONENT = "format"
+"""The tool envs' format-penalty component, which :meth:`DSCLPriority.reweight_group` leaves alone."""
 
 TASK_PREFIX = "task/"
 """Sub-tasks from ``group.sub_tasks`` are named ``task/<label>`` beside the reward components."""
@@ -156,23 +167,26 @@ def ema_update(
 
 
 def trajectory_component_scores(
-    trajectory: Trajectory, component_ranges: Mapping[str, tuple[float, float]]
+    trajectory: Trajectory, component_ranges: Mapping[str, tuple[float, float]] | None
 ) -> dict[str, float]:
     """A trajectory's normalized score in [0, 1] per component sub-task.
 
     If the trajectory carries ``sub_task_scores`` (a mapping of already normalized scores, e.g.
-    ToolRL's name/keys/values match fractions, whose signed parts in ``reward_components`` depend
-    on the prompt's ``S_max``), those are used, clipped to [0, 1]. Otherwise each component named in
-    ``component_ranges`` is read from ``reward_components`` and normalized by its range. Non-finite
-    values are skipped.
+    match fractions whose signed parts in ``reward_components`` depend on the prompt), those are
+    used, clipped to [0, 1]. Otherwise each component named in ``component_ranges`` is read from
+    ``reward_components`` and normalized by its range; with ``component_ranges=None`` every
+    component is, by :data:`DEFAULT_RANGE`. Non-finite values are skipped.
     """
     given = getattr(trajectory, "sub_task_scores", None)
     if isinstance(given, Mapping) and given:
         items = [(str(k), float(v), (0.0, 1.0)) for k, v in given.items()]
     else:
+        ranges = component_ranges
+        if ranges is None:
+            ranges = dict.fromkeys(trajectory.reward_components, DEFAULT_RANGE)
         items = [
             (name, float(trajectory.reward_components[name]), value_range)
-            for name, value_range in component_ranges.items()
+            for name, value_range in ranges.items()
             if name in trajectory.reward_components
         ]
     return {name: normalize(value, r) for name, value, r in items if math.isfinite(value)}
@@ -180,7 +194,7 @@ def trajectory_component_scores(
 
 def group_sub_task_scores(
     group: Group,
-    component_ranges: Mapping[str, tuple[float, float]],
+    component_ranges: Mapping[str, tuple[float, float]] | None,
     reward_range: tuple[float, float],
     use_task_labels: bool = True,
 ) -> dict[str, float]:
@@ -206,7 +220,7 @@ def group_sub_task_scores(
 def reweight_reward(
     components: Mapping[str, float],
     focus: Mapping[str, float],
-    correctness: Sequence[str] = CORRECTNESS_COMPONENTS,
+    correctness: Sequence[str] | None = None,
 ) -> float:
     """The optional second use of the curriculum (7b): correctness components reweighted by focus.
 
@@ -217,9 +231,10 @@ def reweight_reward(
     Args:
         components: The trajectory's reward components.
         focus: Focus weights from :meth:`DSCLPriority.focus`.
-        correctness: Which components are reweighted.
+        correctness: Which components are reweighted; None: every one but :data:`FORMAT_COMPONENT`.
     """
-    chosen = [c for c in correctness if c in components and c in focus]
+    names = [c for c in components if c != FORMAT_COMPONENT] if correctness is None else correctness
+    chosen = [c for c in names if c in components and c in focus]
     total = sum(focus[c] for c in chosen)
     out = sum(float(v) for k, v in components.items() if k not in chosen)
     if chosen and total > 0:
@@ -265,13 +280,6 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def _pair(value: Iterable[float], what: str) -> tuple[float, float]:
-    lo, hi = (float(v) for v in value)
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise ValueError(f"{what} must be a finite [low, high] with high > low, got {value!r}")
-    return lo, hi
-
-
 @register_priority("dscl")
 class DSCLPriority:
     """The DSCL priority function, stateful across groups: ``DSCLPriority(**knobs)(group, history)``.
@@ -288,8 +296,9 @@ class DSCLPriority:
     groups before the filters drop them).
 
     Args:
-        reward_range: Range that normalizes rewards to [0, 1] (default ToolRL's [-3, 4]); its top is
-            "the reward maximum" of the mastered category.
+        reward_range: Range that normalizes rewards to [0, 1] (default [0, 1]); its top is "the
+            reward maximum" of the mastered category. ToolRL-rewarded envs use [-3, 4]
+            (``envs.rewards.TOOLRL_REWARD_RANGE``), the scale of the paper's ``t_warm``.
         eps: Priority floor of :func:`dscl_priority`.
         lambda_s: Weight of ``sqrt(V_sample)``.
         lambda_e: Weight of ``sqrt(V_epoch)``.
@@ -297,11 +306,13 @@ class DSCLPriority:
             terms share the [0, 1] scale of ``1 - m``; False uses raw reward units.
         epoch_window: W, the group means ``V_epoch`` is over (our choice 8; the buffer's
             ``history_window`` caps it).
-        t_warm: Warm-up threshold on the batch mean reward (paper: 1.0).
+        t_warm: Warm-up threshold on the batch mean reward, in reward units. Default: the paper's 1.0
+            on [-3, 4] carried to ``reward_range`` (4/7 of the way up it: 0.571 on [0, 1]).
         warmup_batches: K consecutive batches above ``t_warm`` (paper: 7; 0 disables warm-up).
         batch_groups: Groups per batch for the automatic batching (0: call :meth:`observe_batch`).
         auto_observe: Whether each call also feeds the group to :meth:`observe`.
-        t_mean: Below this group mean (with no variance) a prompt is hard (our choice: 0.0).
+        t_mean: Below this group mean (with no variance) a prompt is hard, in reward units. Default
+            (our choice): 0.0 on [-3, 4] carried to ``reward_range`` (3/7 of the way up it).
         atol: Tolerance of "no variance" and "at the maximum".
         p_revisit: Chance that a mastered prompt keeps its priority instead of 0 (our choice: 0.05).
         hard_weight: Factor on the priority of hard prompts (our choice: 0.5).
@@ -312,10 +323,12 @@ class DSCLPriority:
         tau: Focus softmax temperature (our choice: 0.2).
         mastery_decay: EMA decay of the sub-task mastery per batch (our choice: 0.8).
         component_ranges: Reward components that are sub-tasks and the range normalizing each
-            (default: format, name, keys, values, each in [0, 1]). Used only for trajectories
-            without ``sub_task_scores`` (see :func:`trajectory_component_scores`): ToolRL's signed
-            name/keys/values parts scale with the prompt's ``S_max``, so no fixed range fits them;
-            ``{format: [0, 1], correct: [-3, 3]}`` is the fixed-range alternative.
+            (default None: every component, each in [0, 1]; ``{}``: none). Used only for
+            trajectories without ``sub_task_scores`` (see :func:`trajectory_component_scores`):
+            an env whose components have no fixed range (ToolRL's signed parts scale with the
+            prompt) reports normalized ``sub_task_scores`` instead.
+        correctness_components: The components :meth:`reweight_group` reweights (default None:
+            every component sub-task but :data:`FORMAT_COMPONENT`).
         use_task_labels: Whether ``group.sub_tasks`` labels are sub-tasks too.
         reweight_rewards: The optional second use of the curriculum (7b, off by default): the
             buffer calls :meth:`reweight_group` on each kept group, after its priority, so the
@@ -326,17 +339,17 @@ class DSCLPriority:
 
     def __init__(
         self,
-        reward_range: Sequence[float] = TOOLRL_REWARD_RANGE,
+        reward_range: Sequence[float] = DEFAULT_RANGE,
         eps: float = 0.01,
         lambda_s: float = 1.0,
         lambda_e: float = 1.0,
         normalize_variance: bool = True,
         epoch_window: int = 8,
-        t_warm: float = 1.0,
+        t_warm: float | None = None,
         warmup_batches: int = 7,
         batch_groups: int = 32,
         auto_observe: bool = True,
-        t_mean: float = 0.0,
+        t_mean: float | None = None,
         atol: float = 1e-6,
         p_revisit: float = 0.05,
         hard_weight: float = 0.5,
@@ -346,48 +359,50 @@ class DSCLPriority:
         tau: float = 0.2,
         mastery_decay: float = 0.8,
         component_ranges: Mapping[str, Sequence[float]] | None = None,
+        correctness_components: Sequence[str] | None = None,
         use_task_labels: bool = True,
         reweight_rewards: bool = False,
         seed: int = 0,
     ) -> None:
-        self.reward_range = _pair(reward_range, "reward_range")
-        ranges = TOOLRL_COMPONENT_RANGES if component_ranges is None else component_ranges
-        self.component_ranges = {str(k): _pair(v, f"component_ranges[{k!r}]") for k, v in ranges.items()}
-        for name, value, low in [
-            ("eps", eps, 0.0),
-            ("lambda_s", lambda_s, 0.0),
-            ("lambda_e", lambda_e, 0.0),
-            ("hard_weight", hard_weight, 0.0),
-            ("uniform_priority", uniform_priority, 0.0),
-            ("kappa", kappa, 0.0),
-            ("epoch_window", epoch_window, 0),
-            ("batch_groups", batch_groups, 0),
-            ("warmup_batches", warmup_batches, 0),
-        ]:
-            if not (math.isfinite(value) and value >= low):
-                raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
-        for name, value in [("p_revisit", p_revisit), ("mastery_decay", mastery_decay)]:
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        if not tau > 0:
-            raise ValueError(f"tau must be > 0, got {tau!r}")
-        self.eps, self.lambda_s, self.lambda_e = float(eps), float(lambda_s), float(lambda_e)
-        self.normalize_variance = bool(normalize_variance)
-        self.epoch_window = int(epoch_window)
-        self.batch_groups, self.auto_observe = int(batch_groups), bool(auto_observe)
-        self.t_mean, self.atol = float(t_mean), float(atol)
-        self.p_revisit, self.hard_weight = float(p_revisit), float(hard_weight)
-        self.uniform_priority = float(uniform_priority)
-        self.curriculum, self.kappa, self.tau = bool(curriculum), float(kappa), float(tau)
-        self.mastery_decay, self.use_task_labels = float(mastery_decay), bool(use_task_labels)
+        self.reward_range = check_range("reward_range", reward_range)
+        self.component_ranges: dict[str, tuple[float, float]] | None = None
+        if component_ranges is not None:
+            self.component_ranges = {
+                str(k): check_range(f"component_ranges[{k!r}]", v) for k, v in component_ranges.items()
+            }
+        self.correctness_components = None if correctness_components is None else list(correctness_components)
+        self.eps = check_non_negative("eps", eps)
+        self.lambda_s = check_non_negative("lambda_s", lambda_s)
+        self.lambda_e = check_non_negative("lambda_e", lambda_e)
+        self.kappa = check_non_negative("kappa", kappa)
+        self.hard_weight = check_non_negative("hard_weight", hard_weight)
+        self.uniform_priority = check_non_negative("uniform_priority", uniform_priority)
+        self.epoch_window = check_int("epoch_window", epoch_window, 0)
+        self.batch_groups = check_int("batch_groups", batch_groups, 0)
+        self.p_revisit = check_probability("p_revisit", p_revisit)
+        self.mastery_decay = check_fraction("mastery_decay", mastery_decay)
+        self.tau = check_positive("tau", tau)
+        self.normalize_variance, self.auto_observe = bool(normalize_variance), bool(auto_observe)
+        self.t_mean = self._on_scale(t_mean, T_MEAN_FRACTION)
+        self.atol = float(atol)
+        self.curriculum, self.use_task_labels = bool(curriculum), bool(use_task_labels)
         self.reweight_rewards = bool(reweight_rewards)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
-        self.gate = WarmupGate(float(t_warm), int(warmup_batches))
+        self.gate = WarmupGate(
+            self._on_scale(t_warm, T_WARM_FRACTION), check_int("warmup_batches", warmup_batches, 0)
+        )
         self.mastery: dict[str, float] = {}
         self.num_batches = 0
         self._batch: dict[str, float] = {}  # running sums of the open batch
         self._counts: dict[str, float] = {}  # metrics since the last metrics() call
+
+    def _on_scale(self, value: float | None, fraction: float) -> float:
+        """``value``, or the point ``fraction`` of the way up ``reward_range`` when it is None."""
+        if value is not None:
+            return float(value)
+        low, high = self.reward_range
+        return low + fraction * (high - low)
 
     def __repr__(self) -> str:
         return (
@@ -466,19 +481,23 @@ class DSCLPriority:
         """Reweights each trajectory's reward by focus in place, if ``reweight_rewards`` is on.
 
         Only the correctness components change: ``reward += reweight_reward(c) - sum(c)`` over
-        the correctness components ``c`` the trajectory has, so any other term of the reward
-        (format, OTC, penalties) stays as the env gave it. Nothing changes before any mastery
-        estimate exists.
+        the correctness components ``c`` the trajectory has (``correctness_components``; by default
+        its components with a focus weight but ``format``), so any other term of the reward
+        (format, penalties, components that are no sub-task) stays as the env gave it. Nothing
+        changes before any mastery estimate exists.
         """
         focus = self.focus()
         if not self.reweight_rewards or not focus:
             return
         for t in group.trajectories:
             comps = t.reward_components
-            parts = {c: float(comps[c]) for c in CORRECTNESS_COMPONENTS if c in comps}
+            names = self.correctness_components
+            if names is None:
+                names = [c for c in comps if c != FORMAT_COMPONENT and c in focus]
+            parts = {c: float(comps[c]) for c in names if c in comps}
             if not parts or not all(math.isfinite(v) for v in parts.values()):
                 continue
-            delta = reweight_reward(parts, focus) - sum(parts.values())
+            delta = reweight_reward(parts, focus, list(parts)) - sum(parts.values())
             t.reward = float(t.reward) + delta
             self._count("reweight_delta_sum", abs(delta))
             self._count("reweight_n")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from actorlearner.core.knobs import check_fraction
 from actorlearner.core.protocols import GroupFilter
 from actorlearner.core.registry import register_filter
 from actorlearner.core.trajectory import Group, Trajectory
@@ -51,11 +52,6 @@ def _mask_where(group: Group, selected: Sequence[bool], factor: float) -> Group:
     return group.replace(trajectories=trajectories)
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-
-
 @register_filter("tool_failure_mask")
 def tool_failure_mask(group: Group, strength: float = 1.0) -> Group:
     """TAO-RL tool-failure mask: trajectories whose every tool call failed stop teaching.
@@ -72,7 +68,7 @@ def tool_failure_mask(group: Group, strength: float = 1.0) -> Group:
     Returns:
         A new group with the affected trajectories replaced, or ``group`` if none is affected.
     """
-    _check_fraction("strength", strength)
+    check_fraction("strength", strength)
     failed = [bool(t.tool_calls) and not any(c.ok for c in t.tool_calls) for t in group.trajectories]
     return _mask_where(group, failed, 1.0 - strength)
 

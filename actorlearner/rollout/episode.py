@@ -11,13 +11,14 @@ import asyncio
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import gymnasium
 import numpy as np
 
 from actorlearner.core.protocols import Generation, SamplingParams
 from actorlearner.core.trajectory import ToolCallRecord, Trajectory, TurnRecord
+from actorlearner.env.info import StepInfo, as_step_info
 from actorlearner.rollout import chat
 
 TIMEOUT_MESSAGE = "Error: the tool call timed out"
@@ -108,16 +109,147 @@ class _Builder:
         self.post_tool.extend([int(post_tool and sampled)] * n)
 
 
-async def _step(env: gymnasium.Env, text: str, timeout_s: float) -> tuple[Any, ...]:
+@dataclass
+class EpisodeOutcome:
+    """What an episode's step infos add up to so far (see :func:`record_step`).
+
+    Attributes:
+        reward: Sum of the step rewards.
+        components: Sum of each reward component over the steps.
+        success: The last ``success`` a step reported.
+        env_error: Set when ``env.step`` timed out or raised.
+        sub_task_scores: The last ``sub_task_scores`` a step reported.
+    """
+
+    reward: float = 0.0
+    components: dict[str, float] = field(default_factory=dict)
+    success: bool = False
+    env_error: str | None = None
+    sub_task_scores: dict[str, float] = field(default_factory=dict)
+
+
+def record_step(info: StepInfo, reward: float, turn: TurnRecord, outcome: EpisodeOutcome) -> None:
+    """Reads one step's ``info`` into the turn's record and the episode's running outcome.
+
+    The one place the rollout reads a step :class:`~actorlearner.env.info.StepInfo` (whose docstring
+    documents the keys). It tolerates missing keys, so plain envs that return only the required ones
+    work: the turn gets its tool calls, final answer and void flag; the outcome adds the reward and
+    the reward components and takes the last ``success``, ``env_error`` and ``sub_task_scores``.
+
+    Args:
+        info: The step's info.
+        reward: The step's reward.
+        turn: The record of the turn just played (its tool calls, answer and void flag are set).
+        outcome: The episode's running outcome (updated in place).
+    """
+    calls = [ToolCallRecord.from_info(cast(dict[str, Any], c)) for c in info.get("tool_calls", [])]
+    answer = info.get("final_answer")
+    turn.tool_calls = calls
+    turn.final_answer = None if answer is None else str(answer)
+    turn.void = bool(info.get("void", not calls and answer is None))
+    outcome.reward += float(reward)
+    for name, value in info.get("reward_components", {}).items():
+        outcome.components[name] = outcome.components.get(name, 0.0) + float(value)
+    outcome.success = bool(info.get("success", outcome.success))
+    outcome.env_error = info.get("env_error", outcome.env_error)
+    scores = info.get("sub_task_scores")
+    if isinstance(scores, dict):
+        outcome.sub_task_scores = {str(k): float(v) for k, v in scores.items()}
+
+
+async def _step(env: gymnasium.Env, text: str, timeout_s: float) -> tuple[Any, float, bool, bool, StepInfo]:
     """Runs ``env.step(text)`` in a thread; a timeout or an escaping exception ends the episode."""
     try:
-        return await asyncio.wait_for(asyncio.to_thread(env.step, text), timeout_s)
+        out = await asyncio.wait_for(asyncio.to_thread(env.step, text), timeout_s)
     except TimeoutError:
         error = TIMEOUT_MESSAGE
     except Exception as err:  # an env bug must not kill the runner: contain it, end the episode
         error = f"Error: the environment raised {type(err).__name__}: {err}"
-    info = {"tool_calls": [], "env_error": error, "reward_components": {}}
-    return [{"role": "tool", "content": error}], 0.0, False, True, info
+    else:
+        obs, reward, terminated, truncated, info = out
+        return obs, float(reward), terminated, truncated, as_step_info(info)
+    failed: StepInfo = {"tool_calls": [], "env_error": error, "reward_components": {}}
+    return [{"role": "tool", "content": error}], 0.0, False, True, failed
+
+
+@dataclass
+class _Episode:
+    """An episode in play: its aligned token arrays, turn records, outcome and end flags.
+
+    Args:
+        tokenizer: The policy's tokenizer.
+        max_tokens: Token cap of the episode.
+        stops: Ids that end a turn.
+    """
+
+    tokenizer: Any
+    max_tokens: int
+    stops: set[int]
+    tokens: _Builder = field(default_factory=_Builder)
+    turns: list[TurnRecord] = field(default_factory=list)
+    outcome: EpisodeOutcome = field(default_factory=EpisodeOutcome)
+    terminated: bool = False
+    truncated: bool = False
+    overlong: bool = False
+    after_tool: bool = False
+    after_eos: bool = False
+
+    @property
+    def budget(self) -> int:
+        """Ids left under the token cap."""
+        return self.max_tokens - len(self.tokens.ids)
+
+    def cut(self) -> None:
+        """The runner cut the episode at the token cap."""
+        self.truncated = self.overlong = True
+
+    def add_turn(self, gen: Generation) -> tuple[TurnRecord, bool]:
+        """Appends a sampled turn (cut to the budget); returns its record and whether the cap cut it."""
+        ids = gen.token_ids[: self.budget]
+        cut = len(ids) >= self.budget and (not ids or ids[-1] not in self.stops)
+        start = len(self.tokens.ids)
+        text = chat.decode_turn(self.tokenizer, ids)
+        turn = TurnRecord(len(self.turns), text, start, start + len(ids), policy_version=gen.version)
+        logprobs = gen.logprobs[: len(ids)]
+        self.tokens.extend(ids, sampled=True, turn=turn.index, post_tool=self.after_tool, logprobs=logprobs)
+        self.turns.append(turn)
+        self.after_eos = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
+        return turn, cut
+
+    def add_observation(self, obs: list[dict[str, Any]]) -> bool:
+        """Appends the ids of the observation of the last turn; False (adding none) if they don't fit."""
+        ids = chat.observation_ids(self.tokenizer, obs, after_eos=self.after_eos)
+        if len(self.tokens.ids) + len(ids) >= self.max_tokens:
+            return False
+        turn = self.turns[-1]
+        self.tokens.extend(ids, sampled=False, turn=turn.index)
+        self.after_tool = bool(turn.tool_calls) or any(m.get("role") == "tool" for m in obs)
+        return True
+
+    def trajectory(self, prompt_length: int, reset_info: StepInfo, seed: int) -> Trajectory:
+        """The trajectory record of the finished episode (the reset info names its prompt and task)."""
+        b, outcome = self.tokens, self.outcome
+        return Trajectory(
+            token_ids=np.asarray(b.ids, dtype=np.int32),
+            loss_mask=np.asarray(b.mask, dtype=np.float32),
+            logprobs=np.asarray(b.logprobs, dtype=np.float32),
+            turn_index=np.asarray(b.turn_index, dtype=np.int32),
+            post_tool=np.asarray(b.post_tool, dtype=np.int8),
+            prompt_length=prompt_length,
+            turns=self.turns,
+            reward=outcome.reward,
+            reward_components=outcome.components,
+            success=outcome.success,
+            policy_versions=sorted({t.policy_version for t in self.turns}),
+            prompt_id=str(reset_info.get("prompt_id", seed)),
+            task_id=str(reset_info.get("task_id", "")),
+            sub_tasks=[str(s) for s in reset_info.get("sub_tasks", [])],
+            terminated=bool(self.terminated),
+            truncated=bool(self.truncated),
+            overlong=self.overlong,
+            env_error=outcome.env_error,
+            sub_task_scores=outcome.sub_task_scores,
+        )
 
 
 async def run_episode(
@@ -141,88 +273,23 @@ async def run_episode(
         stop_ids: Ids that end a turn; a turn cut at the token cap without one is ``overlong``.
     """
     messages, info = await asyncio.to_thread(env.reset, seed=seed)  # a slow reset never stalls the loop
+    reset_info = as_step_info(info)
     conversation = list(messages)
-    prompt = chat.prompt_ids(tokenizer, messages, tools=info.get("tools"))
-    b = _Builder()
-    b.extend(prompt, sampled=False, turn=-1)
-    turns: list[TurnRecord] = []
-    reward, components = 0.0, dict[str, float]()
-    success = terminated = truncated = overlong = False
-    after_tool = False
-    env_error: str | None = None
-    sub_task_scores: dict[str, float] = {}
-    eos = tokenizer.eos_token_id
-    stops = set(stop_ids) | {eos}
-    while True:
-        budget = max_tokens - len(b.ids)
-        if budget <= 0:
-            truncated = overlong = True
+    prompt = chat.prompt_ids(tokenizer, messages, tools=reset_info.get("tools"))
+    ep = _Episode(tokenizer, max_tokens, set(stop_ids) | {tokenizer.eos_token_id})
+    ep.tokens.extend(prompt, sampled=False, turn=-1)
+    while ep.budget > 0:
+        gen = await policy(ep.tokens.ids, env, conversation, ep.budget)
+        turn, cut = ep.add_turn(gen)
+        conversation.append({"role": "assistant", "content": turn.text})
+        obs, reward, ep.terminated, ep.truncated, step_info = await _step(env, turn.text, step_timeout_s)
+        record_step(step_info, reward, turn, ep.outcome)
+        if cut and not ep.terminated:
+            ep.cut()
+        if ep.terminated or ep.truncated:
+            return ep.trajectory(len(prompt), reset_info, seed)
+        if not ep.add_observation(list(obs)):
             break
-        gen = await policy(b.ids, env, conversation, budget)
-        gen_ids = gen.token_ids[:budget]
-        cut = len(gen_ids) >= budget and (not gen_ids or gen_ids[-1] not in stops)
-        start = len(b.ids)
-        b.extend(
-            gen_ids,
-            sampled=True,
-            turn=len(turns),
-            post_tool=after_tool,
-            logprobs=gen.logprobs[: len(gen_ids)],
-        )
-        text = chat.decode_turn(tokenizer, gen_ids)
-        conversation.append({"role": "assistant", "content": text})
-        obs, r, terminated, truncated, step_info = await _step(env, text, step_timeout_s)
-        calls = [ToolCallRecord.from_info(c) for c in step_info.get("tool_calls", [])]
-        answer = step_info.get("final_answer")
-        turns.append(
-            TurnRecord(
-                index=len(turns),
-                text=text,
-                start=start,
-                end=len(b.ids),
-                tool_calls=calls,
-                final_answer=None if answer is None else str(answer),
-                void=bool(step_info.get("void", not calls and answer is None)),
-                policy_version=gen.version,
-            )
-        )
-        reward += float(r)
-        for name, value in step_info.get("reward_components", {}).items():
-            components[name] = components.get(name, 0.0) + float(value)
-        success = bool(step_info.get("success", success))
-        env_error = step_info.get("env_error", env_error)
-        scores = step_info.get("sub_task_scores")
-        if isinstance(scores, dict):
-            sub_task_scores = {str(k): float(v) for k, v in scores.items()}
-        if cut and not terminated:
-            truncated = overlong = True
-        if terminated or truncated:
-            break
-        obs_ids = chat.observation_ids(tokenizer, list(obs), after_eos=bool(gen_ids) and gen_ids[-1] == eos)
-        if len(b.ids) + len(obs_ids) >= max_tokens:
-            truncated = overlong = True
-            break
-        b.extend(obs_ids, sampled=False, turn=len(turns) - 1)
         conversation.extend(obs)
-        after_tool = bool(calls) or any(m.get("role") == "tool" for m in obs)
-    return Trajectory(
-        token_ids=np.asarray(b.ids, dtype=np.int32),
-        loss_mask=np.asarray(b.mask, dtype=np.float32),
-        logprobs=np.asarray(b.logprobs, dtype=np.float32),
-        turn_index=np.asarray(b.turn_index, dtype=np.int32),
-        post_tool=np.asarray(b.post_tool, dtype=np.int8),
-        prompt_length=len(prompt),
-        turns=turns,
-        reward=reward,
-        reward_components=components,
-        success=success,
-        policy_versions=sorted({t.policy_version for t in turns}),
-        prompt_id=str(info.get("prompt_id", seed)),
-        task_id=str(info.get("task_id", "")),
-        sub_tasks=[str(s) for s in info.get("sub_tasks", [])],
-        terminated=bool(terminated),
-        truncated=bool(truncated),
-        overlong=overlong,
-        env_error=env_error,
-        sub_task_scores=sub_task_scores,
-    )
+    ep.cut()
+    return ep.trajectory(len(prompt), reset_info, seed)

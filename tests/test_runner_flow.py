@@ -1,0 +1,110 @@
+"""The runner's dataflow into the buffer, seen from outside: back-pressure and failed groups.
+
+A real :class:`EnvRunner` (tiny model, Calculator env) runs in-process against a real
+:class:`BufferActor` behind a :class:`LocalHandle`, exactly as in local mode. Only public behaviour is
+observed: how many groups the buffer holds and received, and the ``rollout/*`` counters it reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium
+import pytest
+
+import actorlearner  # noqa: F401  (registers the built-in envs)
+from actorlearner.config import EnvRunnersConfig
+from actorlearner.env.registration import make_env, resolve_env_spec
+from actorlearner.models.tiny import ensure_tiny_model, env_corpus
+from actorlearner.replay.buffer import BufferActor
+from actorlearner.replay.filters import FilterChain
+from actorlearner.replay.priorities import uniform
+from actorlearner.rollout.runner import EnvRunner
+from actorlearner.runtime.handles import LocalHandle
+from envs.calculator import Calculator
+from tests.conftest import SMALL_MODEL
+
+SPEC = gymnasium.spec("actorlearner/Calculator-v0")
+ENV_CONFIG = {"max_operand": 20}
+TIMEOUT_S = 60.0
+
+
+class FirstResetFails(Calculator):
+    """A Calculator whose very first reset (over all instances) raises: one group fails."""
+
+    resets = itertools.count()
+
+    def reset(self, *args: Any, **kwargs: Any) -> Any:
+        if next(FirstResetFails.resets) == 0:
+            raise RuntimeError("the task database is not ready")
+        return super().reset(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> str:
+    return str(ensure_tiny_model(env_corpus(lambda: make_env(SPEC, ENV_CONFIG)), **SMALL_MODEL))
+
+
+def _runner(model_dir: str, spec: Any, **rollout: Any) -> EnvRunner:
+    config = EnvRunnersConfig(
+        **{"group_size": 2, "max_new_tokens": 6, "max_tokens": 44, "batch_wait_s": 0.0, **rollout}
+    )
+    return EnvRunner(0, spec, ENV_CONFIG, {}, model_dir, config, seed=0)
+
+
+def _buffer(loop: asyncio.AbstractEventLoop) -> LocalHandle[BufferActor]:
+    buffer = BufferActor(uniform, FilterChain([]), capacity=64, max_staleness=100, hold_s=0.1)
+    return LocalHandle(buffer, loop)
+
+
+async def _until(condition: Callable[[], bool], what: str) -> float:
+    """Waits (polling) until ``condition()``; returns the seconds it took."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < TIMEOUT_S, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_runner_stops_launching_while_the_buffer_holds_max_ready_groups(model_dir: str) -> None:
+    async def main() -> tuple[int, int, int]:
+        handle = _buffer(asyncio.get_running_loop())
+        buffer = handle.obj
+        runner = _runner(model_dir, SPEC, groups_in_flight=1, max_ready_groups=2)
+        run = asyncio.ensure_future(runner.run(handle))
+        fill_s = await _until(lambda: len(buffer) >= 2 or run.done(), "two groups")
+        await asyncio.sleep(max(1.0, 1.5 * fill_s))  # unthrottled, ~3 more groups would arrive
+        held = len(buffer)
+        drained = len(await handle.call(BufferActor.sample_wait, 2, 0, 1.0))
+        await _until(lambda: len(buffer) >= 1 or run.done(), "the runner to resume after the buffer drained")
+        await runner.stop()
+        pushed = await asyncio.wait_for(run, TIMEOUT_S)
+        return held, drained, pushed
+
+    held, drained, pushed = asyncio.run(main())
+    assert held == 2, f"the runner kept launching groups into a full buffer ({held} held, cap 2)"
+    assert drained == 2
+    assert pushed >= 3  # it resumed once the learner consumed the groups
+
+
+def test_a_failing_group_is_counted_and_the_runner_goes_on(model_dir: str) -> None:
+    FirstResetFails.resets = itertools.count()
+
+    async def main() -> tuple[int, dict[str, Any]]:
+        handle = _buffer(asyncio.get_running_loop())
+        runner = _runner(model_dir, resolve_env_spec(FirstResetFails), groups_in_flight=2)
+        run = asyncio.ensure_future(runner.run(handle))
+        await _until(lambda: len(handle.obj) >= 3 or run.done(), "three groups after the failed one")
+        assert not run.done(), "the runner died"
+        await runner.stop()
+        pushed = await asyncio.wait_for(run, TIMEOUT_S)
+        return pushed, handle.obj.pop_metrics()
+
+    pushed, metrics = asyncio.run(main())
+    assert metrics["rollout/group_errors"] == 1
+    assert pushed >= 3 and metrics["buffer/groups_added"] == pushed
+    assert metrics["rollout/episodes"] == 2 * pushed  # no trajectory of the failed group arrived
