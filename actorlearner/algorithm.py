@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 MAX_SKIPPED_ITERATIONS = 3
 """Consecutive iterations without a single group before ``train()`` raises."""
 
+MAX_PLAY_ROUNDS = 8
+"""Synchronous schedule: rounds of play to replace dropped groups before training on fewer."""
+
 
 def _check_cross_fields(cfg: AlgorithmConfig) -> None:
     """Checks that values of different sections fit together (one-line ConfigError)."""
@@ -51,6 +54,11 @@ def _check_cross_fields(cfg: AlgorithmConfig) -> None:
         raise ConfigError(
             f"env_runners.max_ready_groups: must be >= training.train_batch_groups "
             f"({training.train_batch_groups}), got {runners.max_ready_groups}"
+        )
+    if cfg.replay.capacity < max(training.train_batch_groups, runners.max_ready_groups):
+        raise ConfigError(
+            f"replay.capacity: must be >= training.train_batch_groups and env_runners.max_ready_groups "
+            f"({max(training.train_batch_groups, runners.max_ready_groups)}), got {cfg.replay.capacity}"
         )
     if runners.max_new_tokens >= runners.max_tokens:
         raise ConfigError(
@@ -113,7 +121,7 @@ class Algorithm:
         torch.manual_seed(seed)
         self.env_spec = resolve_env_spec(cfg.environment.env)
         _check_cross_fields(cfg)
-        self._classes = (
+        self._classes: tuple[type[Learner], type[EnvRunner]] = (
             _subclass(cfg.learners.learner_cls, Learner, "learners.learner_cls"),
             _subclass(cfg.env_runners.env_runner_cls, EnvRunner, "env_runners.env_runner_cls"),
         )
@@ -130,7 +138,12 @@ class Algorithm:
         self._skipped = 0
         self._run_refs: list[asyncio.Future[Any]] = []
         self.runtime: Runtime = LocalRuntime() if self.local else self._ray_runtime()
-        self._place_parts()
+        try:
+            self._place_parts()
+        except BaseException:
+            self.runtime.shutdown()
+            self.logger.close()
+            raise
 
     # ----------------------------------------------------------------------------------- set-up
     def _resolve_model(self) -> str:
@@ -214,12 +227,16 @@ class Algorithm:
         )
 
     def _ray_runtime(self) -> RayRuntime:
-        runtime = RayRuntime(self.config.debugging.ray_address, self.config.debugging.ray_num_cpus)
-        self._check_resources(runtime.resources())
-        args = self._component_args()
+        args = self._component_args()  # checked before Ray starts
         _check_picklable(args["buffer"]["priority_fn"], "replay.priority_fn")
         for name, fn in args["buffer"]["filters"].filters:
             _check_picklable(fn, f"replay.filters ({name})")
+        runtime = RayRuntime(self.config.debugging.ray_address, self.config.debugging.ray_num_cpus)
+        try:
+            self._check_resources(runtime.resources())
+        except ConfigError:
+            runtime.shutdown()
+            raise
         return runtime
 
     def _place_parts(self) -> None:
@@ -256,23 +273,24 @@ class Algorithm:
             )
 
     # ---------------------------------------------------------------------------- the phases
-    async def _publish(self) -> dict[str, Any]:
-        """Publishes the learner's weights once (object store) and returns the buffer's metrics."""
-        weights = self.learner.call(LearnerProtocol.get_weights)  # a reference: never fetched here
-        return await self.buffer.call(ReplayBufferActor.publish_weights, self.version, [weights])
+    async def _publish(self, metrics: bool = True, weights: Any = None) -> dict[str, Any]:
+        """Publishes the learner's weights once (object store); returns the buffer's metrics."""
+        if weights is None:
+            weights = self.learner.call(LearnerProtocol.get_weights)  # a reference: never fetched here
+        return await self.buffer.call(ReplayBufferActor.publish_weights, self.version, [weights], metrics)
 
-    async def _sync_weights(self) -> dict[str, Any]:
+    async def _sync_weights(self, metrics: bool = True) -> dict[str, Any]:
         """Every runner stages the learner's weights now (phase boundaries, the synchronous schedule).
 
         Returns:
-            The buffer's metrics since the last publication.
+            The buffer's metrics since the last publication (``{}`` with ``metrics=False``).
         """
         weights = self.learner.call(LearnerProtocol.get_weights)
         # A reference stands for its value: each runner fetches the weights where it runs.
         set_weights = EnvRunnerProtocol.set_weights
         staged = [r.call(set_weights, weights, self.version) for r in self.runners]  # type: ignore[call-overload]
         await gather(staged)
-        return await self._publish()
+        return await self._publish(metrics, weights)
 
     def sync_weights(self) -> None:
         """Sends the learner's weights to every runner now and waits until they are staged.
@@ -280,7 +298,7 @@ class Algorithm:
         Training never needs this (runners take new weights from their push replies); it is for
         a caller that wants the very next episodes on the newest weights.
         """
-        self.runtime.run(self._sync_weights())
+        self.runtime.run(self._sync_weights(metrics=False))
 
     def pretrain(self, progress: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
         """Cold-start SFT on the env's demonstrations (skipped when disabled or not offered).
@@ -339,11 +357,18 @@ class Algorithm:
         ]
 
     async def _play_batch(self) -> None:
-        """The synchronous schedule: the runners play exactly one batch of groups, then stop."""
-        n, k = self.config.training.train_batch_groups, len(self.runners)
-        shares = [n // k + (i < n % k) for i in range(k)]
-        pairs = zip(self.runners, shares, strict=True)
-        await gather([r.call(EnvRunnerProtocol.play, m, self.buffer) for r, m in pairs if m])
+        """The synchronous schedule: the runners play until one batch of groups is kept, then stop.
+
+        Groups the filters drop (or that fail) are replaced, up to ``MAX_PLAY_ROUNDS`` rounds.
+        """
+        missing, k = self.config.training.train_batch_groups, len(self.runners)
+        for _ in range(MAX_PLAY_ROUNDS):
+            shares = [missing // k + (i < missing % k) for i in range(k)]
+            pairs = zip(self.runners, shares, strict=True)
+            kept = await gather([r.call(EnvRunnerProtocol.play, m, self.buffer) for r, m in pairs if m])
+            missing -= sum(kept)
+            if missing <= 0:
+                return
 
     async def _watch_runners(self, ref: asyncio.Future[Any]) -> None:
         """Waits for ``ref``; if a runner's rollout loop ends first, raises its error here."""
@@ -384,8 +409,9 @@ class Algorithm:
         if training.synchronous:
             await self._play_batch()
         played = time.perf_counter()
+        wait = 0.0 if training.synchronous else training.max_wait_s  # synchronous: the batch is there
         batch = self.buffer.call(
-            ReplayBufferActor.sample_wait, training.train_batch_groups, self.version, training.max_wait_s
+            ReplayBufferActor.sample_wait, training.train_batch_groups, self.version, wait
         )
         # The batch reference goes to the learner as is: the groups never pass through here.
         update = asyncio.ensure_future(self.learner.call(LearnerProtocol.update, batch))  # type: ignore[call-overload]
@@ -421,6 +447,8 @@ class Algorithm:
             ``eval/greedy/*`` and ``eval/sampled/*`` episode metrics (success_rate, tool_use_rate...).
         """
         n = num_episodes or self.config.evaluation.num_episodes
+        if self._rl_started:  # runners take new weights from push replies: make sure they have the newest
+            self.sync_weights()
         out: dict[str, float] = {}
         for label, temp in (("greedy", 0.0), ("sampled", self.config.env_runners.temperature)):
             trajs = self.runtime.run(self._episodes(list(range(n)), temp))
@@ -494,7 +522,7 @@ class Algorithm:
         self._optimizer_restored = True  # the RL phase must not reset the restored AdamW moments
         self.iteration = int(state["iteration"])
         self.version = int(state["version"])
-        self.runtime.run(self._sync_weights())
+        self.runtime.run(self._sync_weights(metrics=False))
 
     async def _restore(self, states: dict[str, Any]) -> None:
         await self.learner.call(LearnerProtocol.set_state, states["learner"])

@@ -27,7 +27,9 @@ from actorlearner import AlgorithmConfig
 PARTS = ("time/wait_for_data_s", "time/update_s", "time/publish_s")
 
 
-def _config(run_dir: str, runners: int, synchronous: bool, iterations: int) -> AlgorithmConfig:
+def _config(
+    run_dir: str, runners: int, synchronous: bool, iterations: int, extra: list[str]
+) -> AlgorithmConfig:
     return AlgorithmConfig.from_yaml(
         "configs/calculator.yaml",
         [
@@ -41,14 +43,21 @@ def _config(run_dir: str, runners: int, synchronous: bool, iterations: int) -> A
             f"reporting.run_dir={run_dir}",
             "reporting.progress=false",
             "reporting.tensorboard=false",
+            *extra,
         ],
     )
 
 
-def measure(runners: int, synchronous: bool, iterations: int, warmup: int) -> dict[str, float]:
+def measure(
+    runners: int,
+    synchronous: bool,
+    iterations: int,
+    warmup: int,
+    extra: list[str] = (),  # type: ignore[assignment]
+) -> dict[str, float]:
     """Learner samples per second and the mean time breakdown over ``iterations`` after ``warmup``."""
     with tempfile.TemporaryDirectory() as run_dir:
-        algo = _config(run_dir, runners, synchronous, iterations).build()
+        algo = _config(run_dir, runners, synchronous, iterations, list(extra)).build()
         try:
             algo.pretrain()
             for _ in range(warmup):
@@ -73,9 +82,19 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runners", type=int, default=1, help="Ray env runners (0: in-process)")
+    parser.add_argument("--only", choices=("sync", "async"), help="Measure one schedule only")
+    parser.add_argument("overrides", nargs="*", help="section.key=value for both schedules")
     args = parser.parse_args()
-    sync = measure(args.runners, True, args.iterations, args.warmup)
-    async_ = measure(args.runners, False, args.iterations, args.warmup)
+    empty = {
+        "samples_per_s": float("nan"),
+        "seconds_per_iteration": float("nan"),
+        **dict.fromkeys(PARTS, 0.0),
+    }
+    run = {s: args.only in (None, s) for s in ("sync", "async")}
+    sync = measure(args.runners, True, args.iterations, args.warmup, args.overrides) if run["sync"] else empty
+    async_ = (
+        measure(args.runners, False, args.iterations, args.warmup, args.overrides) if run["async"] else empty
+    )
     ratio = async_["samples_per_s"] / sync["samples_per_s"]
     header = f"{'schedule':<10}{'samples/s':>11}{'s/iter':>8}{'wait data':>11}{'update':>8}{'publish':>9}"
     print(header)

@@ -141,3 +141,33 @@ def test_local_mode_runs_the_same_coroutines_in_both_schedules(tmp_path, synchro
         assert m["buffer/sampled_groups"] == 2
         assert m["time/iteration_s"] >= m["time/update_s"] > 0
     assert sum(m["rollout/tokens"] for m in metrics) > 0 and metrics[0]["rollout/requests"] > 0
+
+
+def test_synchronous_schedule_replaces_dropped_groups_instead_of_waiting(tmp_path) -> None:
+    """With a filter dropping groups, the classic loop plays more instead of waiting max_wait_s."""
+    config = small_config(tmp_path, synchronous=True, max_wait_s=30.0).replay(filters=["zero_variance"])
+    algo = config.build()
+    try:
+        metrics = algo.train()
+    finally:
+        algo.stop()
+    assert metrics["time/iteration_s"] < 30.0
+    assert metrics["buffer/sampled_groups"] >= 1
+
+
+def test_evaluation_after_training_uses_the_newest_weights(tmp_path) -> None:
+    algo = small_config(tmp_path).build()
+    try:
+        for _ in range(2):
+            algo.train()
+        algo.evaluate(num_episodes=2)
+        assert algo.runners[0].obj.batcher.version == algo.version == 2
+    finally:
+        algo.stop()
+
+
+def test_capacity_below_the_batch_fails_before_anything_starts(tmp_path) -> None:
+    from actorlearner import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^replay\.capacity: must be >= "):
+        small_config(tmp_path).replay(capacity=1).build()

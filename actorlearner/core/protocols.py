@@ -120,6 +120,7 @@ class PushReply:
 
     Attributes:
         size: Groups held that are fresh for the learner.
+        added: Groups of this push the filters kept.
         room: False while the buffer holds ``max_ready`` fresh groups: launch nothing new, push
             again (an empty push waits for room up to a deadline).
         weights_version: Newest published weights version (-1: none published yet).
@@ -132,6 +133,7 @@ class PushReply:
     """
 
     size: int
+    added: int = 0
     room: bool = True
     weights_version: int = -1
     weights: list[WeightsRef] | None = None
@@ -177,11 +179,13 @@ class ReplayBufferActor(ReplayBuffer, Protocol):
         """Waits (up to ``timeout_s``) for ``num_groups`` fresh groups, then samples."""
         ...
 
-    async def publish_weights(self, version: int, weights: list[WeightsRef]) -> dict[str, Any]:
+    async def publish_weights(
+        self, version: int, weights: list[WeightsRef], metrics: bool = True
+    ) -> dict[str, Any]:
         """Records the learner's newest weights for the runners; returns the metrics since last call."""
         ...
 
-    async def pop_metrics(self) -> dict[str, Any]:
+    def pop_metrics(self) -> dict[str, Any]:
         """Buffer, filter, priority and rollout metrics since the last call."""
         ...
 

@@ -489,15 +489,16 @@ class BufferActor(GroupReplayBuffer):
             weights_version: The newest version the runner has; newer weights come in the reply.
             skip_version: The version of the skip list the runner has.
         """
-        if groups:
-            self.add(groups)
+        added = int(self.add(groups)["added"]) if groups else 0
         for key, value in (stats or {}).items():
             self._runner_stats[key] += value
         self.evict_stale(self.learner_version)
         if groups:
             await self._notify()
         room = await self._wait_for_room(max_ready)
-        return self._reply(room, weights_version, skip_version)
+        reply = self._reply(room, weights_version, skip_version)
+        reply.added = added
+        return reply
 
     async def _wait_for_room(self, max_ready: int | None) -> bool:
         if max_ready is None or len(self) < max_ready:
@@ -536,12 +537,12 @@ class BufferActor(GroupReplayBuffer):
         await self._notify()  # room for the runners waiting in push
         return batch
 
-    async def publish_weights(self, version: int, weights: list[Any]) -> dict[str, Any]:
+    async def publish_weights(self, version: int, weights: list[Any], metrics: bool = True) -> dict[str, Any]:
         """Records the learner's newest weights (``[ref]``) and refreshes the skip list.
 
         Returns:
             The metrics since the last call (:meth:`pop_metrics`), so that one call per iteration
-            carries both.
+            carries both; ``{}`` (nothing popped) with ``metrics=False``.
         """
         self.learner_version = max(self.learner_version, version)
         self._weights = (version, weights)
@@ -550,7 +551,17 @@ class BufferActor(GroupReplayBuffer):
             self._skip, self._skip_version = skip, self._skip_version + 1
         self.evict_stale(self.learner_version)
         await self._notify()
-        return self.pop_metrics()
+        return self.pop_metrics() if metrics else {}
+
+    def get_state(self) -> dict[str, Any]:
+        """As :meth:`GroupReplayBuffer.get_state`, plus the learner version the buffer last saw."""
+        return {**super().get_state(), "learner_version": self.learner_version}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`get_state`; the learner version is set outright (a restore may go back)."""
+        super().set_state(state)
+        self.learner_version = int(state.get("learner_version", 0))
+        self._weights = None
 
     def pop_metrics(self) -> dict[str, Any]:
         """As :meth:`GroupReplayBuffer.pop_metrics`, plus the runners' summed counters."""

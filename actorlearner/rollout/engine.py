@@ -427,3 +427,4 @@ class AsyncBatchingEngine:
             self._task.cancel()
         self._task = None
         self._fail_pending(RuntimeError("AsyncBatchingEngine closed"))
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -204,8 +204,9 @@ class EnvRunner:
     async def play(self, num_groups: int, buffer: Handle[ReplayBufferActor]) -> int:
         """The synchronous schedule: plays exactly ``num_groups`` groups, pushing each as it finishes.
 
-        At most ``groups_in_flight`` at a time; returns when the last is pushed (how many were:
-        failed groups are counted in ``rollout/group_errors``, not pushed).
+        At most ``groups_in_flight`` at a time; returns when the last is pushed: how many the
+        buffer kept (its filters may drop some; failed groups are counted in
+        ``rollout/group_errors`` and not pushed).
         """
         sem = asyncio.Semaphore(self.cfg.groups_in_flight)
 
@@ -216,8 +217,8 @@ class EnvRunner:
                 except Exception as err:
                     self._discard(err)
                     groups = []
-            await self._push(buffer, groups, wait_for_room=False)
-            return len(groups)
+            reply = await self._push(buffer, groups, wait_for_room=False)
+            return reply.added
 
         return sum(await asyncio.gather(*(one() for _ in range(num_groups))))
 
@@ -241,7 +242,9 @@ class EnvRunner:
             self._skip_version,
         )
         if reply.weights is not None and reply.weights_version > self.batcher.version:
-            self.batcher.stage_weights(await reply.weights[0], reply.weights_version)
+            weights = await reply.weights[0]
+            if reply.weights_version > self.batcher.version:  # newer weights may have come meanwhile
+                self.batcher.stage_weights(weights, reply.weights_version)
         if reply.skip is not None:
             self._skip, self._p_revisit = set(reply.skip), reply.p_revisit
             self._skip_version = reply.skip_version

@@ -7,13 +7,14 @@ everything through the returned handles with :meth:`run`; nothing else differs b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from actorlearner.core.protocols import Handle
 from actorlearner.runtime.handles import LocalHandle, RayHandle
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class Runtime(Protocol):
@@ -23,15 +24,15 @@ class Runtime(Protocol):
 
     def place(
         self,
-        cls: type,
+        cls: Callable[..., T],
         kwargs: dict[str, Any],
         *,
         threaded: bool = False,
         num_cpus: float = 0,
         num_gpus: float = 0,
         max_concurrency: int | None = None,
-    ) -> Handle[Any]:
-        """Creates ``cls(**kwargs)`` somewhere and returns its handle."""
+    ) -> Handle[T]:
+        """Creates ``cls(**kwargs)`` somewhere and returns its handle (typed by what ``cls`` makes)."""
         ...
 
     def run(self, coro: Coroutine[Any, Any, R]) -> R:
@@ -51,7 +52,9 @@ class LocalRuntime:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
 
-    def place(self, cls: type, kwargs: dict[str, Any], *, threaded: bool = False, **_: Any) -> Handle[Any]:
+    def place(
+        self, cls: Callable[..., T], kwargs: dict[str, Any], *, threaded: bool = False, **_: Any
+    ) -> Handle[T]:
         """Instantiates the part here; ``threaded`` parts run plain methods in their own thread."""
         return LocalHandle(cls(**kwargs), self.loop, threaded=threaded)
 
@@ -105,14 +108,14 @@ class RayRuntime:
 
     def place(
         self,
-        cls: type,
+        cls: Callable[..., T],
         kwargs: dict[str, Any],
         *,
         threaded: bool = False,
         num_cpus: float = 0,
         num_gpus: float = 0,
         max_concurrency: int | None = None,
-    ) -> Handle[Any]:
+    ) -> Handle[T]:
         """Starts ``cls`` as a Ray actor with the given resources."""
         import ray
 
