@@ -137,6 +137,7 @@ class Algorithm:
         self._optimizer_restored = False
         self._skipped = 0
         self._run_refs: list[asyncio.Future[Any]] = []
+        self._stopped = False
         self.runtime: Runtime = LocalRuntime() if self.local else self._ray_runtime()
         try:
             self._place_parts()
@@ -532,7 +533,10 @@ class Algorithm:
             await runner.call(EnvRunnerProtocol.set_state, runner_state)
 
     def stop(self) -> None:
-        """Stops the runners and actors and closes the metric files; never raises."""
+        """Stops the runners and actors and closes the metric files; never raises; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         try:
             self.runtime.run(self._stop())
         except Exception as err:  # a dead actor must not hide the error that led here

@@ -171,3 +171,29 @@ def test_capacity_below_the_batch_fails_before_anything_starts(tmp_path) -> None
 
     with pytest.raises(ConfigError, match=r"^replay\.capacity: must be >= "):
         small_config(tmp_path).replay(capacity=1).build()
+
+
+def test_stop_twice_is_a_quiet_no_op(tmp_path) -> None:
+    algo = small_config(tmp_path).build()
+    algo.train()
+    algo.stop()
+    algo.stop()  # must neither raise nor touch the closed loop
+
+
+def test_local_handle_resolves_references_passed_by_keyword() -> None:
+    import asyncio
+
+    from actorlearner.runtime.handles import LocalHandle
+
+    class Part:
+        def add(self, a: int, b: int = 0) -> int:
+            return a + b
+
+    loop = asyncio.new_event_loop()
+    try:
+        handle = LocalHandle(Part(), loop, threaded=True)
+        one = handle.call(Part.add, 1)
+        assert loop.run_until_complete(handle.call(Part.add, 2, b=one)) == 3
+        handle.kill()
+    finally:
+        loop.close()

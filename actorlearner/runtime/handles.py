@@ -43,7 +43,8 @@ class LocalHandle(Generic[T]):
         return self._loop.create_task(self._run(method.__name__, args, kwargs))
 
     async def _run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        args = tuple([await a if inspect.isawaitable(a) else a for a in args])
+        args = tuple([await a if inspect.isawaitable(a) else a for a in args])  # as Ray: top-level refs
+        kwargs = {k: await v if inspect.isawaitable(v) else v for k, v in kwargs.items()}
         fn = getattr(self.obj, name)
         if inspect.iscoroutinefunction(fn):
             return await fn(*args, **kwargs)
