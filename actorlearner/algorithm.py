@@ -138,9 +138,10 @@ class Algorithm:
         self._skipped = 0
         self._run_refs: list[asyncio.Future[Any]] = []
         self._stopped = False
-        self.runtime: Runtime = LocalRuntime() if self.local else self._ray_runtime()
+        args = self._component_args()  # resolved once: the instances checked are the ones placed
+        self.runtime: Runtime = LocalRuntime() if self.local else self._ray_runtime(args)
         try:
-            self._place_parts()
+            self._place_parts(args)
         except BaseException:
             self.runtime.shutdown()
             self.logger.close()
@@ -227,8 +228,7 @@ class Algorithm:
             seed=cfg.debugging.seed,
         )
 
-    def _ray_runtime(self) -> RayRuntime:
-        args = self._component_args()  # checked before Ray starts
+    def _ray_runtime(self, args: dict[str, Any]) -> RayRuntime:
         _check_picklable(args["buffer"]["priority_fn"], "replay.priority_fn")
         for name, fn in args["buffer"]["filters"].filters:
             _check_picklable(fn, f"replay.filters ({name})")
@@ -240,9 +240,9 @@ class Algorithm:
             raise
         return runtime
 
-    def _place_parts(self) -> None:
+    def _place_parts(self, args: dict[str, Any]) -> None:
         """Places the buffer, the learner and the runners (one in-process runner in local mode)."""
-        cfg, args = self.config, self._component_args()
+        cfg = self.config
         gpus = 1 if torch.cuda.is_available() and cfg.learners.device != "cpu" else 0
         self.buffer: Handle[ReplayBufferActor] = self.runtime.place(
             BufferActor, args["buffer"], num_cpus=0, max_concurrency=64

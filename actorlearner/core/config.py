@@ -8,11 +8,22 @@ Errors are :class:`~actorlearner.core.errors.ConfigError` with one line naming t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, Self
+from typing import Annotated, Any, Protocol, Self
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from actorlearner.core.errors import ConfigError
+from actorlearner.core.registry import resolve_class
+
+
+def _importable_class(value: Any) -> Any:
+    if value is not None:
+        resolve_class(value, object)  # a class; the algorithm checks it subclasses the built-in
+    return value
+
+
+ClassSpec = Annotated[Any, AfterValidator(_importable_class)]
+"""A config field naming a class to use instead of a built-in: None, a class or ``"pkg.mod:Class"``."""
 
 
 class SectionOwner(Protocol):

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from actorlearner.core.config import Section
-from actorlearner.core.registry import Registry, resolve_class
+from actorlearner.core.config import ClassSpec, Section
+from actorlearner.core.registry import Registry
 from actorlearner.learn.registry import (
     ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
@@ -106,14 +106,7 @@ class LearnerConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for the learner.")
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: Ray's per-actor share.")
-    learner_cls: Any = Field(
+    learner_cls: ClassSpec = Field(
         None,
         description="A Learner subclass or 'pkg.mod:Class' path to run instead of the built-in (null).",
     )
-
-    @field_validator("learner_cls")
-    @classmethod
-    def _learner_subclass(cls, value: Any) -> Any:
-        if value is not None:
-            resolve_class(value, object)  # a class; Algorithm checks it subclasses the built-in
-        return value

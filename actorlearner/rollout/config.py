@@ -6,8 +6,7 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from actorlearner.core.config import Section
-from actorlearner.core.registry import resolve_class
+from actorlearner.core.config import ClassSpec, Section
 from actorlearner.rollout.engines import ENGINES, check_engine_options, engine_class
 
 
@@ -36,7 +35,7 @@ class EnvRunnersConfig(Section):
     engine_options: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword arguments of the engine's constructor."
     )
-    env_runner_cls: Any = Field(
+    env_runner_cls: ClassSpec = Field(
         None,
         description="An EnvRunner subclass or 'pkg.mod:Class' path to run instead of the built-in (null).",
     )
@@ -46,13 +45,6 @@ class EnvRunnersConfig(Section):
     def _known_engine(cls, value: Any) -> Any:
         if not (isinstance(value, str) and value in ENGINES):  # a known name is not imported here
             engine_class(value)
-        return value
-
-    @field_validator("env_runner_cls")
-    @classmethod
-    def _runner_subclass(cls, value: Any) -> Any:
-        if value is not None:
-            resolve_class(value, object)  # a class; Algorithm checks it subclasses the built-in
         return value
 
     @field_validator("engine_options")
