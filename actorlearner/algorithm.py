@@ -244,8 +244,10 @@ class Algorithm:
         """Places the buffer, the learner and the runners (one in-process runner in local mode)."""
         cfg = self.config
         gpus = 1 if torch.cuda.is_available() and cfg.learners.device != "cpu" else 0
+        # Each runner may hold a push open (back-pressure) while the learner awaits a sample: the
+        # cap on concurrent calls must not be what limits the number of runners.
         self.buffer: Handle[ReplayBufferActor] = self.runtime.place(
-            BufferActor, args["buffer"], num_cpus=0, max_concurrency=64
+            BufferActor, args["buffer"], num_cpus=0, max_concurrency=1000
         )
         learner_cls, runner_cls = self._classes
         self.learner: Handle[LearnerProtocol] = self.runtime.place(

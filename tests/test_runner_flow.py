@@ -108,3 +108,20 @@ def test_a_failing_group_is_counted_and_the_runner_goes_on(model_dir: str) -> No
     assert metrics["rollout/group_errors"] == 1
     assert pushed >= 3 and metrics["buffer/groups_added"] == pushed
     assert metrics["rollout/episodes"] == 2 * pushed  # no trajectory of the failed group arrived
+
+
+def test_evaluation_turns_stay_out_of_the_rollout_counters(model_dir: str) -> None:
+    async def main() -> tuple[float, float, float]:
+        handle = _buffer(asyncio.get_running_loop())
+        runner = _runner(model_dir, SPEC)
+        await runner.evaluate([0, 1, 2], temperature=0.0)
+        await runner.evaluate([0, 1], temperature=1.0)
+        after_eval = runner.batcher.pop_stats()["tokens"]
+        await runner.play(1, handle)  # its push carries the runner's counters to the buffer
+        played = handle.obj.pop_metrics()
+        runner.batcher.close()
+        return after_eval, played["rollout/tokens"], played["rollout/requests"]
+
+    after_eval, tokens, requests = asyncio.run(main())
+    assert after_eval == 0.0  # five held-out episodes generated, none counted
+    assert tokens > 0 and requests >= 2  # a training group of 2 episodes is counted

@@ -273,7 +273,7 @@ class AsyncBatchingEngine:
         self.quiet_s = quiet_s
         # Its own thread: generation never queues behind env steps (tool calls) in the default pool.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self._pending: list[tuple[list[int], SamplingParams, asyncio.Future[Generation]]] = []
+        self._pending: list[tuple[list[int], SamplingParams, bool, asyncio.Future[Generation]]] = []
         self._staged: tuple[Mapping[str, Any], int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
@@ -290,12 +290,16 @@ class AsyncBatchingEngine:
         """Stages weights to load before the next batch (a later call replaces an unapplied one)."""
         self._staged = (weights, version)
 
-    async def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generation:
+    async def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, count: bool = True
+    ) -> Generation:
         """Samples one turn for one prompt, batched with the other pending requests.
 
         Args:
             prompt_ids: The episode's ids so far.
             params: Sampling params; requests with equal params share a batch.
+            count: Whether the request counts in :meth:`pop_stats` (evaluation turns do not, so
+                that ``rollout/*`` throughput describes training rollouts only).
 
         Returns:
             The sampled turn.
@@ -305,7 +309,7 @@ class AsyncBatchingEngine:
         loop = asyncio.get_running_loop()
         self._ensure_task(loop)
         future: asyncio.Future[Generation] = loop.create_future()
-        self._pending.append((list(prompt_ids), params, future))
+        self._pending.append((list(prompt_ids), params, count, future))
         assert self._wakeup is not None
         self._wakeup.set()
         return await future
@@ -350,23 +354,23 @@ class AsyncBatchingEngine:
         self._wakeup.clear()  # type: ignore[union-attr]
 
     async def _serve(
-        self, requests: list[tuple[list[int], SamplingParams, asyncio.Future[Generation]]]
+        self, requests: list[tuple[list[int], SamplingParams, bool, asyncio.Future[Generation]]]
     ) -> None:
         if self._staged is not None:
             weights, version = self._staged
             self._staged = None
             await self._in_thread(self.engine.load_weights, weights, version)
-        groups: dict[SamplingParams, list[tuple[list[int], asyncio.Future[Generation]]]] = {}
-        for ids, params, future in requests:
+        groups: dict[tuple[SamplingParams, bool], list[tuple[list[int], asyncio.Future[Generation]]]] = {}
+        for ids, params, count, future in requests:
             if not future.done():
-                groups.setdefault(params, []).append((ids, future))
-        for params, items in groups.items():
+                groups.setdefault((params, count), []).append((ids, future))
+        for (params, count), items in groups.items():
             size = self.max_batch_size or len(items)
             for start in range(0, len(items), size):
-                await self._run_batch(items[start : start + size], params)
+                await self._run_batch(items[start : start + size], params, count)
 
     async def _run_batch(
-        self, items: list[tuple[list[int], asyncio.Future[Generation]]], params: SamplingParams
+        self, items: list[tuple[list[int], asyncio.Future[Generation]]], params: SamplingParams, count: bool
     ) -> None:
         start = time.perf_counter()
         try:
@@ -376,19 +380,20 @@ class AsyncBatchingEngine:
                 if not future.done():
                     future.set_exception(exc)
             return
-        self._seconds += time.perf_counter() - start
-        self._batches += 1
-        self._requests += len(items)
-        self._tokens += sum(len(g.token_ids) for g in gens)
+        if count:
+            self._seconds += time.perf_counter() - start
+            self._batches += 1
+            self._requests += len(items)
+            self._tokens += sum(len(g.token_ids) for g in gens)
         for (_, future), gen in zip(items, gens, strict=True):
             if not future.done():
                 future.set_result(gen)
 
     @staticmethod
     def _fail(
-        requests: list[tuple[list[int], SamplingParams, asyncio.Future[Generation]]], exc: BaseException
+        requests: list[tuple[list[int], SamplingParams, bool, asyncio.Future[Generation]]], exc: BaseException
     ) -> None:
-        for _, _, future in requests:
+        for *_, future in requests:
             if not future.done() and not future.get_loop().is_closed():
                 future.set_exception(exc)
 

@@ -40,11 +40,13 @@ class EnginePolicy:
     Args:
         engine: An :class:`~actorlearner.rollout.engine.AsyncBatchingEngine`.
         params: Sampling parameters (``max_new_tokens`` is capped by the episode's token budget).
+        count: Whether the turns count in the engine's throughput stats (False for evaluation).
     """
 
-    def __init__(self, engine: Any, params: SamplingParams) -> None:
+    def __init__(self, engine: Any, params: SamplingParams, count: bool = True) -> None:
         self.engine = engine
         self.params = params
+        self.count = count
 
     async def __call__(
         self, ids: Sequence[int], env: gymnasium.Env, messages: list[dict[str, Any]], budget: int
@@ -53,7 +55,9 @@ class EnginePolicy:
         params = self.params
         if budget < params.max_new_tokens:
             params = dataclasses.replace(params, max_new_tokens=budget)
-        return await self.engine.generate(list(ids), params)  # type: ignore[no-any-return]
+        if self.count:
+            return await self.engine.generate(list(ids), params)  # type: ignore[no-any-return]
+        return await self.engine.generate(list(ids), params, count=False)  # type: ignore[no-any-return]
 
 
 class DemonstrationTurnPolicy:

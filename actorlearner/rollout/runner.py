@@ -324,7 +324,7 @@ class EnvRunner:
         """
         self._ensure_executor()
         params = SamplingParams(temperature, self.cfg.max_new_tokens, self.stops)
-        policy = EnginePolicy(self.batcher, params)
+        policy = EnginePolicy(self.batcher, params, count=False)  # rollout/* counts training turns only
         pool = self.eval_pool if env_spec is None else EnvPool(env_spec, env_config or {})
         return list(await asyncio.gather(*(self._episode(pool, policy, s) for s in seeds)))
 
