@@ -3,10 +3,14 @@
 Public names: :class:`ToolEnv` and :func:`tool` to write tool envs, :func:`check_env` to check one
 against the protocol, :class:`AlgorithmConfig` to configure and build an :class:`Algorithm`,
 :func:`register_priority` and :func:`register_filter` to decide what the learner trains on,
-``register_*`` for losses, estimators and engines, and :class:`StepInfo`, the step ``info`` contract.
+``register_*`` for losses, estimators and engines, :class:`StepInfo`, the step ``info`` contract,
+and :class:`StatefulPriority` with :class:`PromptHistory`, what a priority with memory implements
+and reads.
 """
 
 from actorlearner.config import AlgorithmConfig, ConfigError
+from actorlearner.core.history import PromptHistory
+from actorlearner.core.protocols import StatefulPriority
 from actorlearner.core.registry import register_filter, register_priority
 from actorlearner.core.trajectory import Group, ToolCallRecord, Trajectory, TurnRecord
 from actorlearner.env.checker import EnvCheckError, check_env
@@ -27,10 +31,13 @@ from envs import register_envs as _register_envs  # isort: skip
 _register_envs()
 
 __all__ = [
+    "Algorithm",
     "AlgorithmConfig",
     "ConfigError",
     "EnvCheckError",
     "Group",
+    "PromptHistory",
+    "StatefulPriority",
     "StepInfo",
     "ToolCallRecord",
     "ToolEnv",
@@ -47,3 +54,12 @@ __all__ = [
     "tool",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``Algorithm`` is imported on first use: validating a config must not import torch."""
+    if name == "Algorithm":
+        from actorlearner.algorithm import Algorithm
+
+        return Algorithm
+    raise AttributeError(f"module 'actorlearner' has no attribute {name!r}")

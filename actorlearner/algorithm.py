@@ -105,6 +105,36 @@ def _name_of(spec: Any) -> str:
     return str(getattr(spec, "__name__", type(spec).__name__))
 
 
+def empty_update_message(metrics: dict[str, float], max_wait_s: float) -> str:
+    """Says why an update trained on nothing: which filter dropped what, the rewards, what to do.
+
+    Args:
+        metrics: The iteration's metrics (``filter/*``, ``rollout/*``, ``buffer/*``).
+        max_wait_s: How long the learner waited for groups.
+    """
+    drops = {
+        key.split("/")[1]: int(value)
+        for key, value in metrics.items()
+        if key.startswith("filter/") and key.endswith("/groups_dropped") and value
+    }
+    arrived = int(metrics.get("rollout/groups", 0))
+    rewards = (
+        f"reward mean {metrics.get('rollout/reward_mean', float('nan')):.3g}, "
+        f"std {metrics.get('rollout/reward_std', float('nan')):.3g}"
+    )
+    cause = (
+        f"the filters dropped every group ({', '.join(f'{k}: {v}' for k, v in drops.items())})"
+        if drops
+        else f"no group arrived within training.max_wait_s={max_wait_s:g}s"
+    )
+    return (
+        f"an update trained on nothing: {arrived} group(s) arrived and {cause}; {rewards}, "
+        f"errors {int(metrics.get('rollout/group_errors', 0))}. With an untrained policy every group "
+        "can have equal rewards (zero_variance drops them): run cold-start SFT (sft.steps), use a "
+        "reward with partial credit, or relax replay.filters. Training goes on (this is said once)."
+    )
+
+
 class Algorithm:
     """Asynchronous actor-learner RL for a tool env. Build it with ``AlgorithmConfig().build()``.
 
@@ -136,6 +166,7 @@ class Algorithm:
         self._rl_started = False
         self._optimizer_restored = False
         self._skipped = 0
+        self._warned_empty = False
         self._run_refs: list[asyncio.Future[Any]] = []
         self._stopped = False
         args = self._component_args()  # resolved once: the instances checked are the ones placed
@@ -434,6 +465,9 @@ class Algorithm:
         return metrics
 
     def _check_progress(self, metrics: dict[str, float]) -> None:
+        if self._skipped and not self._warned_empty:
+            self._warned_empty = True
+            logger.warning(empty_update_message(metrics, self.config.training.max_wait_s))
         if self._skipped >= MAX_SKIPPED_ITERATIONS:
             raise RuntimeError(
                 f"no group reached the learner in {self._skipped} iterations of up to "
@@ -505,7 +539,9 @@ class Algorithm:
         await self.learner.call(LearnerProtocol.save_pretrained, model_dir)
         learner, buffer, *runners = await gather(
             [
-                self.learner.call(LearnerProtocol.get_state, components=("version", "optimizer")),
+                self.learner.call(
+                    LearnerProtocol.get_state, components=("version", "optimizer", "ref_model")
+                ),
                 self.buffer.call(ReplayBufferActor.get_state),
                 *[r.call(EnvRunnerProtocol.get_state) for r in self.runners],
             ]

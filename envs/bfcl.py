@@ -14,14 +14,18 @@ them and terminates. ``reset(seed=i)`` serves task ``i % len(tasks)`` (so evalua
 ``0..n-1`` visit the tasks in file order); ``options={"index": i}`` picks one; without either the
 env's generator draws one.
 
-Scoring follows BFCL's AST checker for Python (:func:`bfcl_check`): each ground-truth parameter maps
-to a list of acceptable values (``""`` in the list: the parameter may be omitted), strings compare
-case-, space- and punctuation-insensitively, an int is accepted for a float, parallel calls match
-in any order, and in the irrelevance categories making no call is correct. ``success`` is that
-verdict. The reward is ToolRL's (:func:`envs.rewards.toolrl_reward`, components ``format``,
+Scoring follows BFCL's AST checker for Python (:func:`bfcl_check`; ``bfcl_eval``'s ``ast_checker``
+gives the same verdict on every task and on mutations of its answer, tests/test_bfcl_checker.py):
+each ground-truth parameter maps to a list of acceptable values (``""`` in the list: the parameter
+may be omitted), strings compare case-, space- and punctuation-insensitively, an int is accepted
+for a float but not inside a list (array items must have the item type), a tuple (``python_call``
+keeps them, :class:`~actorlearner.env.parsing.TupleList`) only for a ``tuple`` parameter, parallel
+calls match in any order, and in the irrelevance categories making no call is correct. ``success``
+is that verdict. The reward is ToolRL's (:func:`envs.rewards.toolrl_reward`, components ``format``,
 ``name``, ``keys``, ``values`` summing to it, in [-3, 4]) against the ground truth, judging a value
-with the same acceptable-values check. The env's own ``info`` keys (the ToolRL breakdown, the
-verdict and its reason) are :class:`BFCLInfo`'s.
+with the same check, so that a well-formatted turn earns the maximum exactly when BFCL marks it
+correct. The env's own ``info`` keys (the ToolRL breakdown, the verdict and its reason) are
+:class:`BFCLInfo`'s.
 
 :data:`BFCL_SUITE` is the evaluation suite behind ``actorlearner eval --bfcl`` (registered by
 :func:`envs.register_envs`).
@@ -42,7 +46,7 @@ import gymnasium as gym
 import numpy as np
 
 from actorlearner.env.info import StepInfo, ToolCallInfo
-from actorlearner.env.parsing import PARSERS, format_answer, format_tool_call, parse_turn
+from actorlearner.env.parsing import PARSERS, TupleList, format_answer, format_tool_call, parse_turn
 from actorlearner.env.suites import EvalSuite
 from actorlearner.env.toolenv import ChatMessages, Messages
 from envs.rewards import toolrl_reward
@@ -194,20 +198,27 @@ def _answer_type(acceptable: Sequence[Any]) -> type | None:
 
 
 def _type_ok(value: Any, acceptable: Sequence[Any], expected: type, nested: type | None) -> tuple[bool, bool]:
-    """BFCL's type check: ``(valid, is_variable)``; the type of the acceptable values may stand in."""
+    """BFCL's type check: ``(valid, is_variable)``; the type of the acceptable values may stand in.
+
+    A value of the expected type must pass the check of its items (``nested``) against one list of
+    acceptable values, else it is invalid even when the acceptable values have its type.
+    """
     answer_type = _answer_type(acceptable)
     is_variable = answer_type is not None and answer_type is not expected
     if type(value) is expected:
-        if nested is None:
+        if nested is None or any(_items_ok(value, item, nested) for item in acceptable):
             return True, is_variable
-        for item in acceptable:
-            if not isinstance(item, list) or (
-                isinstance(value, list) and all(_type_ok(v, item, nested, None)[0] for v in value)
-            ):
-                return True, is_variable
+        return False, False
     if answer_type is not None and type(value) is answer_type:
         return True, True
     return False, False
+
+
+def _items_ok(value: Any, acceptable_item: Any, nested: type) -> bool:
+    """BFCL's nested check of one acceptable value: a list holds the expected item type."""
+    if not isinstance(acceptable_item, list):
+        return True  # "" (optional) or a variable name: nothing to check the items against
+    return all(_type_ok(v, acceptable_item, nested, None)[0] for v in value)
 
 
 def _dict_ok(value: Mapping[str, Any], acceptable: Sequence[Any]) -> bool:
@@ -222,8 +233,9 @@ def _dict_ok(value: Mapping[str, Any], acceptable: Sequence[Any]) -> bool:
 
 
 def _list_dict_ok(value: Sequence[Any], acceptable: Sequence[Any]) -> bool:
+    """BFCL's list-of-dicts check: one acceptable list matched dict by dict (``""`` is empty)."""
     return any(
-        isinstance(answer, list)
+        isinstance(answer, (list, str))
         and len(answer) == len(value)
         and all(isinstance(v, dict) and _dict_ok(v, [a]) for v, a in zip(value, answer, strict=True))
         for answer in acceptable
@@ -231,48 +243,85 @@ def _list_dict_ok(value: Sequence[Any], acceptable: Sequence[Any]) -> bool:
 
 
 def _list_ok(value: Sequence[Any], acceptable: Sequence[Any]) -> bool:
+    """BFCL's list check: strings normalized; a string acceptable value counts as its characters."""
     standardized = [_std(v) for v in value]
-    options = [[_std(x) for x in a] if isinstance(a, list) else [] for a in acceptable]  # "" acts as []
-    return standardized in options
+    return any(
+        isinstance(answer, (list, str)) and standardized == [_std(x) for x in answer] for answer in acceptable
+    )
 
 
 def value_ok(spec: Mapping[str, Any], value: Any, acceptable: Sequence[Any]) -> bool:
     """Whether ``value`` is an acceptable value of a parameter (BFCL's type and value checks).
 
     Args:
-        spec: The parameter's BFCL schema (its ``type`` and, for arrays, ``items``).
-        value: The decoded value the model passed.
+        spec: The parameter's BFCL schema (its ``type`` and, for arrays, ``items``); without a
+            known type (an undocumented parameter) no value is acceptable.
+        value: The decoded value the model passed; a tuple is acceptable only for a ``tuple``
+            parameter (BFCL's decoder keeps Python tuples).
         acceptable: The ground truth's acceptable values for the parameter.
     """
     type_name = spec.get("type")
     expected = _PY_TYPES.get(type_name) if isinstance(type_name, str) else None
     if expected is None:
-        return value in acceptable
+        return False
     nested = None
     if type_name in ("array", "tuple"):
         items = spec.get("items")
         nested = _PY_TYPES.get(str(items.get("type"))) if isinstance(items, dict) else None
+    if type_name == "tuple" and type(value) is tuple:
+        value = list(value)
     if type_name == "float" and type(value) is int:
         value = float(value)
     valid, is_variable = _type_ok(value, acceptable, expected, nested)
     if not valid:
         return False
-    if not is_variable:
-        if expected is dict:
-            return _dict_ok(value, acceptable)
-        if expected is list and nested is dict:
-            return _list_dict_ok(value, acceptable)
-        if expected is str:
-            return standardize_string(value) in [
-                standardize_string(a) for a in acceptable if isinstance(a, str)
-            ]
-        if expected is list:
-            return _list_ok(value, acceptable)
+    if is_variable:
+        return bool(value in acceptable)
+    return _value_matches(value, acceptable, expected, nested)
+
+
+def _value_matches(value: Any, acceptable: Sequence[Any], expected: type, nested: type | None) -> bool:
+    """BFCL's value check of a value of the expected type."""
+    if expected is dict:
+        return _dict_ok(value, acceptable)
+    if expected is list and nested is dict:
+        return _list_dict_ok(value, acceptable)
+    if expected is str:
+        return standardize_string(value) in [standardize_string(a) for a in acceptable if isinstance(a, str)]
+    if expected is list:
+        return _list_ok(value, acceptable)
     return bool(value in acceptable)
+
+
+def python_value(value: Any) -> Any:
+    """A parsed argument as BFCL's decoder gives it: tuples the ``python_call`` parser read are tuples.
+
+    Args:
+        value: A JSON-like value from :func:`actorlearner.env.parsing.parse_turn`.
+
+    Returns:
+        A copy with every :class:`~actorlearner.env.parsing.TupleList` a ``tuple``.
+    """
+    if isinstance(value, TupleList):
+        return tuple(python_value(v) for v in value)
+    if isinstance(value, list):
+        return [python_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: python_value(v) for k, v in value.items()}
+    return value
 
 
 def _find_function(functions: Sequence[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
     return next((f for f in functions if f.get("name") == name), None)
+
+
+def _function_for(
+    functions: Sequence[Mapping[str, Any]], truth: Mapping[str, Any], category: str
+) -> Mapping[str, Any] | None:
+    """The doc BFCL checks a ground-truth call with: the first one in the simple categories."""
+    if "parallel" in category or "multiple" in category:
+        return _find_function(functions, next(iter(truth)))
+    return functions[0] if functions else None
 
 
 def check_call(
@@ -281,13 +330,14 @@ def check_call(
     """Why one call does not match one ground-truth call (BFCL's simple checker), or None if it does.
 
     Args:
-        function: The BFCL doc of the ground truth's function (None: the data has no doc for it).
-        call: ``{"name": str, "arguments": {...}}``.
+        function: The BFCL doc the ground-truth call is checked with (None: the data has none).
+        call: ``{"name": str, "arguments": {...}}``, tuples as :func:`python_value` gives them.
         truth: ``{name: {param: [acceptable values]}}``.
     """
-    name, answers = next(iter(truth.items()))
+    answers = next(iter(truth.values()))
     if function is None:
-        return f"no function doc for {name!r}"
+        return f"no function doc for {next(iter(truth))!r}"
+    name = function.get("name")
     if call.get("name") != name:
         return f"function name {name!r} not found"
     args = call.get("arguments", {})
@@ -331,11 +381,11 @@ def bfcl_check(
         return False, f"wrong number of calls: {len(calls)} instead of {len(ground_truth)}"
     if "parallel" not in category:
         truth = ground_truth[0]
-        error = check_call(_find_function(functions, next(iter(truth))), calls[0], truth)
+        error = check_call(_function_for(functions, truth, category), calls[0], truth)
         return error is None, error or ""
     used: set[int] = set()
     for index, truth in enumerate(ground_truth):
-        function = _find_function(functions, next(iter(truth)))
+        function = _function_for(functions, truth, category)
         hit = next(
             (i for i, c in enumerate(calls) if i not in used and check_call(function, c, truth) is None), None
         )
@@ -368,9 +418,12 @@ def toolrl_ground_truth(
 ) -> list[dict[str, Any]]:
     """Ground-truth calls for ToolRL's reward from BFCL's acceptable values.
 
-    A ground-truth call that one of the model's calls satisfies (BFCL's checker) becomes that call,
-    so a BFCL-correct answer is an exact ToolRL match whichever optional parameters it passed.
-    Otherwise its arguments are its non-optional parameters, each an :class:`Acceptable`.
+    Each argument is an :class:`Acceptable`, so ToolRL counts a value right exactly when BFCL's
+    check of that parameter accepts it. A ground-truth call that one of the model's calls satisfies
+    (BFCL's checker, matched in the same order) takes that call's parameters, so a BFCL-correct
+    answer is an exact ToolRL match whichever optional parameters it passed. Otherwise it takes its
+    non-optional and its required parameters (a required one without acceptable values never
+    matches), so an answer BFCL rejects does not reach ToolRL's maximum.
     """
     used: set[int] = set()
     out: list[dict[str, Any]] = []
@@ -380,17 +433,16 @@ def toolrl_ground_truth(
         hit = next(
             (i for i, c in enumerate(calls) if i not in used and check_call(function, c, truth) is None), None
         )
+        params = (function or {}).get("parameters", {})
         if hit is not None:
             used.add(hit)
-            out.append({"name": name, "arguments": dict(calls[hit]["arguments"])})
-            continue
-        properties = (function or {}).get("parameters", {}).get("properties", {})
-        required = set((function or {}).get("parameters", {}).get("required", []))
-        arguments = {
-            k: Acceptable(properties.get(k, {}), tuple(x for x in v if x != ""))
-            for k, v in answers.items()
-            if "" not in v or k in required
-        }
+            keys = list(calls[hit]["arguments"])
+        else:
+            required = list(params.get("required", []))
+            keys = [k for k, v in answers.items() if "" not in v or k in required]
+            keys += [k for k in required if k not in answers]
+        properties = params.get("properties", {})
+        arguments = {k: Acceptable(properties.get(k, {}), tuple(answers.get(k, ()))) for k in keys}
         out.append({"name": name, "arguments": arguments})
     return out
 
@@ -484,7 +536,9 @@ class BFCL(gym.Env[Messages, str]):
         self._done = True
         task = self.task
         turn = parse_turn(action, self._parse)
-        calls = [{"name": c.name, "arguments": dict(c.arguments)} for c in turn.calls if c.error is None]
+        calls = [
+            {"name": c.name, "arguments": python_value(c.arguments)} for c in turn.calls if c.error is None
+        ]
         unparsable = any(c.error is not None for c in turn.calls)
         correct, reason = bfcl_check(task.functions, calls, task.ground_truth, task.category)
         if unparsable and "irrelevance" not in task.category:

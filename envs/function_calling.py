@@ -634,12 +634,18 @@ def _as_call(call: ParsedCall) -> Call:
 def _sub_task_scores(
     predicted: list[dict[str, Any]] | None, truth: Any, format_score: float
 ) -> dict[str, float]:
-    """ToolRL's parts normalized to [0, 1] (DSCL's curriculum sub-tasks); unparsable scores 0."""
-    m = toolrl_match(predicted or [], truth)
-    parsed = predicted is not None
+    """ToolRL's parts normalized to [0, 1] (DSCL's curriculum sub-tasks); unparsable scores 0.
+
+    With no ground-truth call (irrelevance), ``keys`` and ``values`` are 1 only when nothing was
+    called: a wrong call must not count as mastery of the arguments.
+    """
+    if predicted is None:
+        return {"format": float(format_score), "name": 0.0, "keys": 0.0, "values": 0.0}
+    m = toolrl_match(predicted, truth)
+    empty = 1.0 if m.max_keys else float(not predicted)  # no ground-truth call: right iff none made
     return {
         "format": float(format_score),
-        "name": m.name if parsed else 0.0,
-        "keys": (m.keys / m.max_keys if m.max_keys else 1.0) if parsed else 0.0,
-        "values": (m.values / m.max_values if m.max_values else 1.0) if parsed else 0.0,
+        "name": m.name,
+        "keys": m.keys / m.max_keys if m.max_keys else empty,
+        "values": m.values / m.max_values if m.max_values else empty,
     }

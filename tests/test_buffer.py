@@ -334,7 +334,8 @@ def test_dscl_reweight_rewards_shifts_learner_rewards_toward_the_lagging_compone
         assert dscl.mastery["values"] < dscl.mastery["name"]  # values lag, so they get the focus
         group = _with_components(make_group([0, 0], group_id="x"), comps)
         buf.add([group])
-        kept_rewards[on] = list(group.rewards)
+        kept_rewards[on] = list(buf.groups[-1].rewards)  # the stored group: the learner's rewards
+        assert list(group.rewards) == [3.0, 4.0]  # the arriving group is never mutated
         assert ("dscl/reweight_abs_delta" in buf.pop_metrics()) == on
     assert kept_rewards[False] == [3.0, 4.0]  # the env's rewards, untouched when off
     assert kept_rewards[True][0] < 3.0  # values missed: the focused component costs more

@@ -322,12 +322,47 @@ def test_correctness_components_choose_what_is_reweighted():
         for t, c in zip(group.trajectories, comps, strict=True):
             t.reward_components, t.reward = dict(c), sum(c.values())
         before = [t.reward for t in group.trajectories]
-        fn.reweight_group(group)
-        assert [t.reward for t in group.trajectories] != before
+        out = fn.reweight_group(group)
+        assert [t.reward for t in out.trajectories] != before
         focus = fn.focus()
         chosen = sorted(changed)
         total = sum(focus[c] for c in chosen)
-        for t, c in zip(group.trajectories, comps, strict=True):
+        for t, c in zip(out.trajectories, comps, strict=True):
             expected = sum(v for k, v in c.items() if k not in changed)
             expected += sum(len(chosen) * focus[k] / total * c[k] for k in chosen)
             assert t.reward == pytest.approx(expected)
+
+
+def test_reweight_group_returns_a_new_group_and_leaves_its_input_alone():
+    fn = DSCLPriority(reweight_rewards=True, batch_groups=0)
+    fn.mastery = {"name": 1.0, "values": 0.0}  # values lag: they get the focus
+    group = _scored([0.0, 0.0], {})
+    for t, v in zip(group.trajectories, (0.0, 1.0), strict=True):
+        t.reward_components, t.reward = {"name": 1.0, "values": v}, 1.0 + v
+    components = [dict(t.reward_components) for t in group.trajectories]
+    out = fn.reweight_group(group)
+    assert out is not group
+    assert list(group.rewards) == [1.0, 2.0]  # the input keeps the env's rewards
+    assert [t.reward_components for t in group.trajectories] == components
+    assert list(out.rewards) != [1.0, 2.0]
+    assert out.rewards[1] == pytest.approx(2.0)  # all correct: the sum is kept
+    assert fn.reweight_group(group) is not None
+    off = DSCLPriority(reweight_rewards=False, batch_groups=0)
+    off.mastery = dict(fn.mastery)
+    assert off.reweight_group(group) is group  # nothing to change: the very group
+
+
+def test_buffer_stores_the_reweighted_group_while_arrival_metrics_keep_the_env_rewards():
+    fn = DSCLPriority(reweight_rewards=True, batch_groups=0, warmup_batches=0)
+    fn.mastery = {"name": 1.0, "values": 0.0}
+    buf = GroupReplayBuffer(fn, FilterChain([]))
+    group = _scored([0.0, 0.0], {})
+    for t, v in zip(group.trajectories, (0.0, 3.0), strict=True):
+        t.reward_components, t.reward = {"name": 0.0, "values": v}, v
+    buf.add([group])
+    assert list(group.rewards) == [0.0, 3.0]  # the arriving group is not mutated
+    stored = buf.groups[0]
+    assert list(stored.rewards) != [0.0, 3.0]  # the stored group carries the reweighted rewards
+    metrics = buf.pop_metrics()
+    assert metrics["rollout/reward_mean"] == pytest.approx(1.5)
+    assert metrics["dscl/reweight_abs_delta"] > 0

@@ -351,3 +351,14 @@ def test_final_step_reports_normalized_sub_task_scores() -> None:
     env.reset(seed=3)
     _, _, _, _, info = env.step("<answer>no idea</answer>")
     assert all(0.0 <= v <= 1.0 for v in info["sub_task_scores"].values())
+
+
+def test_irrelevance_sub_task_scores_do_not_reward_a_wrong_call() -> None:
+    from envs.function_calling import _sub_task_scores
+
+    wrong = _sub_task_scores([{"name": "get_weather", "arguments": {"city": "Oslo"}}], [], 0.0)
+    assert wrong["keys"] == 0.0 and wrong["values"] == 0.0
+    right = _sub_task_scores([], [], 1.0)
+    assert right["keys"] == 1.0 and right["values"] == 1.0
+    no_args = _sub_task_scores([{"name": "now", "arguments": {}}], [{"name": "now", "arguments": {}}], 1.0)
+    assert no_args["values"] == 1.0 and no_args["keys"] == 1.0  # a call without arguments, made right

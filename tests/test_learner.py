@@ -198,3 +198,26 @@ def test_a_loss_aggregation_given_as_a_callable_is_used(model_dir, groups) -> No
     _, mean = _grads(_learner(model_dir), groups)
     _, total = _grads(_learner(model_dir, loss_aggregation=token_sum), groups)
     assert total["loss"] == pytest.approx(mean["loss"] * mean["tokens"], rel=1e-4)
+
+
+def test_entropy_advantage_scope_is_a_training_knob_that_reaches_the_update(model_dir, groups):
+    from typing import get_args
+
+    scopes = get_args(TrainingConfig.model_fields["entropy_advantage_scope"].annotation)
+    assert scopes == losses.ENTROPY_ADVANTAGE_SCOPES
+    assert TrainingConfig().entropy_advantage_scope == "post_tool"
+    with pytest.raises(ValueError, match="entropy_advantage_scope"):
+        TrainingConfig(entropy_advantage_scope="everywhere")
+    unmarked = [
+        g.replace(trajectories=[t.replace(post_tool=t.post_tool * 0) for t in g.trajectories]) for g in groups
+    ]
+
+    def change(scope: str) -> float:
+        learner = _learner(model_dir, entropy_advantage_coef=0.5, entropy_advantage_scope=scope)
+        learner.start_rl()
+        learner.optimizer.step = lambda: None
+        return learner.update(unmarked)["entropy_advantage_change"]
+
+    assert change("post_tool") == 0.0  # no post-tool token: nothing shaped
+    assert change("post_tool_else_all") > 0  # falls back to every loss token
+    assert change("all") > 0

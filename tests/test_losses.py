@@ -147,6 +147,56 @@ def test_entropy_guided_advantages_edge_cases():
     assert torch.equal(new, adv) and change.item() == 0.0
 
 
+# One micro-batch: row 0 has a post-tool turn (tokens 2-3), row 1 none; token 3 of row 1 is padding.
+SCOPE_ENTROPY = torch.tensor([[1.0, 2.0, 3.0, 4.5], [5.0, 6.0, 7.0, 9.0]])  # no token at the mean: z != 0
+SCOPE_MASK = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
+SCOPE_POST = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])
+
+
+def _changed(scope: str, post_tool: torch.Tensor) -> list[list[bool]]:
+    adv = torch.ones(2, 4)
+    new, _ = losses.entropy_guided_advantages(adv, SCOPE_ENTROPY, post_tool, SCOPE_MASK, 0.1, scope=scope)
+    return (new != adv).tolist()
+
+
+def test_entropy_advantage_scope_post_tool_shapes_only_post_tool_tokens():
+    assert _changed("post_tool", SCOPE_POST) == [[False, False, True, True], [False] * 4]
+
+
+def test_entropy_advantage_scope_all_shapes_every_loss_token():
+    assert _changed("all", SCOPE_POST) == [[True] * 4, [True, True, True, False]]
+
+
+@pytest.mark.parametrize(
+    ("scope", "shaped"),
+    [("post_tool", False), ("post_tool_else_all", True), ("all", True)],
+)
+def test_entropy_advantage_scope_without_any_post_tool_token(scope, shaped):
+    # post_tool: nothing changes (the paper's text); post_tool_else_all falls back to every loss
+    # token, as the reference code's tool_aware_only does; all shapes every loss token anyway
+    expected = [[shaped] * 4, [shaped, shaped, shaped, False]]
+    assert _changed(scope, torch.zeros_like(SCOPE_POST)) == expected
+
+
+def test_entropy_advantage_scope_post_tool_else_all_keeps_post_tool_scope_when_there_is_one():
+    assert _changed("post_tool_else_all", SCOPE_POST) == _changed("post_tool", SCOPE_POST)
+
+
+def test_entropy_advantage_scope_values_and_unknown_scope():
+    adv = torch.ones(2, 4)
+    full, change = losses.entropy_guided_advantages(
+        adv, SCOPE_ENTROPY, SCOPE_POST, SCOPE_MASK, 0.1, scope="all"
+    )
+    valid = SCOPE_MASK > 0
+    h = SCOPE_ENTROPY[valid]
+    z = (SCOPE_ENTROPY - h.mean()) / (h.std(unbiased=False) + 1e-8)
+    torch.testing.assert_close(full[valid], (1 + 0.1 * z)[valid])
+    assert change.item() == pytest.approx(float((0.1 * z[valid]).abs().mean()), rel=1e-6)
+    assert losses.ENTROPY_ADVANTAGE_SCOPES == ("post_tool", "post_tool_else_all", "all")
+    with pytest.raises(ValueError, match="scope"):
+        losses.entropy_guided_advantages(adv, SCOPE_ENTROPY, SCOPE_POST, SCOPE_MASK, scope="post-tool")
+
+
 def test_entropy_guided_advantages_detach_flag_controls_the_gradient_path():
     entropy = torch.tensor([[1.0, 2.0, 4.0]], requires_grad=True)
     mask = torch.ones(1, 3)
@@ -159,3 +209,18 @@ def test_entropy_guided_advantages_detach_flag_controls_the_gradient_path():
     attached.sum().backward()
     assert entropy.grad is not None and entropy.grad.abs().sum() > 0
     torch.testing.assert_close(attached.detach(), detached)
+
+
+def test_entropy_shaping_mask_per_scope():
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    post = torch.tensor([[0, 1, 1], [0, 0, 0]])
+    assert losses.entropy_shaping_mask(valid, post).tolist() == [[False, True, False], [False] * 3]
+    assert losses.entropy_shaping_mask(valid, post, "post_tool_else_all").tolist() == (
+        losses.entropy_shaping_mask(valid, post).tolist()
+    )
+    assert torch.equal(losses.entropy_shaping_mask(valid, post, "all"), valid)
+    none = torch.zeros_like(post)
+    assert not losses.entropy_shaping_mask(valid, none).any()
+    assert torch.equal(losses.entropy_shaping_mask(valid, none, "post_tool_else_all"), valid)
+    with pytest.raises(ValueError, match=r"known: post_tool, post_tool_else_all, all"):
+        losses.entropy_shaping_mask(valid, post, "tool")

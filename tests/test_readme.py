@@ -227,3 +227,28 @@ def test_sections_the_code_cites_exist() -> None:
     missing = {n: where for n, where in cited.items() if n not in sections}
     assert not missing, f"cited sections missing from docs/algorithms.md: {missing}"
     assert {"1", "2", "3", "4", "5", "6", "7", "7a", "7b", "8"} <= sections
+
+
+def test_stateful_priority_state_survives_save_and_restore(tmp_path: Path) -> None:
+    from actorlearner.core.registry import register_priority
+
+    namespace: dict = {"__name__": "readme_stateful", "register_priority": register_priority}
+    try:
+        exec(compile(_example("stateful-priority"), "README:stateful-priority", "exec"), namespace)
+        first = small_config(tmp_path / "a").replay(priority_fn="rarely_seen").build()
+        try:
+            first.train()
+            ckpt = first.save(str(tmp_path / "ckpt"))
+            saved = dict(first.buffer.obj.priority_fn.seen)  # local mode: the buffer is in-process
+        finally:
+            first.stop()
+        assert saved and all(n >= 1 for n in saved.values())
+        second = small_config(tmp_path / "b").replay(priority_fn="rarely_seen").build()
+        try:
+            assert second.buffer.obj.priority_fn.seen == {}
+            second.restore(ckpt)
+            assert second.buffer.obj.priority_fn.seen == saved
+        finally:
+            second.stop()
+    finally:
+        PRIORITIES.unregister("rarely_seen")

@@ -319,28 +319,43 @@ PriorityFn = Callable[[Group, PromptHistory], float]
 
 @runtime_checkable
 class StatefulPriority(Stateful, Protocol):
-    """A priority function with memory (DSCL): it sees every arriving group, before any filter.
+    """A priority function with memory (DSCL is one): what the replay buffer calls, and when.
 
-    The buffer calls :meth:`observe` on every arrival, asks :meth:`skip_prompt` which prompts the
-    runners should rarely re-issue, merges :meth:`metrics` into its own and checkpoints its state.
+    A plain ``fn(group, history) -> float`` is a priority function too; an object that also has
+    the members below gets them called. Required: ``__call__``, ``get_state`` and ``set_state``
+    (what a checkpoint keeps, in ``buffer.pkl``: return picklable data). The others are optional;
+    the buffer looks each up once and skips what is absent. In the buffer actor, in order:
+
+    1. on every arriving group, before any filter: :meth:`observe` (kept or not: the groups that
+       ``zero_variance`` drops are exactly the mastered and the hard ones);
+    2. on each group the filters keep: ``__call__(group, history)`` for its priority (``history``
+       already holds this group), then ``reweight_group(group) -> Group`` if defined (it returns a
+       new group and never mutates its input);
+    3. after each learner update: :meth:`skip_prompt` for every known prompt; the ids it flags go
+       to the runners in their push replies, which redraw such a prompt unless a draw below
+       ``p_revisit`` keeps it;
+    4. each iteration: :meth:`metrics`, merged into the iteration's metrics.
+
+    An object with ``observe`` and an ``auto_observe`` attribute gets ``auto_observe = False``, so
+    that ``__call__`` does not observe the group a second time.
     """
 
     p_revisit: float
 
     def __call__(self, group: Group, history: PromptHistory) -> float:
-        """The group's priority (finite, >= 0)."""
+        """The kept group's priority (a finite float >= 0)."""
         ...
 
     def observe(self, group: Group) -> None:
-        """Records an arriving group (kept or not)."""
+        """Records an arriving group, before the filters (optional)."""
         ...
 
     def skip_prompt(self, history: PromptHistory) -> bool:
-        """True for prompts runners should rarely re-issue."""
+        """True for a prompt the runners should rarely re-issue (optional)."""
         ...
 
     def metrics(self) -> dict[str, float]:
-        """Metrics since the last call."""
+        """Metrics since the last call, with their full names, e.g. ``dscl/...`` (optional)."""
         ...
 
 

@@ -335,9 +335,11 @@ def parse_python_call(text: str) -> ParsedTurn:
     or one bracketed list of calls ``[f(a=1), g(b=2)]`` (BFCL's style). The name may be dotted
     (``math.factorial``). Arguments are keywords whose values are Python literals (strings,
     numbers, ``True``/``False``/``None``, lists, tuples, dicts with string keys), read with
-    ``ast.literal_eval``: nothing is ever evaluated. Positional arguments, ``*``/``**`` unpacking,
-    repeated keywords and non-literal values make a malformed call. A block that is not valid
-    Python is one malformed call. See :func:`parse_tagged` for the tags.
+    ``ast.literal_eval``: nothing is ever evaluated. A tuple becomes a :class:`TupleList`, a list
+    that remembers it was written as a tuple (BFCL's checker rejects a tuple for an array).
+    Positional arguments, ``*``/``**`` unpacking, repeated keywords and non-literal values make a
+    malformed call. A block that is not valid Python is one malformed call. See
+    :func:`parse_tagged` for the tags.
 
     Args:
         text: The model's raw turn.
@@ -417,11 +419,28 @@ def _dotted_name(node: ast.AST) -> str | None:
     return None
 
 
+class TupleList(list):  # type: ignore[type-arg]  # holds any JSON-like values, as a list does
+    """A tuple the ``python_call`` parser read: a list, marked as written as a tuple.
+
+    It is a list to everything (``==``, ``isinstance``, JSON), so a tuple argument works wherever a
+    list does; a scorer that tells the two apart (BFCL's, :mod:`envs.bfcl`) checks for this type.
+    The ``python_call`` writer writes it back as a tuple.
+    """
+
+    __slots__ = ()
+
+
 def _json_like(value: Any) -> Any:
-    """A literal as the JSON parser would give it (tuples become lists); raises ValueError otherwise."""
+    """A literal as the JSON parser would give it (tuples become :class:`TupleList`).
+
+    Raises:
+        ValueError: If the literal holds something JSON has no value for (a set, bytes, ...).
+    """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, tuple):
+        return TupleList(_json_like(v) for v in value)
+    if isinstance(value, list):
         return [_json_like(v) for v in value]
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
@@ -461,6 +480,9 @@ def _python_literal(value: Any) -> str:
         return "1e999" if value > 0 else "-1e999"
     if value is None or isinstance(value, (bool, int, float)):
         return repr(value)
+    if isinstance(value, TupleList):
+        items = [_python_literal(v) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_python_literal(v) for v in value) + "]"
     if isinstance(value, Mapping):

@@ -61,10 +61,15 @@ class TrainingConfig(Section):
     kl_beta: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference model.")
     kl_estimator: Any = Field("k3", description=_choice(KL_ESTIMATORS, "KL estimator"))
     entropy_advantage_coef: float = Field(
-        0.0, ge=0, description="TAO-RL: c of A' = A(1 + c z(H)) at post-tool tokens (0 off; paper 0.01)."
+        0.0, ge=0, description="TAO-RL: c of A' = A(1 + c z(H)) on the scope's tokens (0 off; paper 0.01)."
     )
     entropy_advantage_detach: bool = Field(
         True, description="Detach the entropy in that shaping (our choice); false reproduces the reference."
+    )
+    entropy_advantage_scope: Literal["post_tool", "post_tool_else_all", "all"] = Field(
+        "post_tool",
+        description="Tokens that shaping covers: post_tool (the paper's text; none in a micro-batch without "
+        "post-tool tokens), post_tool_else_all (then all, as the reference code), all (reference's config).",
     )
     micro_batch_size: int = Field(
         32,

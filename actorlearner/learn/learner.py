@@ -202,9 +202,7 @@ class Learner:
         self.model.eval()
         if reset_optimizer:
             self.optimizer = self._make_optimizer(self.cfg.lr)
-        if self.cfg.kl_beta > 0:
-            import copy
-
+        if self.cfg.kl_beta > 0 and self.ref_model is None:  # a restored reference is kept
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
     def _logprobs(
@@ -276,6 +274,7 @@ class Learner:
                 mb.mask,
                 cfg.entropy_advantage_coef,
                 cfg.entropy_advantage_detach,
+                cfg.entropy_advantage_scope,
             )
         per_token, clipped = self.policy_loss_fn(logp, mb.old_logprobs, advantages, mb.mask, cfg)
         per_token = per_token * mb.is_weights
@@ -381,13 +380,15 @@ class Learner:
         self.model.save_pretrained(path)
 
     def get_state(self, components: Collection[str] | None = None) -> dict[str, Any]:
-        """The version, the optimizer's ``state_dict`` and the model weights (CPU copies).
+        """The version, the optimizer's ``state_dict``, the model and KL reference weights (CPU copies).
 
         Args:
-            components: Only these of ``version``, ``optimizer``, ``model`` (default: all), so
-                that a checkpoint can skip the weights it exports with :meth:`save_pretrained`.
+            components: Only these of ``version``, ``optimizer``, ``model``, ``ref_model`` (default:
+                all), so that a checkpoint can skip the weights it exports with
+                :meth:`save_pretrained`. ``ref_model`` is None until the RL phase builds the KL
+                reference (``kl_beta > 0``).
         """
-        parts = set(components or ("version", "optimizer", "model"))
+        parts = set(components or ("version", "optimizer", "model", "ref_model"))
         state: dict[str, Any] = {}
         if "version" in parts:
             state["version"] = self.version
@@ -395,10 +396,22 @@ class Learner:
             state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
         if "model" in parts:
             state["model"] = self.get_weights()
+        if "ref_model" in parts:
+            ref = self.ref_model
+            state["ref_model"] = (
+                None if ref is None else {k: v.detach().cpu().clone() for k, v in ref.state_dict().items()}
+            )
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restores what :meth:`get_state` returned; ``model_dir`` may stand for ``model``."""
+        """Restores what :meth:`get_state` returned; ``model_dir`` may stand for ``model``.
+
+        A ``ref_model`` restores the KL reference as it was, instead of one rebuilt from the
+        restored policy when the RL phase starts.
+        """
+        if state.get("ref_model") is not None:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.ref_model.load_state_dict(state["ref_model"])
         if "model" in state:
             self.model.load_state_dict(state["model"])
         elif "model_dir" in state:

@@ -253,6 +253,40 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+ENTROPY_ADVANTAGE_SCOPES = ("post_tool", "post_tool_else_all", "all")
+"""Which tokens TAO-RL's entropy-guided advantage shapes (``training.entropy_advantage_scope``).
+
+``post_tool``: the valid tokens with ``post_tool = 1`` (the paper's text); none when the micro-batch
+has none. ``post_tool_else_all``: the same, but every valid token when the micro-batch has no
+post-tool token (the reference code's ``tool_aware_only: True``). ``all``: every valid token (the
+reference's shipped config, ``tool_aware_only: False``).
+"""
+
+
+def entropy_shaping_mask(
+    valid: torch.Tensor, post_tool: torch.Tensor, scope: str = "post_tool"
+) -> torch.Tensor:
+    """The tokens the entropy-guided advantage shapes, as a bool tensor (docs/algorithms.md §6).
+
+    Args:
+        valid: Bool, the valid response tokens (``mask > 0``).
+        post_tool: 1 on tokens of an assistant turn that directly follows a tool result.
+        scope: One of :data:`ENTROPY_ADVANTAGE_SCOPES`.
+
+    Raises:
+        ValueError: If ``scope`` is unknown.
+    """
+    if scope not in ENTROPY_ADVANTAGE_SCOPES:
+        known = ", ".join(ENTROPY_ADVANTAGE_SCOPES)
+        raise ValueError(f"unknown entropy advantage scope {scope!r}; known: {known}")
+    if scope == "all":
+        return valid
+    shaped = valid & (post_tool > 0)
+    if scope == "post_tool_else_all" and not bool(shaped.any()):
+        return valid
+    return shaped
+
+
 def entropy_guided_advantages(
     advantages: torch.Tensor,
     entropy: torch.Tensor,
@@ -260,11 +294,13 @@ def entropy_guided_advantages(
     mask: torch.Tensor,
     coef: float = 0.01,
     detach: bool = True,
+    scope: str = "post_tool",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """TAO-RL entropy-guided advantage at post-tool tokens (docs/algorithms.md §6).
+    """TAO-RL entropy-guided advantage, at post-tool tokens by default (docs/algorithms.md §6).
 
     ``z_t = (H_t - mean(H)) / (std(H) + 1e-8)`` with the mean and (population) std over the valid
-    response tokens of the micro-batch (``mask > 0``); on valid tokens with ``post_tool = 1``,
+    response tokens of the micro-batch (``mask > 0``); on the tokens ``scope`` selects
+    (:func:`entropy_shaping_mask`; by default the valid tokens with ``post_tool = 1``),
     ``A'_t = A_t * (1 + coef * z_t)``; every other token keeps ``A_t``. As in the reference code the
     std is taken as 1 when fewer than two tokens are valid, and nothing changes when none is.
 
@@ -279,14 +315,22 @@ def entropy_guided_advantages(
         mask: Loss mask; tokens with ``mask > 0`` are the valid response tokens.
         coef: ``c`` (TAO-RL: 0.01).
         detach: Stop gradients through ``entropy``.
+        scope: Which tokens are shaped, one of :data:`ENTROPY_ADVANTAGE_SCOPES`: ``post_tool`` (the
+            paper's text; a micro-batch without a post-tool token is left as it is),
+            ``post_tool_else_all`` (then every valid token, as the reference code falls back) or
+            ``all`` (every valid token, the reference's shipped config).
 
     Returns:
         ``(new_advantages, mean_abs_change)``: advantages with ``entropy``'s shape, and the mean of
         ``|A' - A|`` over valid tokens as a detached scalar tensor (log it as a metric).
+
+    Raises:
+        ValueError: If ``scope`` is unknown.
     """
     h = entropy.detach() if detach else entropy
     adv = torch.broadcast_to(advantages, h.shape).to(h.dtype)
     valid = mask > 0
+    shaped = entropy_shaping_mask(valid, post_tool, scope)
     n_valid = int(valid.sum())
     if n_valid == 0:
         return adv.clone(), torch.zeros((), dtype=h.dtype, device=h.device)
@@ -294,7 +338,6 @@ def entropy_guided_advantages(
     mean = values.mean()
     std = values.std(unbiased=False) if n_valid > 1 else torch.ones((), dtype=h.dtype, device=h.device)
     z = (h - mean) / (std + 1e-8)
-    shaped = valid & (post_tool > 0)
     new = torch.where(shaped, adv * (1.0 + coef * z), adv)
     change = ((new - adv).abs().detach() * valid).sum() / n_valid
     return new, change

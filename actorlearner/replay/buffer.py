@@ -174,10 +174,15 @@ class GroupReplayBuffer:
     def add(self, groups: Sequence[Group]) -> dict[str, float]:
         """Records each group in its prompt's history, filters it and stores what is kept.
 
-        Nothing is stored if a priority function fails on any group of the call.
+        Nothing is stored if a priority function fails on any group of the call. Groups are values:
+        the filters and the priority function's ``reweight_group`` hook return new groups, and the
+        buffer stores what the hook returns, so the arrival list (``rollout/*``) keeps the env's data.
 
         Returns:
             ``{"added": n, "dropped": m, "size": len(self)}``.
+
+        Raises:
+            TypeError: If ``reweight_group`` returned anything but a :class:`Group`.
         """
         self.arrived.extend(groups)
         kept: list[Group] = []
@@ -189,10 +194,12 @@ class GroupReplayBuffer:
                 self._observe(group)
             group_kept = self.filters(group)
             if group_kept is not None:
-                kept.append(group_kept)
                 priorities.append(compute_priority(self.priority_fn, group_kept, history))
-                if self._reweight is not None:
-                    self._reweight(group_kept)
+                if self._reweight is not None:  # a new group: the arrivals keep the env's rewards
+                    group_kept = self._reweight(group_kept)
+                    if not isinstance(group_kept, Group):
+                        raise TypeError(f"reweight_group returned {type(group_kept).__name__}, not a Group")
+                kept.append(group_kept)
         if kept:
             raw = np.asarray(priorities, dtype=np.float64)
             scaled = self._scale(raw, "a priority function")

@@ -331,9 +331,10 @@ class DSCLPriority:
             every component sub-task but :data:`FORMAT_COMPONENT`).
         use_task_labels: Whether ``group.sub_tasks`` labels are sub-tasks too.
         reweight_rewards: The optional second use of the curriculum (7b, off by default): the
-            buffer calls :meth:`reweight_group` on each kept group, after its priority, so the
-            learner's advantages come from rewards whose correctness components are reweighted
-            by focus (:func:`reweight_reward`). Categories and priorities use the raw rewards.
+            buffer stores the group :meth:`reweight_group` returns for each kept group (after its
+            priority), so the learner's advantages come from rewards whose correctness components
+            are reweighted by focus (:func:`reweight_reward`). Categories, priorities and the
+            ``rollout/*`` metrics use the env's rewards.
         seed: Seeds the revisit draws.
     """
 
@@ -477,30 +478,45 @@ class DSCLPriority:
         """Current focus weights ``w_s`` over the sub-tasks with a mastery estimate."""
         return focus_weights(self.mastery, self.tau)
 
-    def reweight_group(self, group: Group) -> None:
-        """Reweights each trajectory's reward by focus in place, if ``reweight_rewards`` is on.
+    def reweight_group(self, group: Group) -> Group:
+        """The group with each trajectory's reward reweighted by focus, if ``reweight_rewards`` is on.
 
-        Only the correctness components change: ``reward += reweight_reward(c) - sum(c)`` over
-        the correctness components ``c`` the trajectory has (``correctness_components``; by default
-        its components with a focus weight but ``format``), so any other term of the reward
-        (format, penalties, components that are no sub-task) stays as the env gave it. Nothing
-        changes before any mastery estimate exists.
+        Groups are values: the input and its trajectories are never modified (the buffer's arrival
+        list, from which ``rollout/*`` is computed, shares them), and the buffer stores the group
+        returned. Only the correctness components change: ``reward += reweight_reward(c) - sum(c)``
+        over the correctness components ``c`` the trajectory has (``correctness_components``; by
+        default its components with a focus weight but ``format``), so any other term of the reward
+        (format, penalties, components that are no sub-task) stays as the env gave it.
+
+        Returns:
+            A new group with the affected trajectories replaced; ``group`` itself when nothing
+            changes (reweighting off, no mastery estimate yet, or no trajectory affected).
         """
         focus = self.focus()
         if not self.reweight_rewards or not focus:
-            return
-        for t in group.trajectories:
-            comps = t.reward_components
-            names = self.correctness_components
-            if names is None:
-                names = [c for c in comps if c != FORMAT_COMPONENT and c in focus]
-            parts = {c: float(comps[c]) for c in names if c in comps}
-            if not parts or not all(math.isfinite(v) for v in parts.values()):
-                continue
-            delta = reweight_reward(parts, focus, list(parts)) - sum(parts.values())
-            t.reward = float(t.reward) + delta
-            self._count("reweight_delta_sum", abs(delta))
-            self._count("reweight_n")
+            return group
+        deltas = [self._reward_delta(t, focus) for t in group.trajectories]
+        if all(d is None for d in deltas):
+            return group
+        trajectories = [
+            t if d is None else t.replace(reward=float(t.reward) + d)
+            for t, d in zip(group.trajectories, deltas, strict=True)
+        ]
+        return group.replace(trajectories=trajectories)
+
+    def _reward_delta(self, trajectory: Trajectory, focus: Mapping[str, float]) -> float | None:
+        """The change of one trajectory's reward by :func:`reweight_reward`, counted; None: none."""
+        comps = trajectory.reward_components
+        names = self.correctness_components
+        if names is None:
+            names = [c for c in comps if c != FORMAT_COMPONENT and c in focus]
+        parts = {c: float(comps[c]) for c in names if c in comps}
+        if not parts or not all(math.isfinite(v) for v in parts.values()):
+            return None
+        delta = reweight_reward(parts, focus, list(parts)) - sum(parts.values())
+        self._count("reweight_delta_sum", abs(delta))
+        self._count("reweight_n")
+        return delta
 
     # -- batch-level state ------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ A filter sees a group and returns the kept group (possibly with some trajectorie
 scaled) or None to drop it (docs/algorithms.md §5). Filters never mutate their input: a filter
 that masks returns a new group whose rewards are untouched, so GRPO's group statistics still include
 the masked trajectories. Built in: ``zero_variance`` (DAPO), ``tool_failure_mask`` and
-``uniform_tool_outcome`` (TAO-RL), ``void_turn`` (SimpleTIR) and ``overlong``. Register your own with
+``uniform_tool_outcome`` (TAO-RL), ``void_turn`` (SimpleTIR) and ``overlong``; after them the chain
+drops a group with no loss token left (``fully_masked``). Register your own with
 :func:`actorlearner.register_filter`; options come from config as ``{name: ..., **options}``.
 """
 
@@ -73,42 +74,50 @@ def tool_failure_mask(group: Group, strength: float = 1.0) -> Group:
     return _mask_where(group, failed, 1.0 - strength)
 
 
+def uniform_outcomes(group: Group, no_calls_uniform: bool = False) -> bool:
+    """Whether every tool call of every member failed, or every one succeeded.
+
+    Members without calls contribute none; a group without any call counts as ``no_calls_uniform``.
+    """
+    outcomes = [c.ok for t in group.trajectories for c in t.tool_calls]
+    return (all(outcomes) or not any(outcomes)) if outcomes else no_calls_uniform
+
+
 @register_filter("uniform_tool_outcome")
 def uniform_tool_outcome(
     group: Group,
     min_std: float = 1e-3,
-    require_uniform_outcome: bool = True,
+    require_uniform_outcome: bool = False,
     require_no_signal: bool = True,
     no_calls_uniform: bool = False,
 ) -> Group | None:
-    """TAO-RL group filter: drops a group whose tool outcomes are uniform and rewards carry no signal.
+    """TAO-RL's uniform-outcome group filter; by default the reference code's rule.
 
-    Outcomes are uniform when, over all tool calls of all members, every call failed or every call
-    succeeded (members without calls contribute none). Our choice (docs/algorithms.md §5): the
-    group is dropped when *all required* conditions hold; with both requirements off the filter
-    keeps everything.
+    The group is dropped when *all required* conditions hold (docs/algorithms.md §5):
 
-    A group in which no member made any tool call is not uniform by default (``no_calls_uniform``):
-    there is no tool outcome to learn nothing from, and answering without a tool can be exactly
-    right (e.g. irrelevance tasks). Set ``no_calls_uniform=True`` to count it as uniform.
+    * ``require_no_signal`` (on): the reward std is below ``min_std``. Alone, this is the default
+      and the rule of TAO-RL's reference code (``rejection_sample``: std < 1e-3), the same rule as
+      ``zero_variance``: groups whose rollouts are all correct or all incorrect teach nothing.
+    * ``require_uniform_outcome`` (off): the tool outcomes are uniform (:func:`uniform_outcomes`).
+      On together with the other, it is this project's earlier rule (uniform tool outcomes AND no
+      reward signal), a strict subset of ``zero_variance``, kept as an option.
+
+    With both requirements off the filter keeps everything.
 
     Args:
         group: The group.
         min_std: Rewards with a standard deviation below this carry no signal (TAO-RL: 1e-3).
         require_uniform_outcome: Drop only if the tool outcomes are uniform.
         require_no_signal: Drop only if the reward std is below ``min_std``.
-        no_calls_uniform: Whether a group without any tool call counts as uniform.
+        no_calls_uniform: Whether a group without any tool call counts as uniform (off: answering
+            without a tool can be exactly right, e.g. irrelevance tasks).
     """
+    conditions = []
     if require_uniform_outcome:
-        outcomes = [c.ok for t in group.trajectories for c in t.tool_calls]
-        uniform = (all(outcomes) or not any(outcomes)) if outcomes else no_calls_uniform
-        if not uniform:
-            return group
-    if require_no_signal and group.trajectories and float(np.std(group.rewards)) >= min_std:
-        return group
-    if not (require_uniform_outcome or require_no_signal):
-        return group
-    return None
+        conditions.append(uniform_outcomes(group, no_calls_uniform))
+    if require_no_signal:
+        conditions.append(not group.trajectories or float(np.std(group.rewards)) < min_std)
+    return None if conditions and all(conditions) else group
 
 
 @register_filter("void_turn")
@@ -151,12 +160,25 @@ class FilterError(RuntimeError):
     """A filter raised; the message names it."""
 
 
+FULLY_MASKED = "fully_masked"
+"""The chain's last check: the name its drops are counted under (``filter/fully_masked/...``)."""
+
+
 def _masked_tokens(group: Group) -> float:
     return float(sum(t.loss_mask.sum() for t in group.trajectories))
 
 
+def has_loss_tokens(group: Group) -> bool:
+    """Whether any trajectory of ``group`` has a token with loss-mask weight > 0 (one it can teach)."""
+    return any(bool((t.loss_mask > 0).any()) for t in group.trajectories)
+
+
 class FilterChain:
     """Applies filters in order and counts, per filter, dropped groups, trajectories and tokens.
+
+    After the filters, a group with no loss token left (every trajectory masked out, e.g. every
+    tool call failed under ``tool_failure_mask``) is dropped too, counted under
+    :data:`FULLY_MASKED`: it would take a batch slot and teach nothing, whatever its rewards.
 
     Args:
         filters: ``(name, filter)`` pairs in the order they run.
@@ -177,15 +199,23 @@ class FilterChain:
             except Exception as err:
                 raise FilterError(f"filter {name!r} raised {err!r} on group {group.group_id}") from err
             if kept is None:
-                self.counts[f"{name}/groups_dropped"] += 1
-                self.counts[f"{name}/trajectories_dropped"] += len(current.trajectories)
-                self.counts[f"{name}/tokens_dropped"] += before
+                self._count_drop(name, current, before)
                 return None
             masked = before - _masked_tokens(kept)
             if masked > 0:
                 self.counts[f"{name}/tokens_masked"] += masked
             current = kept
+        assert current is not None
+        if not has_loss_tokens(current):
+            self._count_drop(FULLY_MASKED, current, _masked_tokens(current))
+            return None
         return current
+
+    def _count_drop(self, name: str, group: Group, tokens: float) -> None:
+        """Counts one group dropped by ``name``, with its trajectories and loss-mask weight."""
+        self.counts[f"{name}/groups_dropped"] += 1
+        self.counts[f"{name}/trajectories_dropped"] += len(group.trajectories)
+        self.counts[f"{name}/tokens_dropped"] += tokens
 
     def pop_counts(self) -> dict[str, float]:
         """Returns the counts since the last call and resets them."""

@@ -2,7 +2,8 @@
 
 A checkpoint directory holds ``model/`` (the policy, safetensors, with the tokenizer: a directory
 ``from_pretrained`` loads), ``optimizer.safetensors`` and ``learner.json`` (the learner's optimizer
-moments and weights version), ``buffer.pkl`` (the replay buffer's state) and ``runners.pkl`` (each
+moments and weights version), ``ref_model.safetensors`` (the KL reference, when ``kl_beta > 0``
+and the RL phase has begun), ``buffer.pkl`` (the replay buffer's state) and ``runners.pkl`` (each
 runner's task stream and skip list). The algorithm adds ``algorithm.json``.
 """
 
@@ -23,7 +24,7 @@ def write_checkpoint(out: Path, states: dict[str, Any], model_path: str) -> None
 
     Args:
         out: The checkpoint directory.
-        states: ``{"learner": {"version", "optimizer"}, "buffer": ..., "runners": [...]}``.
+        states: ``{"learner": {"version", "optimizer", "ref_model"}, "buffer": ..., "runners": [...]}``.
         model_path: The policy's source directory, whose tokenizer is copied next to the weights.
     """
     AutoTokenizer.from_pretrained(model_path).save_pretrained(out / "model")
@@ -31,6 +32,10 @@ def write_checkpoint(out: Path, states: dict[str, Any], model_path: str) -> None
     tensors, meta = flatten_optimizer(learner["optimizer"])
     save_file(tensors, str(out / "optimizer.safetensors"))
     (out / "learner.json").write_text(json.dumps({"version": learner["version"], "optimizer": meta}))
+    if learner.get("ref_model") is not None:
+        save_file(
+            {k: v.contiguous() for k, v in learner["ref_model"].items()}, str(out / "ref_model.safetensors")
+        )
     (out / "buffer.pkl").write_bytes(pickle.dumps(states["buffer"]))
     (out / "runners.pkl").write_bytes(pickle.dumps(states["runners"]))
 
@@ -39,7 +44,8 @@ def read_checkpoint(src: Path) -> dict[str, Any]:
     """Reads what :func:`write_checkpoint` wrote; parts whose file is absent come back as ``None``.
 
     Returns:
-        ``{"learner": {"version", "optimizer", "model_dir"}, "buffer": ..., "runners": ...}``.
+        ``{"learner": {"version", "optimizer", "model_dir", "ref_model"}, "buffer": ..., "runners": ...}``
+        (``ref_model`` is None when the checkpoint has no KL reference).
     """
     meta = json.loads((src / "learner.json").read_text())
     tensors = load_file(str(src / "optimizer.safetensors"))
@@ -47,6 +53,7 @@ def read_checkpoint(src: Path) -> dict[str, Any]:
         "version": int(meta["version"]),
         "optimizer": unflatten_optimizer(tensors, meta["optimizer"]),
         "model_dir": str(src / "model"),
+        "ref_model": load_file(str(ref)) if (ref := src / "ref_model.safetensors").exists() else None,
     }
     return {
         "learner": learner,
