@@ -71,16 +71,29 @@ def test_priorities_drive_sampling_frequency():
 
 def test_importance_weights_hand_computed():
     w = importance_weights(np.array([0.5, 0.25]), size=4, beta=1.0)
-    # (4*0.5)^-1 = 0.5, (4*0.25)^-1 = 1 -> normalized by max
+    # one draw: (4*0.5)^-1 = 0.5, (4*0.25)^-1 = 1 -> normalized by max
     np.testing.assert_allclose(w, [0.5, 1.0])
+    # three draws out of four: k / (N pi) = 3/4 / pi
+    w = importance_weights(np.array([1.0, 0.75, 0.5]), size=4, beta=0.5, draws=3)
+    np.testing.assert_allclose(w, np.sqrt([0.75 / 1.5, 1.0 / 1.5, 1.0]))
+    np.testing.assert_allclose(importance_weights(np.full(5, 5 / 8), size=8, beta=1.0, draws=5), np.ones(5))
+    # computed in logs: a tiny (or 0) probability gets the largest weight, the others stay finite
+    w = importance_weights(np.array([0.0, 1e-300, 1.0]), size=3, beta=1.0)
+    assert w[0] == 1.0 and 0 < w[2] < w[1] < 1e-7
 
 
 def test_sampled_groups_carry_is_weights():
-    buf = _buffer(priority_fn=lambda g, h: 1.0 if g.group_id == "a" else 3.0, alpha=1.0, beta=1.0)
-    buf.add([make_group([0, 1], group_id="a"), make_group([0, 1], group_id="b")])
+    # Priorities 1, 1, 2 and two draws: the strata are [0, 2) and [2, 4), so c is always in and a, b
+    # each with probability 1/2; k / (N pi) = 4/3, 4/3, 2/3, normalized by the batch max.
+    buf = _buffer(
+        priority_fn=lambda g, h: 2.0 if g.group_id == "c" else 1.0, alpha=1.0, beta=1.0, max_reuse=99
+    )
+    buf.add([make_group([0, 1], group_id=i) for i in "abc"])
     weights = {g.group_id: g.is_weight for g in buf.sample(2, 0)}
-    assert weights["a"] == pytest.approx(1.0)
-    assert weights["b"] == pytest.approx(1 / 3)
+    assert len(weights) == 2 and weights.pop("c") == pytest.approx(0.5)
+    assert list(weights.values()) == [pytest.approx(1.0)]
+    # A batch of every group includes each for sure: nothing to correct (one-draw weights gave 1/2).
+    assert [g.is_weight for g in buf.sample(3, 0)] == [pytest.approx(1.0)] * 3
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
@@ -191,14 +204,15 @@ def test_update_priorities_steers_sampling_and_ignores_unknown_ids():
         buf.update_priorities(["a"], [1.0, 2.0])
 
 
-def test_is_weights_use_held_count_and_beta_anneals_to_one():
+def test_is_weights_use_inclusion_probabilities_and_beta_anneals_to_one():
     buf = _buffer(
         priority_fn=lambda g, h: float(g.prompt_id), alpha=1.0, beta=0.5, beta_anneal_iters=4, max_reuse=99
     )
     buf.add([make_group([0, 1], prompt_id=str(p), group_id=i) for p, i in [(1, "a"), (1, "b"), (2, "c")]])
-    weights = {g.group_id: g.is_weight for g in buf.sample(3, 0)}
-    # P = 1/4, 1/4, 1/2; N = 3; beta = 0.5 -> (3/4)^-0.5 is the max, (3/2)^-0.5 / (3/4)^-0.5 = 2^-0.5
-    assert weights == pytest.approx({"a": 1.0, "b": 1.0, "c": 2**-0.5})
+    weights = {g.group_id: g.is_weight for g in buf.sample(2, 0)}
+    # pi = 1/2, 1/2, 1; k = 2, N = 3; beta = 0.5 -> (4/3)^0.5 is the max, (2/3)^0.5 / (4/3)^0.5 = 2^-0.5
+    assert len(weights) == 2 and weights.pop("c") == pytest.approx(2**-0.5)
+    assert list(weights.values()) == [pytest.approx(1.0)]
     for _ in range(5):
         buf.sample(1, 0)
     assert buf.beta == 1.0
@@ -341,3 +355,67 @@ def test_dscl_reweight_rewards_shifts_learner_rewards_toward_the_lagging_compone
     assert kept_rewards[True][0] < 3.0  # values missed: the focused component costs more
     assert kept_rewards[True][1] == pytest.approx(4.0)  # all correct: reweighting keeps the sum
     assert kept_rewards[True][1] - kept_rewards[True][0] > 1.0  # the lagging component counts for more
+
+
+def _sixteen_groups(**kwargs) -> GroupReplayBuffer:
+    """16 groups with priorities 0.05, 0.3, 1 and 2 (four each), default alpha and beta."""
+    priorities = {str(i): p for i, p in enumerate(np.repeat([0.05, 0.3, 1.0, 2.0], 4))}
+    buf = _buffer(priority_fn=lambda g, h: float(priorities[g.group_id]), max_reuse=10**9, **kwargs)
+    buf.add([make_group([0, 1], group_id=str(i)) for i in range(16)])
+    return buf
+
+
+def test_is_weights_are_one_when_the_batch_takes_every_group():
+    # Every group is in a batch of 16 out of 16, whatever its priority: nothing to correct. The
+    # one-draw weights (N P(i))^-beta gave 1.0 / 0.65 / 0.49 / 0.41 here.
+    batch = _sixteen_groups().sample(16, 0)
+    assert len(batch) == 16
+    np.testing.assert_allclose([g.is_weight for g in batch], np.ones(16))
+
+
+def test_is_weights_are_horvitz_thompson_weights_of_the_inclusion_probabilities():
+    from actorlearner.replay.sumtree import inclusion_probabilities
+
+    buf = _sixteen_groups(beta=0.7)
+    pi = inclusion_probabilities(buf._tree.leaves, 12)
+    batch = buf.sample(12, 0)
+    slots = np.array([buf._slot_of[g.group_id] for g in batch])
+    expected = (12 / (16 * pi[slots])) ** 0.7
+    np.testing.assert_allclose([g.is_weight for g in batch], expected / expected.max())
+    assert buf.pop_metrics()["buffer/is_weight_min"] == pytest.approx(min(expected / expected.max()))
+
+
+def _zeros_and_ones(zeros: int, ones: int, **kwargs) -> GroupReplayBuffer:
+    buf = _buffer(priority_fn=lambda g, h: 0.0 if g.group_id.startswith("z") else 1.0, **kwargs)
+    buf.add([make_group([0, 1], group_id=f"z{i}") for i in range(zeros)])
+    buf.add([make_group([0, 1], group_id=f"a{i}") for i in range(ones)])
+    return buf
+
+
+def test_num_fresh_counts_only_groups_a_sample_can_draw():
+    buf = _zeros_and_ones(30, 2)
+    assert len(buf) == 32 and buf.num_fresh(0) == 2  # priority-0 groups are never drawn...
+    assert len(buf.sample(16, 0)) == 2
+    assert _zeros_and_ones(30, 0).num_fresh(0) == 30  # ...unless every priority is 0 (uniform draw)
+    # Staleness first: a fresh priority-0 group is drawable once the only positive one is stale.
+    buf = _buffer(priority_fn=lambda g, h: 0.0 if g.group_id.startswith("z") else 1.0, max_staleness=1)
+    buf.add([make_group([0, 1], version=0, group_id="a"), make_group([0, 1], version=3, group_id="z")])
+    assert buf.num_fresh(0) == 1 and buf.num_fresh(3) == 1
+    assert _ids(buf.sample(2, 3)) == ["z"]
+
+
+def test_sample_wait_waits_for_drawable_groups_not_for_priority_zero_ones():
+    from actorlearner.replay.buffer import BufferActor
+
+    async def main():
+        buf = BufferActor(lambda g, h: 0.0 if g.group_id.startswith("z") else 1.0, FilterChain([]))
+        await buf.push([make_group([0, 1], group_id=f"z{i}") for i in range(30)])
+        await buf.push([make_group([0, 1], group_id=f"a{i}") for i in range(2)])
+        waiter = asyncio.create_task(buf.sample_wait(16, learner_version=0, timeout_s=5))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # 32 fresh groups, but only 2 can be drawn
+        await buf.push([make_group([0, 1], group_id=f"b{i}") for i in range(14)])
+        batch = await asyncio.wait_for(waiter, 1)
+        assert len(batch) == 16 and not any(g.group_id.startswith("z") for g in batch)
+
+    asyncio.run(main())

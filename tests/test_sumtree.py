@@ -1,7 +1,17 @@
+import warnings
+
 import numpy as np
 import pytest
 
-from actorlearner.replay.sumtree import SumTree, sample_distinct
+from actorlearner.replay import sumtree
+from actorlearner.replay.sumtree import (
+    SumTree,
+    first_round_inclusion,
+    inclusion_probabilities,
+    redraw_hit_probability,
+    sample_distinct,
+    tree_inclusion_probabilities,
+)
 
 FANOUTS = [2, 4, 16, 32]
 
@@ -194,3 +204,142 @@ def test_per_query_descent_below_the_searched_level_matches_brute_force(fanout):
     np.testing.assert_array_equal(tree.find(queries), _reference_find(values, queries))
     last = np.flatnonzero(values)[-1]
     np.testing.assert_array_equal(tree.find(np.array([total, total * 2, np.inf])), [last] * 3)
+
+
+def test_first_round_inclusion_hand_computed():
+    # Three unit leaves, two strata of width 1.5: leaf 1 straddles the boundary with shares 1/3
+    # and 1/3, so it is missed with probability (2/3)^2; the others lie inside one stratum.
+    np.testing.assert_allclose(first_round_inclusion(np.ones(3), 2), [2 / 3, 5 / 9, 2 / 3])
+    # A leaf covering a whole stratum is certain (here [0, 3) holds stratum [0, 2)).
+    np.testing.assert_allclose(first_round_inclusion(np.array([3.0, 1.0]), 2), [1.0, 0.5])
+    # A leaf heavier than a stratum is not certain unless it covers one: [1, 3.5) of strata of width
+    # 2 has shares 1/2 and 3/4, so it is missed with probability 1/2 * 1/4.
+    np.testing.assert_allclose(first_round_inclusion(np.array([1.0, 2.5, 0.5]), 2), [0.5, 7 / 8, 0.25])
+    values = np.array([1.0, 2.0, 7.0])
+    np.testing.assert_allclose(first_round_inclusion(values, 1), values / 10)  # one draw: p_i / total
+
+
+def test_redraw_hit_probability_averages_the_exact_formula_over_offsets():
+    offsets = (np.arange(20000) + 0.5) / 20000
+    for load in [0.0, 0.3, 1.0, 1.4, 2.0, 3.5]:
+        start, end = offsets, offsets + load  # a leaf [s, s + L) on strata of width 1
+        j = np.floor(start)
+        a = np.minimum(end, j + 1) - start
+        b = np.minimum(np.maximum(end - (j + 1), 0.0), 1.0)
+        hit = a + b - a * b
+        assert redraw_hit_probability(np.array([load]))[0] == pytest.approx(hit.mean(), abs=1e-6)
+
+
+def test_inclusion_probabilities_edge_cases():
+    values = np.array([0.0, 1.0, 2.0, 0.0, 7.0])
+    np.testing.assert_array_equal(inclusion_probabilities(values, 0), np.zeros(5))
+    np.testing.assert_array_equal(inclusion_probabilities(values, 3), [0, 1, 1, 0, 1])
+    np.testing.assert_array_equal(inclusion_probabilities(values, 9), [0, 1, 1, 0, 1])
+    np.testing.assert_allclose(inclusion_probabilities(values, 1), values / 10)
+    np.testing.assert_allclose(inclusion_probabilities(np.ones(10), 5), np.full(10, 0.5))  # no straddling
+    np.testing.assert_array_equal(inclusion_probabilities(np.zeros(4), 2), np.zeros(4))
+
+
+def test_inclusion_probabilities_sum_to_k_and_stay_in_range():
+    rng = np.random.default_rng(4)
+    for trial in range(40):
+        n = int(rng.integers(2, 60))
+        values = rng.lognormal(0.0, 2.0, n) * (rng.random(n) > 0.2)
+        nonzero = np.count_nonzero(values)
+        for k in sorted({1, n // 3, n // 2, nonzero - 1, nonzero}):
+            pi = inclusion_probabilities(values, k)
+            assert ((pi >= 0) & (pi <= 1 + 1e-12)).all(), (trial, k)
+            assert (pi[values == 0] == 0).all()
+            assert pi.sum() == pytest.approx(min(max(k, 0), nonzero), abs=1e-9), (trial, k)
+
+
+def test_small_shortfall_shortcut_matches_the_full_model(monkeypatch):
+    # A buffer of 1000 with mild priorities and 64 draws: round one hits a leaf twice so rarely
+    # (shortfall / k just under 1e-3) that spreading the redraws in proportion to mass, instead of
+    # modelling them, moves no probability by more than that fraction of itself.
+    values = (np.random.default_rng(0).random(1000) + 0.01) ** 0.6
+    shortfall = 64 - first_round_inclusion(values, 64).sum()
+    assert 1e-4 < shortfall / 64 < sumtree._SMALL_SHORTFALL
+    fast = inclusion_probabilities(values, 64)
+    monkeypatch.setattr(sumtree, "_SMALL_SHORTFALL", 0.0)
+    full = inclusion_probabilities(values, 64)
+    assert fast.sum() == pytest.approx(64) and np.abs(fast / full - 1).max() < shortfall / 64
+
+
+def test_prefix_sums_match_a_cumulative_sum():
+    rng = np.random.default_rng(2)
+    for fanout, capacity in [(2, 1), (4, 37), (32, 5000), (2, 3000)]:  # 3000 and 5000 descend per query
+        tree, values = _random_tree(rng, capacity, fanout)
+        np.testing.assert_array_equal(tree.prefix_sums(np.arange(capacity)), np.cumsum(values) - values)
+    with pytest.raises(ValueError):
+        tree.prefix_sums(np.array([capacity]))
+
+
+@pytest.mark.parametrize(("capacity", "fanout"), [(16, 2), (300, 4), (5000, 32), (60000, 32)])
+@pytest.mark.parametrize("kind", ["uniform", "mild", "skewed", "sparse"])
+def test_tree_inclusion_probabilities_agree_with_the_full_computation(capacity, fanout, kind):
+    rng = np.random.default_rng(capacity + fanout)
+    values = {
+        "uniform": np.ones(capacity),
+        "mild": (rng.random(capacity) + 0.01) ** 0.6,
+        "skewed": rng.lognormal(0.0, 2.0, capacity),
+        "sparse": rng.random(capacity) * (rng.random(capacity) < 0.3),
+    }[kind]
+    tree = SumTree(capacity, fanout=fanout)
+    tree.set_all(values)
+    for k in [1, 2, 13, 32, capacity // 2, tree.num_nonzero - 1, tree.num_nonzero, capacity + 1]:
+        drawn = np.concatenate([sample_distinct(tree, k, rng), [0, capacity - 1]])  # and maybe zeros
+        expected = inclusion_probabilities(values, k)[drawn]
+        np.testing.assert_allclose(
+            tree_inclusion_probabilities(tree, drawn, k), expected, rtol=1e-9, atol=1e-12
+        )
+
+
+_SIXTEEN = np.repeat([0.05, 0.3, 1.0, 2.0], 4) ** 0.6  # the 16-group example, alpha = 0.6
+_SKEWED = np.array([100, 0, 1, 1, 0, 5, 1, 0.5, 3, 2, 0.1, 0.1, 7, 1, 1, 1.0])
+_LOGNORMAL = np.random.default_rng(5).lognormal(0.0, 1.5, 40)
+
+
+@pytest.mark.parametrize(
+    ("values", "k", "allowance"),
+    [
+        # allowance: the model's own error, measured against 10^6 draws (in brackets), rounded up.
+        (_SIXTEEN, 4, 0.005),  # redraws 2% of the batch [0.001]
+        (_SIXTEEN, 12, 0.04),  # redraws 23% [0.025]
+        (_SIXTEEN, 15, 0.04),  # k = N - 1 [0.018]
+        (_SKEWED, 3, 0.02),  # leaf 0 covers four strata [0.010]
+        (_SKEWED, 13, 0.04),  # k = nonzero - 1 [0.026]
+        (np.ones(33), 32, 0.03),  # uniform priorities, k = N - 1 [0.018]
+        (_LOGNORMAL, 38, 0.05),  # three decades of priorities, k = N - 2 [0.032]
+    ],
+)
+def test_inclusion_probabilities_match_monte_carlo_of_sample_distinct(values, k, allowance):
+    # 6000 calls: a frequency's standard error is sqrt(p (1 - p) / 6000) <= 0.0065; 4.5 of them
+    # (a false alarm below 1e-5 per leaf) plus the model's allowance.
+    calls = 6000
+    tree = SumTree(values.size, fanout=4)
+    tree.update(np.arange(values.size), values)
+    rng = np.random.default_rng(k)
+    counts = np.zeros(values.size)
+    for _ in range(calls):
+        counts[sample_distinct(tree, k, rng)] += 1
+    freq = counts / calls
+    pi = inclusion_probabilities(values, k)
+    se = np.sqrt(np.maximum(pi * (1 - pi), 1 / calls) / calls)
+    np.testing.assert_array_less(np.abs(pi - freq), allowance + 4.5 * se)
+
+
+def test_inclusion_probabilities_survive_extreme_priorities():
+    wide = np.array([1e150, 1e-150, 3.0, 1e-150, 1e150, 0.5, 1e-12])  # 300 decades: no warning
+    absurd = np.array([1e300, 1e-300, 3.0, 1e-300, 1e300, 0.5, 1e-12])  # ratios below 1e-308
+    for values, strict in [(wide, True), (absurd, False)]:
+        tree = SumTree(values.size)
+        tree.set_all(values)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error" if strict else "ignore")
+            for k in range(values.size + 1):
+                pi = inclusion_probabilities(values, k)
+                assert np.isfinite(pi).all() and ((pi >= 0) & (pi <= 1)).all()
+                assert pi.sum() == pytest.approx(k)
+                drawn = sample_distinct(tree, k, np.random.default_rng(k))
+                assert np.isfinite(tree_inclusion_probabilities(tree, drawn, k)).all()

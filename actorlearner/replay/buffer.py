@@ -1,10 +1,11 @@
 """The group-level prioritized replay buffer (docs/algorithms.md §8).
 
 Groups enter through the filter chain; each kept group gets a priority from the priority function
-(which also sees the prompt's history); sampling is proportional to ``priority ** alpha`` with
-importance-sampling weights ``(N P(i)) ** -beta / max``. Groups leave after ``max_reuse`` samples,
-when they are more than ``max_staleness`` versions behind the learner, or when capacity is reached
-(oldest first).
+(which also sees the prompt's history); a batch of distinct groups is drawn stratified by
+``priority ** alpha``, and each gets the Horvitz-Thompson importance-sampling weight
+``(k / (N pi_i)) ** beta / max`` of its inclusion probability ``pi_i``. Groups leave after
+``max_reuse`` samples, when they are more than ``max_staleness`` versions behind the learner, or
+when capacity is reached (oldest first).
 
 Groups live in ``capacity`` fixed slots (per-slot numpy arrays, a free list, an insertion-order
 queue); each slot is a leaf of a :class:`~actorlearner.replay.sumtree.SumTree`, so a batch is drawn, and
@@ -29,7 +30,7 @@ from actorlearner.core.metrics import group_metrics
 from actorlearner.core.protocols import PriorityFn, PushReply
 from actorlearner.core.trajectory import Group
 from actorlearner.replay.filters import FilterChain
-from actorlearner.replay.sumtree import SumTree, sample_distinct
+from actorlearner.replay.sumtree import SumTree, sample_distinct, tree_inclusion_probabilities
 
 _NO_VERSION = sys.maxsize
 """The version lower bound of an empty buffer: nothing in it can be stale."""
@@ -61,16 +62,27 @@ def compute_priority(fn: PriorityFn, group: Group, history: PromptHistory) -> fl
     return value
 
 
-def importance_weights(probs: np.ndarray, size: int, beta: float) -> np.ndarray:
-    """PER importance-sampling weights ``(N P(i))^-beta``, normalized by their maximum.
+def importance_weights(inclusion: np.ndarray, size: int, beta: float, draws: int = 1) -> np.ndarray:
+    """Horvitz-Thompson importance-sampling weights ``(k / (N pi_i))^beta``, normalized by their maximum.
+
+    A uniform batch of ``k`` out of ``N`` includes each item with probability ``k / N``, so
+    ``k / (N pi_i)`` is how much item ``i`` is under-represented; with ``beta = 1`` and before the
+    normalization, the weighted batch mean estimates the mean over all ``N`` items without bias.
+    With one draw (``k = 1``) ``pi_i`` is the draw probability ``P(i)`` and this is PER's
+    ``(N P(i))^-beta``.
 
     Args:
-        probs: Sampling probabilities of the drawn items.
-        size: N, the number of items the draw was over.
+        inclusion: ``pi_i``, the probability that the batch includes each drawn item (> 0).
+        size: N, the number of items the batch was drawn from.
         beta: The IS exponent (annealed to 1).
+        draws: k, the number of distinct items drawn.
     """
-    weights = (size * np.asarray(probs, dtype=np.float64)) ** (-beta)
-    return weights / weights.max() if weights.size else weights
+    # In logs, so that no probability, however small, overflows a weight (one of 0 counts as tiny).
+    pi = np.maximum(np.asarray(inclusion, dtype=np.float64), np.finfo(np.float64).tiny)
+    if pi.size == 0:
+        return pi
+    log_w = beta * (math.log(draws / size) - np.log(pi))
+    return np.exp(log_w - log_w.max())
 
 
 class GroupReplayBuffer:
@@ -78,8 +90,11 @@ class GroupReplayBuffer:
 
     Each slot's leaf holds ``priority ** alpha``. A batch is drawn stratified (one uniform prefix
     sum per equal segment of the total) with no group twice (see :func:`sample_distinct`); a group
-    with priority 0 is never drawn unless every priority is 0, when the draw is uniform. Freed slots
-    go to a free list; when none is free the oldest group is evicted.
+    with priority 0 is never drawn unless every priority is 0, when the draw is uniform. Each drawn
+    group is weighted by :func:`importance_weights` of its inclusion probability in such a batch
+    (:func:`~actorlearner.replay.sumtree.inclusion_probabilities`), so a batch that holds most of
+    the buffer gets weights near 1. Freed slots go to a free list; when none is free the oldest
+    group is evicted.
 
     Args:
         priority_fn: ``fn(group, history) -> float >= 0``.
@@ -260,22 +275,28 @@ class GroupReplayBuffer:
         return len(stale)
 
     def num_fresh(self, learner_version: int) -> int:
-        """Groups held that are not too stale for a learner at ``learner_version``."""
+        """How many groups :meth:`sample` at ``learner_version`` could draw.
+
+        Those held that are not too stale, and of those only the ones with a priority above 0,
+        unless all of them have priority 0 (then the draw is uniform over them, see :meth:`_draw`).
+        """
         if learner_version - self._min_version <= self.max_staleness:
-            return self._size
+            return self._tree.num_nonzero or self._size  # leaves of free slots are 0
         fresh = (self._seq >= 0) & (learner_version - self._version <= self.max_staleness)
-        return int(np.count_nonzero(fresh))
+        drawable = int(np.count_nonzero(fresh & (self._tree.leaves > 0.0)))
+        return drawable or int(np.count_nonzero(fresh))
 
     def sample(self, num_groups: int, learner_version: int) -> list[Group]:
-        """Draws up to ``num_groups`` distinct groups with probability ``p^alpha / sum p^alpha``.
+        """Draws up to ``num_groups`` distinct groups, stratified by ``p^alpha`` (:func:`sample_distinct`).
 
-        Each returned group is a copy with ``is_weight`` set; groups reach ``max_reuse`` and leave.
+        Each returned group is a copy with ``is_weight`` set to its Horvitz-Thompson weight
+        (:func:`importance_weights` of its inclusion probability); groups reach ``max_reuse`` and leave.
         """
         self.evict_stale(learner_version)
         if not self._size or num_groups <= 0:
             return []
-        slots, probs = self._draw(num_groups)
-        weights = importance_weights(probs, self._size, self.beta)
+        slots, inclusion, population = self._draw(num_groups)
+        weights = importance_weights(inclusion, population, self.beta, draws=slots.size)
         batch = [
             self._slots[s].replace(is_weight=w)  # type: ignore[union-attr]
             for s, w in zip(slots.tolist(), weights.tolist(), strict=True)
@@ -290,15 +311,19 @@ class GroupReplayBuffer:
         self.counters["is_weight_min"] = float(weights.min())
         return batch
 
-    def _draw(self, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct slots to sample and the probability of each under one draw."""
-        total = self._tree.total
-        if total > 0:
+    def _draw(self, num_groups: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Distinct slots to sample, the probability that such a batch includes each, and N.
+
+        N is the number of groups the batch was drawn from: those with priority > 0, or every group
+        held when all priorities are 0 (a uniform draw, which includes each with probability k / N).
+        """
+        if self._tree.total > 0:
             slots = sample_distinct(self._tree, num_groups, self.rng)
-            return slots, self._tree[slots] / total
+            inclusion = tree_inclusion_probabilities(self._tree, slots, slots.size)
+            return slots, inclusion, self._tree.num_nonzero
         live = np.flatnonzero(self._seq >= 0)  # every priority is 0: uniform
         slots = self.rng.choice(live, size=min(num_groups, live.size), replace=False)
-        return slots, np.full(slots.size, 1.0 / live.size)
+        return slots, np.full(slots.size, slots.size / live.size), live.size
 
     def _scale(self, raw: np.ndarray, source: str) -> np.ndarray:
         """``raw ** alpha``, checked finite so that a bad value never reaches the tree."""
@@ -529,7 +554,11 @@ class BufferActor(GroupReplayBuffer):
     async def sample_wait(
         self, num_groups: int, learner_version: int, timeout_s: float = 600.0
     ) -> list[Group]:
-        """Waits until ``num_groups`` fresh groups are held (or the timeout), then samples."""
+        """Waits until ``num_groups`` groups that can be drawn are held (or the timeout), then samples.
+
+        Only fresh groups count, and of those only the ones with a priority above 0 unless all are 0
+        (:meth:`num_fresh`): priority-0 groups are never drawn, so they must not end the wait.
+        """
         self.learner_version = max(self.learner_version, learner_version)
         self.evict_stale(learner_version)
         start = time.perf_counter()
