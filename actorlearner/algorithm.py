@@ -235,6 +235,7 @@ class Algorithm:
             max_reuse=rep.max_reuse,
             max_staleness=rep.max_staleness,
             history_window=rep.history_window,
+            max_histories=rep.max_histories,
             seed=cfg.debugging.seed,
         )
         learner_kwargs = dict(

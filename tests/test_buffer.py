@@ -419,3 +419,16 @@ def test_sample_wait_waits_for_drawable_groups_not_for_priority_zero_ones():
         assert len(batch) == 16 and not any(g.group_id.startswith("z") for g in batch)
 
     asyncio.run(main())
+
+
+def test_prompt_histories_are_bounded_least_recently_seen_first():
+    buf = _buffer(max_histories=2)
+    for pid in ("p0", "p1", "p2"):
+        buf.add([make_group([0.0, 1.0], prompt_id=pid, group_id=pid)])
+    assert list(buf.histories) == ["p1", "p2"]  # p0, seen least recently, is forgotten
+    buf.add([make_group([1.0, 0.0], prompt_id="p1", group_id="p1b")])
+    buf.add([make_group([1.0, 0.0], prompt_id="p3", group_id="p3")])
+    assert list(buf.histories) == ["p1", "p3"] and buf.histories["p1"].num_groups == 2
+    restored = _buffer(max_histories=2)
+    restored.set_state(buf.get_state())
+    assert list(restored.histories) == ["p1", "p3"]

@@ -19,7 +19,7 @@ import contextlib
 import math
 import sys
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -106,6 +106,8 @@ class GroupReplayBuffer:
         max_reuse: Times a group may be sampled before it leaves.
         max_staleness: Groups more than this many versions behind the learner leave.
         history_window: Groups of per-prompt history kept.
+        max_histories: Prompt histories kept; beyond it the least recently recorded prompt's
+            history is forgotten (bounds memory and the per-iteration skip-list scan).
         seed: Seeds the sampling generator.
         fanout: Children per node of the sum-tree (a power of two; only speed depends on it).
     """
@@ -121,6 +123,7 @@ class GroupReplayBuffer:
         max_reuse: int = 1,
         max_staleness: int = 4,
         history_window: int = 8,
+        max_histories: int = 100_000,
         seed: int = 0,
         fanout: int = 32,
     ) -> None:
@@ -142,8 +145,9 @@ class GroupReplayBuffer:
         self.max_reuse = max_reuse
         self.max_staleness = max_staleness
         self.history_window = history_window
+        self.max_histories = max_histories
         self.rng = np.random.default_rng(seed)
-        self.histories: dict[str, PromptHistory] = {}
+        self.histories: OrderedDict[str, PromptHistory] = OrderedDict()  # least recently recorded first
         self.num_samples = 0
         self.counters: dict[str, float] = defaultdict(float)
         self.arrived: list[Group] = []
@@ -181,10 +185,15 @@ class GroupReplayBuffer:
         return self.beta0 + frac * (1.0 - self.beta0)
 
     def history(self, prompt_id: str) -> PromptHistory:
-        """The history of one prompt (created empty on first use)."""
-        if prompt_id not in self.histories:
-            self.histories[prompt_id] = PromptHistory(prompt_id, window=self.history_window)
-        return self.histories[prompt_id]
+        """The history of one prompt (created empty on first use), now the most recently used.
+
+        Beyond ``max_histories`` prompts, the least recently used history is forgotten.
+        """
+        history = self.histories.pop(prompt_id, None) or PromptHistory(prompt_id, window=self.history_window)
+        self.histories[prompt_id] = history
+        while len(self.histories) > self.max_histories:
+            self.histories.popitem(last=False)
+        return history
 
     def add(self, groups: Sequence[Group]) -> dict[str, float]:
         """Records each group in its prompt's history, filters it and stores what is kept.
@@ -424,7 +433,7 @@ class GroupReplayBuffer:
             "uses": self._uses[live].tolist(),
             "slots": live.tolist(),
             "free": list(self._free),
-            "histories": dict(self.histories),
+            "histories": OrderedDict(self.histories),
             "num_samples": self.num_samples,
             "rng": self.rng.bit_generator.state,
             "priority_fn": self.priority_fn.get_state() if hasattr(self.priority_fn, "get_state") else None,
@@ -465,7 +474,7 @@ class GroupReplayBuffer:
         leaves = np.zeros(self.capacity)
         leaves[idx] = state["scaled"] if reuse_scaled else np.asarray(raw, dtype=np.float64) ** self.alpha
         self._tree.set_all(leaves)
-        self.histories = dict(state["histories"])
+        self.histories = OrderedDict(state["histories"])
         self.num_samples = int(state["num_samples"])
         self.rng.bit_generator.state = state["rng"]
 

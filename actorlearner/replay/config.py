@@ -25,6 +25,11 @@ class ReplayConfig(Section):
     beta: float = Field(0.4, ge=0, le=1, description="Initial importance-sampling exponent.")
     beta_anneal_iters: int = Field(200, ge=1, description="Iterations over which beta anneals to 1.")
     history_window: int = Field(8, ge=1, description="Groups of history kept per prompt.")
+    max_histories: int = Field(
+        100_000,
+        ge=1,
+        description="Prompt histories kept; the least recently seen prompt's is forgotten first.",
+    )
 
     @field_validator("priority_fn")
     @classmethod
