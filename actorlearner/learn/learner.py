@@ -203,7 +203,11 @@ class Learner:
         if reset_optimizer:
             self.optimizer = self._make_optimizer(self.cfg.lr)
         if self.cfg.kl_beta > 0 and self.ref_model is None:  # a restored reference is kept
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.ref_model = self._frozen_copy()
+
+    def _frozen_copy(self) -> torch.nn.Module:
+        """A copy of the policy for the KL reference: eval mode, no gradients."""
+        return copy.deepcopy(self.model).eval().requires_grad_(False)
 
     def _logprobs(
         self, model: torch.nn.Module, mb: Batch, entropy_grad: bool = False
@@ -369,7 +373,7 @@ class Learner:
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         """CPU copies of the parameters, keyed like ``state_dict``."""
-        return {k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()}
+        return _cpu_state(self.model)
 
     def get_version(self) -> int:
         """The weights version (number of updates so far)."""
@@ -397,10 +401,7 @@ class Learner:
         if "model" in parts:
             state["model"] = self.get_weights()
         if "ref_model" in parts:
-            ref = self.ref_model
-            state["ref_model"] = (
-                None if ref is None else {k: v.detach().cpu().clone() for k, v in ref.state_dict().items()}
-            )
+            state["ref_model"] = None if self.ref_model is None else _cpu_state(self.ref_model)
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -410,7 +411,7 @@ class Learner:
         restored policy when the RL phase starts.
         """
         if state.get("ref_model") is not None:
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.ref_model = self._frozen_copy()
             self.ref_model.load_state_dict(state["ref_model"])
         if "model" in state:
             self.model.load_state_dict(state["model"])
@@ -421,3 +422,8 @@ class Learner:
             self.optimizer.load_state_dict(state["optimizer"])
         if "version" in state:
             self.version = int(state["version"])
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of a module's ``state_dict`` tensors."""
+    return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}

@@ -189,7 +189,9 @@ class GroupReplayBuffer:
 
         Beyond ``max_histories`` prompts, the least recently used history is forgotten.
         """
-        history = self.histories.pop(prompt_id, None) or PromptHistory(prompt_id, window=self.history_window)
+        history = self.histories.pop(prompt_id, None)  # re-inserted last: now the most recent
+        if history is None:
+            history = PromptHistory(prompt_id, window=self.history_window)
         self.histories[prompt_id] = history
         while len(self.histories) > self.max_histories:
             self.histories.popitem(last=False)
