@@ -366,3 +366,80 @@ def test_buffer_stores_the_reweighted_group_while_arrival_metrics_keep_the_env_r
     metrics = buf.pop_metrics()
     assert metrics["rollout/reward_mean"] == pytest.approx(1.5)
     assert metrics["dscl/reweight_abs_delta"] > 0
+
+
+# -- every branch acts behind the shipped filter chain (issue 9, defect 2) ---------------------
+
+
+def test_prompt_category_takes_the_window_majority_when_the_newest_group_has_spread():
+    cat = lambda means, variances, share=0.5: dscl.prompt_category(means, variances, 4.0, 0.0, share=share)  # noqa: E731
+    assert cat([4.0], [0.0]) == "mastered"  # the newest group decides when it has no spread
+    assert cat([1.0, 1.0, -2.0], [0.5, 0.5, 0.0]) == "hard"
+    assert cat([4.0, 4.0, 3.5], [0.0, 0.0, 0.25]) == "mastered"  # 2 of 3 mastered: a slip
+    assert cat([4.0, 3.5], [0.0, 0.25]) == "informative"  # 1 of 2 is not more than half
+    assert cat([-2.0, -2.0, -1.0], [0.0, 0.0, 1.0]) == "hard"
+    assert cat([-2.0, 4.0, -1.0], [0.0, 0.0, 1.0]) == "informative"  # no category holds a majority
+    assert cat([4.0, 4.0, 3.5], [0.0, 0.0, 0.25], share=1.0) == "informative"  # the paper's rule
+    assert cat([], []) == "informative"
+
+
+def _shipped_buffer(**knobs) -> GroupReplayBuffer:
+    """The buffer as configs/function_calling.yaml builds it: its DSCL and its filter chain, in order."""
+    from actorlearner import AlgorithmConfig
+    from actorlearner.core.registry import FILTERS
+
+    config = AlgorithmConfig.from_yaml("configs/function_calling.yaml")
+    spec = {**config.replay.priority_fn, "warmup_batches": 0, **knobs}
+    names = [f if isinstance(f, str) else f["name"] for f in config.replay.filters]
+    assert {"uniform_tool_outcome", "zero_variance"} <= set(names)
+    chain = FilterChain(
+        [(name, FILTERS.resolve(f)) for name, f in zip(names, config.replay.filters, strict=True)]
+    )
+    return GroupReplayBuffer(PRIORITIES.resolve(spec), chain, max_reuse=1000)
+
+
+def _stored_priority(buf: GroupReplayBuffer, group_id: str) -> float:
+    return float(buf._priority[buf._slot_of[group_id]])
+
+
+def test_each_dscl_branch_acts_through_the_shipped_filter_chain():
+    buf = _shipped_buffer(p_revisit=0.0, curriculum=False)
+    fn = buf.priority_fn
+    # mastered: two flawless groups (dropped by the filters, still recorded), then one with a slip
+    buf.add([make_group([4.0] * 4, "m", group_id="m1"), make_group([4.0] * 4, "m", group_id="m2")])
+    assert len(buf) == 0
+    buf.add([make_group([4.0, 4.0, 4.0, 2.0], "m", group_id="m3")])
+    assert len(buf) == 1 and _stored_priority(buf, "m3") == 0.0  # stored, never drawn
+    assert buf.prompts_to_skip()[0] == ["m"]  # and the runners skip the prompt
+    # hard: two failing groups, then one lucky rollout; the same group of a fresh prompt is informative
+    buf.add([make_group([-3.0] * 4, "h", group_id=f"h{i}") for i in (1, 2)])
+    lucky = [-3.0, -3.0, -3.0, 1.0]
+    buf.add([make_group(lucky, "h", group_id="h3"), make_group(lucky, "fresh", group_id="f1")])
+    m, v = (np.mean(lucky) + 3) / 7, np.var(lucky) / 49
+    v_epoch = np.var([-3.0, -3.0, np.mean(lucky)]) / 49
+    assert fn.hard_weight == 0.5
+    assert _stored_priority(buf, "h3") == pytest.approx(
+        0.5 * (0.01 + (1 - m) + math.sqrt(v) + math.sqrt(v_epoch))
+    )
+    # informative: the 7a formula
+    assert _stored_priority(buf, "f1") == pytest.approx(0.01 + (1 - m) + math.sqrt(v))
+    drawn = {g.group_id for _ in range(30) for g in buf.sample(2, 0)}
+    assert drawn == {"h3", "f1"}
+    metrics = buf.pop_metrics()
+    assert metrics["dscl/excluded"] == 1 and metrics["dscl/down_weighted"] == 1
+    assert metrics["dscl/category/mastered"] == 2 and metrics["dscl/category/hard"] == 2
+    # the zero-spread groups were dropped before storage (by TAO-RL's reference rule, first in line)
+    assert metrics["filter/uniform_tool_outcome/groups_dropped"] == 4
+
+
+def test_the_curriculum_acts_through_the_shipped_filter_chain():
+    on, off = _shipped_buffer(batch_groups=1), _shipped_buffer(batch_groups=1, curriculum=False)
+    for buf in (on, off):  # one batch where "values" lags: it gets the focus
+        buf.add([_scored([1.0, 2.0], {"format": 1.0, "name": 1.0, "values": 0.0}, prompt_id="warm")])
+        buf.add([_scored([1.0, 2.0], {"format": 1.0, "name": 1.0, "values": 0.2}, prompt_id="q")])
+    focus = on.priority_fn.focus()
+    assert max(focus, key=focus.get) == "values"
+    multiplier = dscl.curriculum_multiplier(focus, {"format": 1.0, "name": 1.0, "values": 0.2})
+    assert multiplier > 1.5
+    ratio = _stored_priority(on, "q") / _stored_priority(off, "q")
+    assert ratio == pytest.approx(multiplier, rel=0.05)

@@ -4,8 +4,10 @@ DSCL (arXiv 2509.14718) decides which prompts the learner trains on in two ways:
 
 * **Reward-based dynamic sampling** (7a). Per prompt: ``M`` the group's mean reward, ``V_sample``
   its within-group variance, ``V_epoch`` the variance of the prompt's group means over a window.
-  Prompts fall in three categories (:func:`categorize`): *mastered* (at the reward maximum with no
-  variance), *hard* (below ``t_mean`` with no variance) and *informative*. The priority is
+  Groups fall in three categories (:func:`categorize`): *mastered* (at the reward maximum with no
+  variance), *hard* (below ``t_mean`` with no variance) and *informative*; a prompt whose newest
+  group is informative keeps the category most of its recent groups had (:func:`prompt_category`),
+  so the categories still act behind a ``zero_variance`` filter. The priority is
   :func:`dscl_priority`; mastered prompts are excluded (priority 0) except with probability
   ``p_revisit``; hard ones are down-weighted. All of it stays off until the warm-up gate opens
   (:class:`WarmupGate`: the batch mean reward above ``t_warm`` for K consecutive batches).
@@ -73,7 +75,7 @@ def normalize(value: float, value_range: tuple[float, float]) -> float:
 
 
 def categorize(mean: float, var: float, reward_max: float, t_mean: float, atol: float = 1e-6) -> Category:
-    """DSCL's category of a prompt from its newest group (docs/algorithms.md §7a).
+    """DSCL's category of one group from its rewards (docs/algorithms.md §7a).
 
     Args:
         mean: ``M``, the group's mean reward.
@@ -91,6 +93,47 @@ def categorize(mean: float, var: float, reward_max: float, t_mean: float, atol: 
             return "mastered"
         if mean < t_mean:
             return "hard"
+    return "informative"
+
+
+def prompt_category(
+    means: Sequence[float],
+    variances: Sequence[float],
+    reward_max: float,
+    t_mean: float,
+    atol: float = 1e-6,
+    share: float = 0.5,
+) -> Category:
+    """DSCL's category of a prompt from its recent groups, newest last (docs/algorithms.md §7a).
+
+    The newest group's own category (:func:`categorize`) decides when it is mastered or hard, as in
+    the paper. A newest group with reward spread is *informative* by itself; it then takes the
+    category (mastered or hard) that more than ``share`` of the window's groups have, newest
+    included (our choice). This is what lets the categories act when a ``zero_variance`` filter
+    drops every zero-spread group before it is stored: a prompt that was at the maximum in most of
+    its recent groups stays mastered when one group shows a slip, and one that mostly failed stays
+    hard when one rollout gets lucky.
+
+    Args:
+        means: Group mean rewards of the window, oldest first (the newest group last).
+        variances: The same groups' within-group reward variances.
+        reward_max: The top of the reward range.
+        t_mean: Below this mean (with no variance) a group is hard.
+        atol: Tolerance of "no variance" and "at the maximum".
+        share: The share of the window a category needs to hold to override an informative newest
+            group; 1 turns the history rule off (the category of the newest group alone).
+
+    Returns:
+        "mastered", "hard" or "informative"; "informative" for an empty window.
+    """
+    cats = [categorize(m, v, reward_max, t_mean, atol) for m, v in zip(means, variances, strict=True)]
+    if not cats:
+        return "informative"
+    if cats[-1] != "informative":
+        return cats[-1]
+    for category in ("mastered", "hard"):
+        if cats.count(category) > share * len(cats):
+            return category
     return "informative"
 
 
@@ -313,6 +356,9 @@ class DSCLPriority:
         auto_observe: Whether each call also feeds the group to :meth:`observe`.
         t_mean: Below this group mean (with no variance) a prompt is hard, in reward units. Default
             (our choice): 0.0 on [-3, 4] carried to ``reward_range`` (3/7 of the way up it).
+        history_share: A prompt whose newest group has reward spread takes the category (mastered
+            or hard) held by more than this share of its last ``epoch_window`` groups
+            (:func:`prompt_category`; our choice 0.5). 1 uses the newest group alone, as the paper.
         atol: Tolerance of "no variance" and "at the maximum".
         p_revisit: Chance that a mastered prompt keeps its priority instead of 0 (our choice: 0.05).
         hard_weight: Factor on the priority of hard prompts (our choice: 0.5).
@@ -351,6 +397,7 @@ class DSCLPriority:
         batch_groups: int = 32,
         auto_observe: bool = True,
         t_mean: float | None = None,
+        history_share: float = 0.5,
         atol: float = 1e-6,
         p_revisit: float = 0.05,
         hard_weight: float = 0.5,
@@ -386,6 +433,7 @@ class DSCLPriority:
         self.normalize_variance, self.auto_observe = bool(normalize_variance), bool(auto_observe)
         self.t_mean = self._on_scale(t_mean, T_MEAN_FRACTION)
         self.atol = float(atol)
+        self.history_share = check_probability("history_share", history_share)
         self.curriculum, self.use_task_labels = bool(curriculum), bool(use_task_labels)
         self.reweight_rewards = bool(reweight_rewards)
         self.seed = seed
@@ -436,7 +484,7 @@ class DSCLPriority:
         with np.errstate(over="ignore", invalid="ignore"):  # absurd rewards end in the eps fallback
             mean = float(rewards.mean()) if rewards.size else self.reward_range[0]
             var = float(rewards.var()) if rewards.size else 0.0
-        category = categorize(mean, var, self.reward_range[1], self.t_mean, self.atol)
+        category = self.category(history, mean, var)
         if self.gate.is_open:
             base = self._dynamic_priority(mean, var, history, category)
         else:
@@ -447,6 +495,31 @@ class DSCLPriority:
             )
             base *= curriculum_multiplier(self.focus(), scores, self.kappa)
         return (base if math.isfinite(base) and base >= 0 else self.eps), category
+
+    def category(
+        self, history: PromptHistory | None, mean: float | None = None, var: float | None = None
+    ) -> Category:
+        """The prompt's category (:func:`prompt_category`) over its last ``epoch_window`` groups.
+
+        Args:
+            history: The prompt's history; the buffer records the current group in it first, so
+                it is the newest entry.
+            mean: The newest group's mean reward, used alone when ``history`` is None or empty.
+            var: Its within-group variance.
+        """
+        means: list[float] = list(history.group_means) if history is not None else []
+        variances: list[float] = list(history.group_vars) if history is not None else []
+        if not means and mean is not None and var is not None:
+            means, variances = [mean], [var]
+        window = max(self.epoch_window, 1)
+        return prompt_category(
+            means[-window:],
+            variances[-window:],
+            self.reward_range[1],
+            self.t_mean,
+            self.atol,
+            self.history_share,
+        )
 
     def _dynamic_priority(self, mean: float, var: float, history: PromptHistory, category: Category) -> float:
         if category == "mastered":
@@ -462,17 +535,19 @@ class DSCLPriority:
         p = dscl_priority(
             normalize(mean, self.reward_range), var, v_epoch, self.eps, self.lambda_s, self.lambda_e
         )
-        return p * self.hard_weight if category == "hard" else p
+        if category == "hard":
+            self._count("down_weighted")
+            return p * self.hard_weight
+        return p
 
     def skip_prompt(self, history: PromptHistory) -> bool:
         """Whether runners should rarely re-issue this prompt: mastered, once warm-up is over.
 
         Runners skip such a prompt unless a draw below ``p_revisit`` revisits it.
         """
-        mean, var = history.last_mean, history.last_var
-        if not self.gate.is_open or mean is None or var is None:
+        if not self.gate.is_open or not history.group_means:
             return False
-        return categorize(mean, var, self.reward_range[1], self.t_mean, self.atol) == "mastered"
+        return self.category(history) == "mastered"
 
     def focus(self) -> dict[str, float]:
         """Current focus weights ``w_s`` over the sub-tasks with a mastery estimate."""
@@ -579,7 +654,8 @@ class DSCLPriority:
 
         ``category/<mastered|hard|informative>`` count the observed groups (in the buffer: every
         arriving group), ``excluded``, ``revisited`` (mastered groups sent to priority 0 / kept by
-        the revisit draw) and ``priority_mean|min|max`` the priorities given since the last reset;
+        the revisit draw), ``down_weighted`` (hard prompts' groups given ``hard_weight``) and
+        ``priority_mean|min|max`` the priorities given since the last reset;
         ``mastery/<sub_task>``, ``focus/<sub_task>``, ``warm`` (1 once the warm-up gate is open),
         ``warmup_streak`` and ``batches`` are the current state.
 
@@ -591,6 +667,7 @@ class DSCLPriority:
         out = {f"dscl/category/{k}": c.get(f"category/{k}", 0.0) for k in CATEGORIES}
         out["dscl/excluded"] = c.get("excluded", 0.0)
         out["dscl/revisited"] = c.get("revisited", 0.0)
+        out["dscl/down_weighted"] = c.get("down_weighted", 0.0)
         if n:
             out["dscl/priority_mean"] = c["priority_sum"] / n
             out["dscl/priority_min"] = c["priority_min"]
