@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -478,17 +478,28 @@ class Algorithm:
                 "check the runner logs, the env, and replay.filters"
             )
 
-    def evaluate(self, num_episodes: int | None = None) -> dict[str, float]:
+    def evaluate(
+        self, num_episodes: int | None = None, modes: Sequence[str] = ("greedy", "sampled")
+    ) -> dict[str, float]:
         """Held-out success, greedy and at the training temperature, on seeds ``0..n-1``.
+
+        Args:
+            num_episodes: Episodes per mode (default ``evaluation.num_episodes``).
+            modes: ``"greedy"`` (temperature 0) and/or ``"sampled"`` (the training temperature).
 
         Returns:
             ``eval/greedy/*`` and ``eval/sampled/*`` episode metrics (success_rate, tool_use_rate...).
         """
+        temperatures = {"greedy": 0.0, "sampled": self.config.env_runners.temperature}
+        unknown = [m for m in modes if m not in temperatures]
+        if unknown:
+            raise ValueError(f"evaluate: unknown modes {unknown}; allowed: {sorted(temperatures)}")
         n = num_episodes or self.config.evaluation.num_episodes
         if self._rl_started:  # runners take new weights from push replies: make sure they have the newest
             self.sync_weights()
         out: dict[str, float] = {}
-        for label, temp in (("greedy", 0.0), ("sampled", self.config.env_runners.temperature)):
+        for label in modes:
+            temp = temperatures[label]
             trajs = self.runtime.run(self._episodes(list(range(n)), temp))
             out.update(episode_metrics(trajs, prefix=f"eval/{label}/"))
         return out

@@ -1,12 +1,20 @@
-"""Ablation on FunctionCalling: uniform vs DSCL vs TAO-RL vs DSCL+TAO-RL, several seeds, same budget.
+"""Paired ablation on FunctionCalling: uniform replay vs DSCL + TAO-RL (protocol: benchmarks/ABLATION.md).
 
-For each variant and seed it runs cold-start SFT then asynchronous GRPO with a fixed number of
-learner iterations, evaluating the held-out split every ``--eval-every`` iterations. It reports the
-learner samples (trajectories consumed by updates) needed to first reach ``--target`` held-out
-reward (sampled, T=1) and the final reward, as a markdown table, a JSON file and a plot.
+For each seed: cold-start SFT once, a checkpoint, the greedy held-out reward of that checkpoint;
+then each arm trains from the checkpoint with the same task and evaluation seeds (a paired design),
+on the synchronous schedule, so every count is independent of machine load. Every run logs, per
+iteration, the rollouts generated (every trajectory the runners played, kept or dropped), the
+learner samples and the counters that explain them, and at each evaluation the greedy held-out
+reward on a fixed set of prompts.
 
-Run: ``.venv/bin/python benchmarks/ablation.py`` (about two hours on 2 cores at the default budget), or
-``--quick`` for a smoke run of a few minutes whose numbers mean nothing.
+Endpoints (all fixed in ABLATION.md before any run): the area under the held-out gain curve against
+rollouts generated (primary) and against learner samples; rollouts to a target gain (secondary);
+paired across seeds with bootstrap 95% intervals.
+
+Run: ``.venv/bin/python benchmarks/ablation.py`` (resumable: finished runs in
+``OUT/ablation.partial.jsonl`` are not run again), split over two processes with
+``--seeds 0 2 4 6 8 --threads 1`` and ``--seeds 1 3 5 7 9 --threads 1``; ``--summarize`` rebuilds
+the table and plot from the partial file; ``--quick`` is a smoke run whose numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ import argparse
 import itertools
 import json
 import math
-import tempfile
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,181 +32,353 @@ import numpy as np
 
 from actorlearner import AlgorithmConfig
 
-DSCL = "{name: dscl, reward_range: [-3, 4], t_warm: -1.0, warmup_batches: 3}"
-"""DSCL with a lower warm-up gate than the paper's (1.0 on [-3, 4] for 7 batches): within this budget
-the tiny model's mean reward stays below 0, so the paper's gate would never open and DSCL would only
-be its curriculum multiplier on uniform priorities."""
-TAO_RL_FILTERS = "[tool_failure_mask, uniform_tool_outcome, zero_variance]"
+CONFIG = "configs/function_calling.yaml"
 
-VARIANTS: dict[str, dict[str, Any]] = {
+COMMON: dict[str, Any] = {
+    "training.synchronous": "true",
+    "training.train_batch_groups": 8,
+    "training.time_budget_s": "null",
+    "env_runners.num_env_runners": 0,
+    "env_runners.num_tasks": 256,
+    "replay.capacity": 32,
+    "replay.max_reuse": 2,
+    "replay.max_staleness": 4,
+    "evaluation.interval": 0,
+    "reporting.progress": "false",
+    "reporting.tensorboard": "false",
+    "reporting.checkpoint_interval": 0,
+}
+"""Settings every run shares (ABLATION.md, "Setting")."""
+
+DSCL = "{name: dscl, reward_range: [-3, 4], warmup_batches: 0, batch_groups: 8}"
+TAO_FILTERS = "[tool_failure_mask, uniform_tool_outcome, void_turn, overlong, zero_variance]"
+
+ARMS: dict[str, dict[str, Any]] = {
     "uniform": {
         "replay.priority_fn": "uniform",
-        "replay.filters": "[zero_variance]",
+        "replay.filters": "[void_turn, overlong, zero_variance]",
         "training.entropy_advantage_coef": 0.0,
-    },
-    "dscl": {
-        "replay.priority_fn": DSCL,
-        "replay.filters": "[zero_variance]",
-        "training.entropy_advantage_coef": 0.0,
-    },
-    "tao_rl": {
-        "replay.priority_fn": "uniform",
-        "replay.filters": TAO_RL_FILTERS,
-        "training.entropy_advantage_coef": 0.01,
     },
     "dscl+tao_rl": {
         "replay.priority_fn": DSCL,
-        "replay.filters": TAO_RL_FILTERS,
+        "replay.filters": TAO_FILTERS,
         "training.entropy_advantage_coef": 0.01,
     },
 }
+"""The two arms (ABLATION.md, "Arms"); everything not named here is COMMON or the config's."""
+
+COUNTERS = (
+    "rollout/episodes",
+    "rollout/groups",
+    "rollout/prompts_skipped",
+    "buffer/groups_added",
+    "buffer/groups_dropped",
+    "buffer/sampled_groups",
+    "learner/trajectories",
+    "learner/useful_trajectories",
+    "dscl/excluded",
+    "dscl/revisited",
+    "dscl/down_weighted",
+    "rollout/reward_mean",
+)
+"""Per-iteration metrics kept in the raw results."""
 
 
-def run_one(variant: str, seed: int, args: argparse.Namespace, run_dir: str) -> dict[str, Any]:
-    """One training run; returns its held-out curve as (learner samples, reward) points."""
-    overrides = [f"{k}={v}" for k, v in VARIANTS[variant].items()] + [
-        f"debugging.seed={seed}",
-        f"training.num_iterations={args.iterations}",
-        "training.time_budget_s=null",
-        f"sft.steps={args.sft_steps}",
-        f"evaluation.num_episodes={args.eval_episodes}",
-        f"reporting.run_dir={run_dir}",
-        f"reporting.name={variant}-{seed}",
-        "reporting.progress=false",
-        "reporting.tensorboard=false",
-    ]
-    algo = AlgorithmConfig.from_yaml("configs/function_calling.yaml", overrides).build()
-    curve: list[tuple[int, float]] = []
-    samples = 0
+def _overrides(settings: dict[str, Any]) -> list[str]:
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def _threads(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.threads:
+        return {}
+    return {"learners.num_threads": args.threads, "debugging.ray_num_cpus": args.threads}
+
+
+def evaluate(algo: Any, args: argparse.Namespace) -> dict[str, float]:
+    """Greedy held-out reward and success on the fixed prompts (test-split seeds 0..n-1)."""
+    out = algo.evaluate(args.eval_episodes, modes=("greedy",))
+    return {"reward": out["eval/greedy/reward_mean"], "success": out["eval/greedy/success_rate"]}
+
+
+def prepare_seed(seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """SFT once for ``seed``; returns the checkpoint's model directory and its held-out score."""
+    done = root / f"sft-{seed}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    settings = {
+        **COMMON,
+        **_threads(args),
+        "debugging.seed": seed,
+        "sft.steps": args.sft_steps,
+        "reporting.run_dir": str(root),
+        "reporting.name": f"sft-{seed}",
+    }
+    algo = AlgorithmConfig.from_yaml(CONFIG, _overrides(settings)).build()
     try:
+        start = time.perf_counter()
         algo.pretrain()
-        curve.append((0, algo.evaluate()["eval/sampled/reward_mean"]))
-        for it in range(1, args.iterations + 1):
-            metrics = algo.train()
-            samples += int(metrics.get("buffer/sampled_groups", 0)) * algo.config.env_runners.group_size
-            if it % args.eval_every == 0 or it == args.iterations:
-                curve.append((samples, algo.evaluate()["eval/sampled/reward_mean"]))
+        sft_s = time.perf_counter() - start
+        score = evaluate(algo, args)
+        model = str(Path(algo.save(str(root / f"sft-{seed}"))) / "model")
     finally:
         algo.stop()
-    reached = samples_to_target(curve, args.target)
+    info = {"seed": seed, "model": model, "start": score, "sft_s": sft_s}
+    done.write_text(json.dumps(info))
+    return info
+
+
+def run_arm(arm: str, seed: int, sft: dict[str, Any], args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """One arm from the seed's SFT checkpoint: the per-iteration counters and the held-out curve."""
+    settings = {
+        **COMMON,
+        **ARMS[arm],
+        **_threads(args),
+        "debugging.seed": seed,
+        "model.model": sft["model"],
+        "sft.steps": 0,
+        "training.num_iterations": args.iterations,
+        "reporting.run_dir": str(root),
+        "reporting.name": f"{arm}-{seed}",
+    }
+    algo = AlgorithmConfig.from_yaml(CONFIG, _overrides(settings)).build()
+    rollouts, samples = 0.0, 0.0
+    curve = [{"iteration": 0, "rollouts": 0.0, "samples": 0.0, **sft["start"]}]
+    iterations: list[dict[str, float]] = []
+    start = time.perf_counter()
+    try:
+        for it in range(1, args.iterations + 1):
+            metrics = algo.train()
+            rollouts += metrics.get("rollout/episodes", 0.0)
+            samples += metrics.get("learner/trajectories", 0.0)
+            iterations.append({k: float(metrics.get(k, 0.0)) for k in COUNTERS})
+            if it % args.eval_every == 0 or it == args.iterations:
+                curve.append(
+                    {"iteration": it, "rollouts": rollouts, "samples": samples, **evaluate(algo, args)}
+                )
+    finally:
+        algo.stop()
     return {
-        "variant": variant,
+        "arm": arm,
         "seed": seed,
         "curve": curve,
-        "samples_to_target": reached,
-        "final": curve[-1][1],
+        "iterations": iterations,
+        "seconds": time.perf_counter() - start,
+        "settings": {k: str(v) for k, v in settings.items()},
     }
 
 
-def samples_to_target(curve: list[tuple[int, float]], target: float) -> float | None:
-    """Learner samples at which the held-out curve first reaches ``target``, linearly interpolated
-    between the two evaluations around the crossing; None when it never does."""
-    for (s0, r0), (s1, r1) in itertools.pairwise(curve):
-        if r0 >= target:
-            return float(s0)
-        if r1 >= target:
-            return s0 + (s1 - s0) * (target - r0) / (r1 - r0)
-    return float(curve[-1][0]) if curve and curve[-1][1] >= target else None
+# -- endpoints (pure functions, tested in tests/test_ablation.py) --------------------------------
 
 
-def summarize(results: list[dict[str, Any]], target: float) -> str:
-    """Markdown table per variant: samples to target (mean over the runs that reached it, and its
-    ratio to uniform's), the final reward (mean of each run's last three evaluations, less noisy than
-    the last one alone) and the mean held-out reward over the whole run (area under the curve)."""
-    lines = [
-        f"| variant | runs reaching {target} | samples to target (mean) | vs uniform "
-        "| final reward, last 3 evals (mean ± sd) | mean reward over the run |",
-        "|---|---|---|---|---|---|",
-    ]
-    base = _mean([r["samples_to_target"] for r in results if r["variant"] == "uniform"])
-    for variant in VARIANTS:
-        rows = [r for r in results if r["variant"] == variant]
-        if not rows:
+def gain_auc(curve: list[dict[str, float]], x: str, x_max: float) -> float:
+    """Mean held-out gain over ``[0, x_max]`` of ``x`` ("rollouts" or "samples").
+
+    The gain is the reward minus the curve's first point (the shared SFT checkpoint), linearly
+    interpolated between evaluations; the area is divided by ``x_max``, so it is in reward units.
+    A curve ending before ``x_max`` is held at its last value.
+    """
+    xs = np.array([p[x] for p in curve], dtype=np.float64)
+    ys = np.array([p["reward"] for p in curve], dtype=np.float64) - curve[0]["reward"]
+    grid = np.linspace(0.0, x_max, 513)
+    return float(np.trapezoid(np.interp(grid, xs, ys), grid) / x_max) if x_max > 0 else 0.0
+
+
+def to_target(curve: list[dict[str, float]], x: str, gain: float) -> tuple[float, bool]:
+    """``x`` at which the held-out gain first reaches ``gain``, interpolated between evaluations.
+
+    Returns:
+        (value, reached). A curve that never reaches the target gives its last ``x`` and False:
+        a lower bound (censored).
+    """
+    base = curve[0]["reward"]
+    for p0, p1 in itertools.pairwise(curve):
+        g0, g1 = p0["reward"] - base, p1["reward"] - base
+        if g0 >= gain:
+            return float(p0[x]), True
+        if g1 >= gain:
+            return float(p0[x] + (p1[x] - p0[x]) * (gain - g0) / (g1 - g0)), True
+    return float(curve[-1][x]), False
+
+
+def bootstrap_ci(
+    values: list[float], stat: Any = np.mean, n: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of ``stat`` over ``values`` (resampling pairs)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(arr, size=(n, arr.size), replace=True)
+    stats = np.apply_along_axis(stat, 1, draws)
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+def geometric_mean(values: np.ndarray) -> float:
+    """exp(mean(log(values)))."""
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def paired(results: list[dict[str, Any]], target_gain: float) -> list[dict[str, Any]]:
+    """Per seed with both arms: the endpoints of each arm and their paired comparison."""
+    by = {(r["seed"], r["arm"]): r for r in results}
+    rows = []
+    for seed in sorted({s for s, _ in by}):
+        u, d = by.get((seed, "uniform")), by.get((seed, "dscl+tao_rl"))
+        if u is None or d is None:
             continue
-        reached = [r["samples_to_target"] for r in rows if r["samples_to_target"] is not None]
-        mean = _mean(reached)
-        finals = [float(np.mean([y for _, y in r["curve"][-3:]])) for r in rows]
-        areas = [float(np.mean([y for _, y in r["curve"]])) for r in rows]
-        ratio = f"{mean / base:.2f}x" if math.isfinite(mean) and math.isfinite(base) and base else "n/a"
+        r_common = min(u["curve"][-1]["rollouts"], d["curve"][-1]["rollouts"])
+        s_common = min(u["curve"][-1]["samples"], d["curve"][-1]["samples"])
+        row: dict[str, Any] = {"seed": seed, "rollouts_common": r_common}
+        for name, run in (("uniform", u), ("dscl", d)):
+            row[f"{name}_auc_rollouts"] = gain_auc(run["curve"], "rollouts", r_common)
+            row[f"{name}_auc_samples"] = gain_auc(run["curve"], "samples", s_common)
+            row[f"{name}_to_target"], row[f"{name}_reached"] = to_target(
+                run["curve"], "rollouts", target_gain
+            )
+            row[f"{name}_final"] = run["curve"][-1]["reward"]
+            its = run["iterations"]
+            generated = sum(i["rollout/episodes"] for i in its)
+            row[f"{name}_useful_share"] = sum(i["learner/useful_trajectories"] for i in its) / max(
+                generated, 1
+            )
+            row[f"{name}_skipped"] = sum(i["rollout/prompts_skipped"] for i in its)
+        row["auc_rollouts_diff"] = row["dscl_auc_rollouts"] - row["uniform_auc_rollouts"]
+        row["auc_samples_diff"] = row["dscl_auc_samples"] - row["uniform_auc_samples"]
+        row["to_target_ratio"] = row["dscl_to_target"] / max(row["uniform_to_target"], 1.0)
+        rows.append(row)
+    return rows
+
+
+def summarize(results: list[dict[str, Any]], target_gain: float) -> str:
+    """The markdown report: per-pair rows, then the paired estimates with bootstrap intervals."""
+    rows = paired(results, target_gain)
+    if not rows:
+        return "no complete pair yet"
+    lines = [
+        "| seed | start | final u / d | AUC gain vs rollouts (u / d) | AUC gain vs samples (u / d) "
+        f"| rollouts to +{target_gain} (u / d) | useful share (u / d) | prompts skipped (d) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    starts = {r["seed"]: r["curve"][0]["reward"] for r in results}
+    for r in rows:
+        mark = {True: "", False: "+"}
         lines.append(
-            f"| {variant} | {len(reached)}/{len(rows)} | {mean:.0f} | {ratio} | "
-            f"{np.mean(finals):.3f} ± {np.std(finals):.3f} | {np.mean(areas):.3f} |"
+            f"| {r['seed']} | {starts[r['seed']]:.2f} | {r['uniform_final']:.2f} / {r['dscl_final']:.2f} "
+            f"| {r['uniform_auc_rollouts']:.3f} / {r['dscl_auc_rollouts']:.3f} "
+            f"| {r['uniform_auc_samples']:.3f} / {r['dscl_auc_samples']:.3f} "
+            f"| {r['uniform_to_target']:.0f}{mark[r['uniform_reached']]} / "
+            f"{r['dscl_to_target']:.0f}{mark[r['dscl_reached']]} "
+            f"| {r['uniform_useful_share']:.2f} / {r['dscl_useful_share']:.2f} | {r['dscl_skipped']:.0f} |"
         )
+    n = len(rows)
+    ratios = np.array([r["to_target_ratio"] for r in rows])
+    lines += [
+        "",
+        f"Paired over {n} seeds (bootstrap 95% intervals over seeds; `+`: target not reached, the run's "
+        "last count is a lower bound):",
+        "",
+        _estimate("AUC gain vs rollouts, dscl+tao - uniform", [r["auc_rollouts_diff"] for r in rows]),
+        _estimate("AUC gain vs learner samples, dscl+tao - uniform", [r["auc_samples_diff"] for r in rows]),
+        f"- rollouts to +{target_gain}, dscl+tao / uniform (geometric mean): {geometric_mean(ratios):.2f}x "
+        f"[{_fmt(bootstrap_ci(list(ratios), geometric_mean))}]; reached: uniform "
+        f"{sum(r['uniform_reached'] for r in rows)}/{n}, dscl+tao {sum(r['dscl_reached'] for r in rows)}/{n}",
+    ]
     return "\n".join(lines)
 
 
-def _mean(values: list[Any]) -> float:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else math.nan
+def _fmt(ci: tuple[float, float]) -> str:
+    return f"{ci[0]:.2f}, {ci[1]:.2f}"
+
+
+def _estimate(label: str, diffs: list[float]) -> str:
+    ci = bootstrap_ci(diffs)
+    wins = sum(d > 0 for d in diffs)
+    mean = np.mean(diffs)
+    return f"- {label}: {mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]; dscl+tao ahead on {wins}/{len(diffs)}"
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
-    """Held-out reward against learner samples, one line per run, one colour per variant."""
+    """Held-out greedy gain against rollouts generated and against learner samples, one line per run."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    colours = dict(zip(VARIANTS, ["tab:gray", "tab:blue", "tab:orange", "tab:green"], strict=True))
-    for r in results:
-        xs, ys = zip(*r["curve"], strict=True)
-        label = r["variant"] if r["seed"] == 0 else None
-        ax.plot(xs, ys, color=colours[r["variant"]], alpha=0.8, label=label)
-    ax.set_xlabel("learner samples (trajectories)")
-    ax.set_ylabel("held-out reward (sampled)")
-    ax.set_title("FunctionCalling ablation")
-    ax.legend()
+    fig = Figure(figsize=(11, 4.2))
+    colours = {"uniform": "tab:gray", "dscl+tao_rl": "tab:green"}
+    for k, x in enumerate(("rollouts", "samples")):
+        ax = fig.add_subplot(1, 2, k + 1)
+        labelled: set[str] = set()
+        for r in results:
+            xs = [p[x] for p in r["curve"]]
+            ys = [p["reward"] - r["curve"][0]["reward"] for p in r["curve"]]
+            label = None if r["arm"] in labelled else r["arm"]
+            labelled.add(r["arm"])
+            ax.plot(xs, ys, color=colours[r["arm"]], alpha=0.6, label=label)
+        ax.set_xlabel("rollouts generated" if x == "rollouts" else "learner samples (trajectories)")
+        ax.set_ylabel("held-out greedy reward gain over SFT")
+        ax.legend()
+    fig.suptitle("FunctionCalling ablation (paired seeds)")
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
+def write_outputs(results: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> None:
+    """Prints the report and writes ``ablation.md``, ``ablation.json`` and ``ablation.png``."""
+    report = summarize(results, args.target_gain)
+    print(report)
+    pairs = paired(results, args.target_gain)
+    (out / "ablation.json").write_text(json.dumps({"args": vars(args), "pairs": pairs}, indent=2))
+    (out / "ablation.md").write_text(report + "\n")
+    plot(results, out / "ablation.png")
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    """The finished runs in a partial JSONL file (none if it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def main() -> None:
-    """Runs every variant and seed, then writes the table, JSON and plot."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=40)
+    """Runs every (seed, arm) not yet in the partial file, then writes the report."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--sft-steps", type=int, default=100)
-    parser.add_argument(
-        "--target",
-        type=float,
-        default=-0.75,
-        help="held-out ToolRL reward (range [-3, 4]); the default was fixed before the runs from a "
-        "pilot run of uniform (seed 0), which reached -0.77 after 30 of 40 iterations",
-    )
+    parser.add_argument("--target-gain", type=float, default=0.3, help="see ABLATION.md")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--work", default="/tmp/actorlearner-ablation", help="SFT checkpoints and run dirs")
     parser.add_argument("--quick", action="store_true", help="tiny budget: checks the script runs")
-    parser.add_argument(
-        "--summarize",
-        action="store_true",
-        help="no runs: rebuild the table, JSON and plot from OUT/ablation.partial.jsonl",
-    )
+    parser.add_argument("--summarize", action="store_true", help="no runs: report OUT/ablation.partial.jsonl")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.iterations, args.eval_every, args.eval_episodes, args.sft_steps = 1, 2, 1, 8, 5
-    out = Path(args.out)
+        args.seeds, args.iterations, args.eval_every, args.eval_episodes, args.sft_steps = [0], 2, 1, 4, 5
+        args.out, args.work = str(Path(args.work) / "quick-out"), str(Path(args.work) / "quick")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    out, root = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
-    if args.summarize:
-        lines = (out / "ablation.partial.jsonl").read_text().splitlines()
-        write_outputs([json.loads(line) for line in lines if line.strip()], args, out)
-        return
-    results = []
-    with tempfile.TemporaryDirectory() as run_dir:
-        for seed in range(args.seeds):
-            for variant in VARIANTS:
-                results.append(run_one(variant, seed, args, run_dir))
-                print(json.dumps(results[-1]), flush=True)
-                with (out / "ablation.partial.jsonl").open("a") as f:
-                    f.write(json.dumps(results[-1]) + "\n")
-    write_outputs(results, args, out)
-
-
-def write_outputs(results: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> None:
-    """Prints the table and writes ``ablation.md``, ``ablation.json`` and ``ablation.png``."""
-    table = summarize(results, args.target)
-    print(table)
-    (out / "ablation.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
-    (out / "ablation.md").write_text(table + "\n")
-    plot(results, out / "ablation.png")
+    root.mkdir(parents=True, exist_ok=True)
+    partial = out / "ablation.partial.jsonl"
+    if not args.summarize:
+        done = {(r["seed"], r["arm"]) for r in load(partial)}
+        for seed in args.seeds:
+            if all((seed, arm) in done for arm in ARMS):
+                continue
+            sft = prepare_seed(seed, args, root)
+            for arm in ARMS:
+                if (seed, arm) in done:
+                    continue
+                result = run_arm(arm, seed, sft, args, root)
+                print(json.dumps({k: result[k] for k in ("arm", "seed", "seconds")}), flush=True)
+                with partial.open("a") as f:
+                    f.write(json.dumps(result) + "\n")
+    write_outputs(load(partial), args, out)
 
 
 if __name__ == "__main__":

@@ -385,6 +385,15 @@ def test_is_weights_are_horvitz_thompson_weights_of_the_inclusion_probabilities(
     assert buf.pop_metrics()["buffer/is_weight_min"] == pytest.approx(min(expected / expected.max()))
 
 
+def test_is_weights_are_exactly_one_under_equal_priorities():
+    # Equal priorities are a uniform draw: pi = k / N exactly, so no weight departs from 1 (the
+    # earlier redraw-approximated probabilities gave 0.94-1.0 here).
+    buf = _buffer(priority_fn=lambda g, h: 1.0, max_reuse=10**9)
+    buf.add([make_group([0, 1], group_id=str(i)) for i in range(37)])
+    for k in (1, 5, 16, 36):
+        assert [g.is_weight for g in buf.sample(k, 0)] == [1.0] * k
+
+
 def _zeros_and_ones(zeros: int, ones: int, **kwargs) -> GroupReplayBuffer:
     buf = _buffer(priority_fn=lambda g, h: 0.0 if g.group_id.startswith("z") else 1.0, **kwargs)
     buf.add([make_group([0, 1], group_id=f"z{i}") for i in range(zeros)])

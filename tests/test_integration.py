@@ -81,6 +81,10 @@ def test_local_mode_trains_saves_and_restores(tmp_path) -> None:
         assert saved_ids and restored[: len(saved_ids)] == saved_ids
         ev = algo.evaluate(num_episodes=4)
         assert ev["eval/greedy/episodes"] == 4 and "eval/sampled/success_rate" in ev
+        greedy = algo.evaluate(num_episodes=2, modes=("greedy",))
+        assert greedy["eval/greedy/episodes"] == 2 and not any(k.startswith("eval/sampled/") for k in greedy)
+        with pytest.raises(ValueError, match=r"unknown modes.*beam"):
+            algo.evaluate(modes=("beam",))
     finally:
         algo.stop()
 

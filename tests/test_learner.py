@@ -221,3 +221,15 @@ def test_entropy_advantage_scope_is_a_training_knob_that_reaches_the_update(mode
     assert change("post_tool") == 0.0  # no post-tool token: nothing shaped
     assert change("post_tool_else_all") > 0  # falls back to every loss token
     assert change("all") > 0
+
+
+def test_update_counts_the_trajectories_that_move_the_policy(model_dir, groups) -> None:
+    learner = _learner(model_dir)
+    learner.start_rl()
+    flat = groups[0].replace(trajectories=[t.replace(reward=1.0) for t in groups[0].trajectories])
+    masked = groups[1].replace(
+        trajectories=[t.replace(loss_mask=np.zeros_like(t.loss_mask)) for t in groups[1].trajectories]
+    )
+    metrics = learner.update([flat, masked, groups[2]])
+    assert metrics["trajectories"] == 12
+    assert metrics["useful_trajectories"] == 4  # no spread (advantage 0) and no loss token don't count

@@ -146,7 +146,7 @@ def _tree(values: list[float]) -> SumTree:
 
 
 def test_sample_distinct_puts_each_draw_in_its_own_equal_segment() -> None:
-    # 8 unit leaves, 4 draws: segment i of the total is exactly leaves {2i, 2i+1}. Stratified, every
+    # 8 unit leaves, 4 draws: segment i of the total is exactly leaves {2i, 2i+1}. Systematic, every
     # batch has one leaf per pair; iid draws (then de-duplicated) would often take two of a pair.
     tree, rng = _tree([1.0] * 8), np.random.default_rng(0)
     parities = set()
@@ -154,7 +154,8 @@ def test_sample_distinct_puts_each_draw_in_its_own_equal_segment() -> None:
         drawn = sample_distinct(tree, 4, rng)
         assert sorted(int(i) // 2 for i in drawn) == [0, 1, 2, 3], drawn
         parities.add(tuple(sorted(int(i) % 2 for i in drawn)))
-    assert len(parities) == 5  # one uniform draw per segment, each independent (not one shared offset)
+    # one shared offset (systematic sampling): the same position in every segment, both positions seen
+    assert parities == {(0, 0, 0, 0), (1, 1, 1, 1)}
 
 
 def test_sample_distinct_segments_follow_the_cumulative_priority() -> None:

@@ -125,3 +125,13 @@ def test_evaluation_turns_stay_out_of_the_rollout_counters(model_dir: str) -> No
     after_eval, tokens, requests = asyncio.run(main())
     assert after_eval == 0.0  # five held-out episodes generated, none counted
     assert tokens > 0 and requests >= 2  # a training group of 2 episodes is counted
+
+
+def test_num_tasks_bounds_the_training_task_seeds(model_dir: str) -> None:
+    async def seeds(runner: EnvRunner) -> list[int]:
+        return [await runner._next_seed() for _ in range(200)]
+
+    bounded = asyncio.run(seeds(_runner(model_dir, SPEC, num_tasks=5)))
+    assert set(bounded) == set(range(5))  # a fixed training set: every task recurs
+    free = asyncio.run(seeds(_runner(model_dir, SPEC)))
+    assert len(set(free)) == 200 and max(free) > 1000

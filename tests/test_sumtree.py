@@ -3,12 +3,10 @@ import warnings
 import numpy as np
 import pytest
 
-from actorlearner.replay import sumtree
 from actorlearner.replay.sumtree import (
     SumTree,
-    first_round_inclusion,
+    certainty_split,
     inclusion_probabilities,
-    redraw_hit_probability,
     sample_distinct,
     tree_inclusion_probabilities,
 )
@@ -206,28 +204,25 @@ def test_per_query_descent_below_the_searched_level_matches_brute_force(fanout):
     np.testing.assert_array_equal(tree.find(np.array([total, total * 2, np.inf])), [last] * 3)
 
 
-def test_first_round_inclusion_hand_computed():
-    # Three unit leaves, two strata of width 1.5: leaf 1 straddles the boundary with shares 1/3
-    # and 1/3, so it is missed with probability (2/3)^2; the others lie inside one stratum.
-    np.testing.assert_allclose(first_round_inclusion(np.ones(3), 2), [2 / 3, 5 / 9, 2 / 3])
-    # A leaf covering a whole stratum is certain (here [0, 3) holds stratum [0, 2)).
-    np.testing.assert_allclose(first_round_inclusion(np.array([3.0, 1.0]), 2), [1.0, 0.5])
-    # A leaf heavier than a stratum is not certain unless it covers one: [1, 3.5) of strata of width
-    # 2 has shares 1/2 and 3/4, so it is missed with probability 1/2 * 1/4.
-    np.testing.assert_allclose(first_round_inclusion(np.array([1.0, 2.5, 0.5]), 2), [0.5, 7 / 8, 0.25])
-    values = np.array([1.0, 2.0, 7.0])
-    np.testing.assert_allclose(first_round_inclusion(values, 1), values / 10)  # one draw: p_i / total
+def test_certainty_split_hand_computed():
+    # total 10, k 2: leaf 7 >= 10 / 2 is certain; then 1 draw over the remaining 3 (no leaf >= 3)
+    certain, rest, total = certainty_split(np.array([1.0, 2.0, 7.0]), 2)
+    assert certain.tolist() == [2] and rest == 1 and total == pytest.approx(3.0)
+    # 100 of 122.2 is certain for k = 4; then 8 * 3 >= 22.2 and 7.2 * 2 >= 14.2 are too; one draw is left
+    certain, rest, total = certainty_split(np.array([100.0, 5.0, 1.0, 1.0, 0.0, 7.2, 8.0]), 4)
+    assert certain.tolist() == [0, 6, 5] and rest == 1 and total == pytest.approx(7.0)
+    # a cascade: 6 >= 11 / 3 is certain, then 3 >= 5 / 2 is too, then one draw over 1 + 1
+    certain, rest, total = certainty_split(np.array([6.0, 3.0, 1.0, 1.0]), 3)
+    assert certain.tolist() == [0, 1] and rest == 1 and total == pytest.approx(2.0)
+    assert certainty_split(np.ones(4), 4)[1] == 0  # k = N: all certain
 
 
-def test_redraw_hit_probability_averages_the_exact_formula_over_offsets():
-    offsets = (np.arange(20000) + 0.5) / 20000
-    for load in [0.0, 0.3, 1.0, 1.4, 2.0, 3.5]:
-        start, end = offsets, offsets + load  # a leaf [s, s + L) on strata of width 1
-        j = np.floor(start)
-        a = np.minimum(end, j + 1) - start
-        b = np.minimum(np.maximum(end - (j + 1), 0.0), 1.0)
-        hit = a + b - a * b
-        assert redraw_hit_probability(np.array([load]))[0] == pytest.approx(hit.mean(), abs=1e-6)
+def test_inclusion_probabilities_hand_computed():
+    # the 16-group example: priorities .05/.3/1/2 (alpha 0.6), a batch of 16 takes all
+    np.testing.assert_array_equal(inclusion_probabilities(_SIXTEEN, 16), np.ones(16))
+    # total 10, k 2: 7 is certain, then one draw over 1 + 2: pi = 1/3, 2/3, 1
+    np.testing.assert_allclose(inclusion_probabilities(np.array([1.0, 2.0, 7.0]), 2), [1 / 3, 2 / 3, 1.0])
+    np.testing.assert_allclose(inclusion_probabilities(np.array([1.0, 1.0, 2.0]), 2), [0.5, 0.5, 1.0])
 
 
 def test_inclusion_probabilities_edge_cases():
@@ -251,19 +246,6 @@ def test_inclusion_probabilities_sum_to_k_and_stay_in_range():
             assert ((pi >= 0) & (pi <= 1 + 1e-12)).all(), (trial, k)
             assert (pi[values == 0] == 0).all()
             assert pi.sum() == pytest.approx(min(max(k, 0), nonzero), abs=1e-9), (trial, k)
-
-
-def test_small_shortfall_shortcut_matches_the_full_model(monkeypatch):
-    # A buffer of 1000 with mild priorities and 64 draws: round one hits a leaf twice so rarely
-    # (shortfall / k just under 1e-3) that spreading the redraws in proportion to mass, instead of
-    # modelling them, moves no probability by more than that fraction of itself.
-    values = (np.random.default_rng(0).random(1000) + 0.01) ** 0.6
-    shortfall = 64 - first_round_inclusion(values, 64).sum()
-    assert 1e-4 < shortfall / 64 < sumtree._SMALL_SHORTFALL
-    fast = inclusion_probabilities(values, 64)
-    monkeypatch.setattr(sumtree, "_SMALL_SHORTFALL", 0.0)
-    full = inclusion_probabilities(values, 64)
-    assert fast.sum() == pytest.approx(64) and np.abs(fast / full - 1).max() < shortfall / 64
 
 
 def test_prefix_sums_match_a_cumulative_sum():
@@ -301,32 +283,33 @@ _LOGNORMAL = np.random.default_rng(5).lognormal(0.0, 1.5, 40)
 
 
 @pytest.mark.parametrize(
-    ("values", "k", "allowance"),
+    ("values", "k"),
     [
-        # allowance: the model's own error, measured against 10^6 draws (in brackets), rounded up.
-        (_SIXTEEN, 4, 0.005),  # redraws 2% of the batch [0.001]
-        (_SIXTEEN, 12, 0.04),  # redraws 23% [0.025]
-        (_SIXTEEN, 15, 0.04),  # k = N - 1 [0.018]
-        (_SKEWED, 3, 0.02),  # leaf 0 covers four strata [0.010]
-        (_SKEWED, 13, 0.04),  # k = nonzero - 1 [0.026]
-        (np.ones(33), 32, 0.03),  # uniform priorities, k = N - 1 [0.018]
-        (_LOGNORMAL, 38, 0.05),  # three decades of priorities, k = N - 2 [0.032]
+        (_SIXTEEN, 4),
+        (_SIXTEEN, 12),
+        (_SIXTEEN, 15),  # k = N - 1
+        (_SKEWED, 3),  # leaf 0 is certain
+        (_SKEWED, 13),  # k = nonzero - 1
+        (np.ones(33), 32),  # uniform priorities, k = N - 1: exactly 32/33 each
+        (_LOGNORMAL, 38),  # three decades of priorities, k = N - 2
     ],
 )
-def test_inclusion_probabilities_match_monte_carlo_of_sample_distinct(values, k, allowance):
+def test_inclusion_probabilities_match_monte_carlo_of_sample_distinct(values, k):
     # 6000 calls: a frequency's standard error is sqrt(p (1 - p) / 6000) <= 0.0065; 4.5 of them
-    # (a false alarm below 1e-5 per leaf) plus the model's allowance.
+    # is a false alarm below 1e-5 per leaf. The probabilities are exact: no allowance.
     calls = 6000
     tree = SumTree(values.size, fanout=4)
     tree.update(np.arange(values.size), values)
     rng = np.random.default_rng(k)
     counts = np.zeros(values.size)
     for _ in range(calls):
-        counts[sample_distinct(tree, k, rng)] += 1
+        drawn = sample_distinct(tree, k, rng)
+        assert drawn.size == min(k, np.count_nonzero(values)) == np.unique(drawn).size
+        counts[drawn] += 1
     freq = counts / calls
     pi = inclusion_probabilities(values, k)
     se = np.sqrt(np.maximum(pi * (1 - pi), 1 / calls) / calls)
-    np.testing.assert_array_less(np.abs(pi - freq), allowance + 4.5 * se)
+    np.testing.assert_array_less(np.abs(pi - freq), 4.5 * se + 1e-12)
 
 
 def test_inclusion_probabilities_survive_extreme_priorities():

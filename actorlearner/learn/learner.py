@@ -247,6 +247,7 @@ class Learner:
         elapsed = time.perf_counter() - start
         staleness = [self.version - 1 - t.min_version for g in groups for t in g.trajectories]
         adv = batch.advantages[batch.mask > 0]
+        useful = ((batch.mask > 0) & (batch.advantages != 0)).any(dim=1)
         metrics = {k: v / max(total_tokens, 1.0) for k, v in sums.items() if k != "loss"}
         metrics.update(
             loss=sums["loss"],
@@ -255,6 +256,8 @@ class Learner:
             tokens_per_s=float(batch.attention_mask.sum().item()) / elapsed,
             update_time_s=elapsed,
             advantage_abs_mean=float(adv.abs().mean().item()) if adv.numel() else 0.0,
+            trajectories=float(n_rows),
+            useful_trajectories=float(useful.sum().item()),
             staleness_mean=float(np.mean(staleness)) if staleness else 0.0,
             staleness_max=float(max(staleness, default=0)),
             version=float(self.version),

@@ -1,8 +1,8 @@
 """The group-level prioritized replay buffer (docs/algorithms.md §8).
 
 Groups enter through the filter chain; each kept group gets a priority from the priority function
-(which also sees the prompt's history); a batch of distinct groups is drawn stratified by
-``priority ** alpha``, and each gets the Horvitz-Thompson importance-sampling weight
+(which also sees the prompt's history); a batch of distinct groups is drawn by systematic sampling
+proportional to ``priority ** alpha``, and each gets the Horvitz-Thompson importance-sampling weight
 ``(k / (N pi_i)) ** beta / max`` of its inclusion probability ``pi_i``. Groups leave after
 ``max_reuse`` samples, when they are more than ``max_staleness`` versions behind the learner, or
 when capacity is reached (oldest first).
@@ -88,8 +88,9 @@ def importance_weights(inclusion: np.ndarray, size: int, beta: float, draws: int
 class GroupReplayBuffer:
     """Stores groups in ``capacity`` slots and samples them by priority through a :class:`SumTree`.
 
-    Each slot's leaf holds ``priority ** alpha``. A batch is drawn stratified (one uniform prefix
-    sum per equal segment of the total) with no group twice (see :func:`sample_distinct`); a group
+    Each slot's leaf holds ``priority ** alpha``. A batch is drawn by systematic sampling (groups
+    heavier than a draw's share for sure, then one prefix sum per equal segment of the rest, at one
+    uniform offset), with no group twice (see :func:`sample_distinct`); a group
     with priority 0 is never drawn unless every priority is 0, when the draw is uniform. Each drawn
     group is weighted by :func:`importance_weights` of its inclusion probability in such a batch
     (:func:`~actorlearner.replay.sumtree.inclusion_probabilities`), so a batch that holds most of
@@ -298,7 +299,7 @@ class GroupReplayBuffer:
         return drawable or int(np.count_nonzero(fresh))
 
     def sample(self, num_groups: int, learner_version: int) -> list[Group]:
-        """Draws up to ``num_groups`` distinct groups, stratified by ``p^alpha`` (:func:`sample_distinct`).
+        """Draws up to ``num_groups`` distinct groups, proportional to ``p^alpha`` (:func:`sample_distinct`).
 
         Each returned group is a copy with ``is_weight`` set to its Horvitz-Thompson weight
         (:func:`importance_weights` of its inclusion probability); groups reach ``max_reuse`` and leave.

@@ -19,8 +19,9 @@ Internal sums are always recomputed from their children (never updated by deltas
 numpy row reduction, so they carry no drift and a tree rebuilt from its leaves is bit-identical to
 the one maintained incrementally (a test checks this; checkpoint round trips rely on it).
 
-:func:`sample_distinct` draws a batch of distinct leaves, stratified; :func:`inclusion_probabilities`
-gives the probability that such a batch includes each leaf, which the buffer's importance-sampling
+:func:`sample_distinct` draws a batch of distinct leaves by systematic sampling (one prefix sum in
+each equal segment of the total, at one shared offset); :func:`inclusion_probabilities` gives the
+exact probability that such a batch includes each leaf, which the buffer's importance-sampling
 weights need (for one draw it is ``p_i / total``; for a batch that is a large share of the leaves
 it approaches 1 for every leaf).
 """
@@ -231,13 +232,43 @@ class SumTree:
         self.set_all(state["leaves"])
 
 
-def sample_distinct(tree: SumTree, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Draws ``min(k, tree.num_nonzero)`` distinct leaves by priority, stratified as in PER.
+def certainty_split(masses: np.ndarray, k: int) -> tuple[np.ndarray, int, float]:
+    """The leaves a batch of ``k`` distinct draws takes with certainty, and what is left to draw.
 
-    A round splits ``[0, total)`` into as many equal segments as draws are missing and finds one
-    uniform prefix sum in each. A leaf heavier than a segment can be hit more than once; the leaves
-    already drawn are then zeroed and the missing draws repeated over what remains. The tree is
-    restored before returning (also if an error interrupts the draw).
+    A leaf whose share of the mass is at least one draw's (``m_i >= T / k``) would be hit more than
+    once by equally spaced queries. Such leaves are taken outright, largest first, and the rule is
+    applied again to the rest with ``k`` and ``T`` reduced (the textbook treatment of certainty
+    units in probability-proportional-to-size sampling).
+
+    Args:
+        masses: Non-negative leaf masses.
+        k: Distinct draws wanted, at most the number of nonzero masses.
+
+    Returns:
+        (indices of the certain leaves, draws left ``k'``, mass left ``T'``).
+    """
+    m = np.asarray(masses, dtype=np.float64).reshape(-1)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64), 0, float(m.sum())
+    top = np.argpartition(m, m.size - k)[m.size - k :] if k < m.size else np.arange(m.size)
+    top = top[np.argsort(-m[top], kind="stable")]
+    total, taken = float(m.sum()), 0
+    while taken < k and m[top[taken]] * (k - taken) >= total:
+        total -= float(m[top[taken]])
+        taken += 1
+    return top[:taken].astype(np.int64), k - taken, max(total, 0.0)
+
+
+def sample_distinct(tree: SumTree, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws ``min(k, tree.num_nonzero)`` distinct leaves by priority (systematic PPS sampling).
+
+    The leaves heavier than one draw's share are taken with certainty (:func:`certainty_split`).
+    The other ``k'`` draws are one uniform offset ``u`` and the equally spaced prefix sums
+    ``(u + j) T' / k'``, ``j = 0..k'-1``, over the remaining mass ``T'``: every segment of the total
+    gets one draw, as in PER's stratified sampling, and since no remaining leaf is longer than the
+    spacing, none is hit twice. So each leaf is included with probability exactly
+    ``k' m_i / T'``, or 1 if certain (:func:`inclusion_probabilities`), which is what the buffer's
+    importance weights need. The tree is restored before returning (also if an error interrupts).
 
     Returns:
         Leaf indices (int64), each distinct, none with priority 0.
@@ -245,83 +276,59 @@ def sample_distinct(tree: SumTree, k: int, rng: np.random.Generator) -> np.ndarr
     k = min(int(k), tree.num_nonzero)
     if k <= 0:
         return np.empty(0, dtype=np.int64)
-    picked: list[np.ndarray] = []
-    zeroed: list[tuple[np.ndarray, np.ndarray]] = []
-    need = k
+    certain, rest, _ = certainty_split(tree.leaves, k)
+    if rest == 0:
+        return certain
+    saved = tree[certain]
     try:
-        while True:
-            queries = (np.arange(need) + rng.random(need)) * (tree.total / need)
-            found = np.unique(tree.find(queries))
-            picked.append(found)
-            need -= found.size
-            if need == 0:
-                break
-            zeroed.append((found, tree[found]))
-            tree.update(found, np.zeros(found.size))
+        tree.update(certain, np.zeros(certain.size))
+        found = tree.find((rng.random() + np.arange(rest)) * (tree.total / rest))
+        found = _top_up(tree, np.unique(found), rest, rng)
     finally:
-        for indices, values in reversed(zeroed):
-            tree.update(indices, values)
-    return np.concatenate(picked) if len(picked) > 1 else picked[0]
+        tree.update(certain, saved)
+    return np.concatenate([certain, found])
 
 
-_SMALL_SHORTFALL = 1e-3
-"""Expected redraws per draw below which they are spread in proportion to mass, not modelled.
+def _top_up(tree: SumTree, found: np.ndarray, need: int, rng: np.random.Generator) -> np.ndarray:
+    """Fills draws lost to rounding (a leaf within float error of the spacing hit twice; never seen).
 
-Each leaf's share of the redraws is then at most about this fraction of its round-one probability,
-so how they are spread moves no probability by more than that (far less than the model's own
-error); large buffers with mild priorities take this path, which needs no pass over the leaves
-(:func:`tree_inclusion_probabilities`).
-"""
-
-_MAX_ROUNDS = 64
-"""At most this many redraw rounds after the second are modelled (each shrinks the shortfall)."""
-
-_DONE_SHORTFALL = 1e-9
-"""The modelled rounds stop once the expected draws still missing are below this fraction of ``k``."""
+    The missing draws are taken from the leaves not yet drawn, by priority.
+    """
+    if found.size >= need:
+        return found
+    saved = tree[found]
+    try:
+        tree.update(found, np.zeros(found.size))
+        extra = tree.find(rng.random(need - found.size) * tree.total)
+    finally:
+        tree.update(found, saved)
+    return _top_up(tree, np.unique(np.concatenate([found, extra])), need, rng)
 
 
 def inclusion_probabilities(masses: np.ndarray, k: int) -> np.ndarray:
     """The probability that :func:`sample_distinct` returns each leaf of a tree with these leaves.
 
-    ``masses`` are the leaves in tree order (their order fixes the strata; ``tree.leaves`` will do).
-    Round one of :func:`sample_distinct` is computed exactly (:func:`first_round_inclusion`). If a
-    leaf can be hit twice, the missing draws are redrawn over the rest; those rounds depend on
-    which leaves round one took, so they are approximated: round two per leaf, conditioned on that
-    leaf having been missed (:func:`_second_round_inclusion`), later rounds in expectation
-    (:func:`_later_rounds_survival`), and finally the redraw part is scaled so the probabilities sum
-    to ``k`` (:func:`_fill_shortfall`), as the true ones do. Against Monte-Carlo estimates the result
-    is within about 0.01 when redraws make under 5% of the batch (large buffers, mild priorities)
-    and within 0.08 in the worst cases tried (priorities spanning three decades, ``k`` close to the
-    number of leaves); ``tests/test_sumtree.py`` checks this.
+    Exact: 1 for the leaves taken with certainty (:func:`certainty_split`), ``k' m_i / T'`` for
+    the others, 0 for a zero mass. They sum to ``min(k, number of nonzero masses)``.
 
     Args:
         masses: Non-negative leaf masses (``priority ** alpha``).
         k: Draws asked of :func:`sample_distinct`.
-
-    Returns:
-        One probability per leaf: 0 for a zero mass, 1 for every nonzero one when ``k`` is at least
-        their number; otherwise the probabilities of the nonzero leaves sum to ``k``.
     """
     m = np.asarray(masses, dtype=np.float64).reshape(-1)
+    k = min(int(k), int(np.count_nonzero(m)))
     out = np.zeros(m.size)
-    nonzero = np.flatnonzero(m)
-    k = min(int(k), nonzero.size)
-    if k == nonzero.size:
-        out[nonzero] = 1.0
-    elif k > 0:
-        out[nonzero] = _inclusion_of_positive(m[nonzero], k)
+    if k <= 0:
+        return out
+    certain, rest, total = certainty_split(m, k)
+    if rest:
+        out = np.minimum(1.0, m * (rest / total)) if total > 0 else out
+    out[certain] = 1.0
     return out
 
 
 def tree_inclusion_probabilities(tree: SumTree, indices: np.ndarray, k: int) -> np.ndarray:
-    """``inclusion_probabilities(tree.leaves, k)[indices]``, without a pass over the leaves if it can.
-
-    Round one can hit a leaf twice only if the leaf straddles a stratum boundary, so its expected
-    shortfall ``sum_i (m_i k / T - first_i)`` runs over the at most ``k - 1`` leaves that hold a
-    boundary (:meth:`SumTree.find` finds them). When it is small (``_SMALL_SHORTFALL``, the usual
-    case for a large buffer), the asked leaves' probabilities follow from their prefix sums
-    (:meth:`SumTree.prefix_sums`) and one dot product, as :func:`inclusion_probabilities` would
-    give them: O(k log N) instead of O(N). Otherwise this falls back to it.
+    """``inclusion_probabilities(tree.leaves, k)[indices]``, for the leaves asked only.
 
     Args:
         tree: The tree :func:`sample_distinct` draws from.
@@ -330,205 +337,9 @@ def tree_inclusion_probabilities(tree: SumTree, indices: np.ndarray, k: int) -> 
     """
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     k = min(int(k), tree.num_nonzero)
-    if k == 0:
+    if k <= 0:
         return np.zeros(idx.size)
-    if k == tree.num_nonzero:
-        return (tree[idx] > 0.0).astype(np.float64)
-    scale = k / tree.total
-    held = np.unique(tree.find(np.arange(1, k) / scale))  # the leaves holding a stratum boundary
-    held_m, held_first = tree[held], _first_round_at(tree, held, k)
-    excess = held_first - held_m * scale  # first_i - m_i k / T, zero for a leaf inside one stratum
-    shortfall = -float(excess.sum())
-    if shortfall > _SMALL_SHORTFALL * k:
-        return inclusion_probabilities(tree.leaves, k)[idx]
-    first = _first_round_at(tree, idx, k)
-    if shortfall <= 0.0:
-        return first
-    leaves = tree.leaves
-    with np.errstate(over="ignore"):  # huge priorities: inf, and the check below falls back
-        mass_left = tree.total - float(leaves @ leaves) * scale - float(held_m @ excess)  # sum m (1 - first)
-    if not mass_left > 0.0:  # lost to rounding or overflow: let the full computation sort it out
-        return inclusion_probabilities(leaves, k)[idx]
-    return first + (1.0 - first) * np.minimum(1.0, tree[idx] * (shortfall / mass_left))
-
-
-def _first_round_at(tree: SumTree, indices: np.ndarray, k: int) -> np.ndarray:
-    """:func:`first_round_inclusion` of some leaves of ``tree``, from their prefix sums."""
-    scale = k / tree.total
-    start = tree.prefix_sums(indices) * scale
-    _, a, b = _shares(start, start + tree[indices] * scale, k)
-    return a + b - a * b
-
-
-def _inclusion_of_positive(m: np.ndarray, k: int) -> np.ndarray:
-    """:func:`inclusion_probabilities` for positive masses and ``0 < k < len(m)``."""
-    # Only ratios matter: scaling keeps squares and products from overflowing, and the floor keeps
-    # a mass below 1e-308 of the largest from vanishing (the sampler can still draw it).
-    m = np.maximum(m / m.max(), np.finfo(np.float64).tiny)
-    j0, a, b = stratum_shares(m, k)
-    first = a + b - a * b
-    shortfall = k - float(first.sum())  # expected draws left to redraw after round one
-    if shortfall <= _SMALL_SHORTFALL * k:
-        return _fill_shortfall(first, m, shortfall)
-    second = _second_round_inclusion(m, k, j0, a, b, first, shortfall)
-    survival = _later_rounds_survival(m, k, (1.0 - first) * (1.0 - second))
-    missed = 1.0 - first
-    later = np.divide(missed - survival, missed, out=np.zeros_like(m), where=missed > 0.0)
-    return _fill_shortfall(first, later, shortfall)
-
-
-def stratum_shares(masses: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where each leaf lies among the ``k`` equal strata of round one of :func:`sample_distinct`.
-
-    Leaf ``i`` covers ``[c_i, c_i + m_i)`` of ``[0, total)``; in units of a stratum (``total / k``)
-    it starts in stratum ``j0``, covers a share ``a`` of it and a share ``b`` of stratum ``j0 + 1``.
-    A leaf covering a whole stratum (``a == 1`` or ``b == 1``) has ``b`` clipped to 1; what it
-    covers beyond does not matter, since it is certain to be hit.
-
-    Args:
-        masses: Positive leaf masses, in tree order.
-        k: Number of strata.
-
-    Returns:
-        ``(j0, a, b)``: int64 stratum indices and the two shares, each in ``[0, 1]``.
-    """
-    scale = k / float(masses.sum())
-    end = np.cumsum(masses) * scale
-    return _shares(end - masses * scale, end, k)
-
-
-def _shares(start: np.ndarray, end: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`stratum_shares` of leaves covering ``[start, end)``, in units of a stratum."""
-    j0 = np.minimum(np.floor(start), k - 1)
-    a = np.minimum(end, j0 + 1.0) - start  # in [0, 1] up to rounding, as is b below
-    b = np.minimum(np.maximum(end - (j0 + 1.0), 0.0), 1.0)
-    return j0.astype(np.int64), a, b
-
-
-def first_round_inclusion(masses: np.ndarray, k: int) -> np.ndarray:
-    """Exact probability that round one of :func:`sample_distinct` (``k`` strata) hits each leaf.
-
-    Each stratum gets one uniform point, independently, so a leaf is missed only if every stratum
-    it overlaps misses it: ``1 - prod_j (1 - overlap_j / width)``. A leaf overlaps at most two
-    strata unless it covers a whole one, and then it is certain; so this is ``a + b - a b`` with
-    the shares of :func:`stratum_shares`.
-
-    Args:
-        masses: Positive leaf masses, in tree order.
-        k: Number of strata (draws of round one).
-    """
-    _, a, b = stratum_shares(masses, k)
-    return a + b - a * b
-
-
-def redraw_hit_probability(load: np.ndarray) -> np.ndarray:
-    """Chance that a redraw round hits a leaf of ``load`` strata at a random offset to the strata.
-
-    A leaf of length ``L <= 1`` (in strata) straddles a boundary with probability ``L`` and then
-    is missed by both strata with probability ``s (L - s)`` for a uniform split ``s``, so it is
-    hit with probability ``L - L^3 / 6``; for ``1 <= L <= 2`` the same averaging gives
-    ``1 - (2 - L)^3 / 6``, and beyond 2 it always covers a whole stratum.
-    """
-    load = np.asarray(load, dtype=np.float64)
-    if load.size == 0 or load.max() <= 1.0:
-        return load - load * load * load / 6.0
-    short = np.minimum(load, 1.0)
-    rest = 2.0 - np.clip(load, 1.0, 2.0)
-    return np.where(load <= 1.0, short - short * short * short / 6.0, 1.0 - rest * rest * rest / 6.0)
-
-
-def _second_round_inclusion(
-    m: np.ndarray, k: int, j0: np.ndarray, a: np.ndarray, b: np.ndarray, first: np.ndarray, shortfall: float
-) -> np.ndarray:
-    """Approximate chance that round two takes each leaf, given that round one missed it.
-
-    If round one missed leaf ``i``, each stratum ``j`` it overlaps (share ``q``) picked among the
-    other leaves there, their shares divided by ``1 - q``; a leaf ``l`` of that stratum is then
-    hit with a probability higher by ``q / (1 - q) * c_lj`` (:func:`_renormalization_terms`). So the
-    expected draws left, ``D_i``, and mass left, ``T_i``, given the miss follow exactly from
-    per-stratum sums of ``c_lj`` and ``m_l c_lj``. Round two is then taken as ``D_i`` strata over
-    ``T_i`` at a random offset: :func:`redraw_hit_probability` of ``m_i D_i / T_i``.
-
-    Most leaves lie inside one stratum (``b == 0``, ``a < 1``, so ``c = a``); the few that straddle
-    a boundary or are certain (``special``) are handled apart, which saves passes over ``m``.
-    """
-    special = np.flatnonzero((b > 0.0) | (first >= 1.0))
-    m_s, j_s = m[special], j0[special]
-    ra_s, ca_s, rb_s, cb_s = _renormalization_terms(a[special], b[special], first[special])
-    den = 1.0 - a
-    den[special] = 1.0
-    ra = a / den
-    ra[special] = ra_s
-    gain_at = np.bincount(j0, a, minlength=k + 1)  # per stratum j: sum_l c_lj ...
-    gain_at += np.bincount(j_s, ca_s - a[special], minlength=k + 1)
-    gain_at += np.bincount(j_s + 1, cb_s, minlength=k + 1)
-    mass_at = np.bincount(j0, m * a, minlength=k + 1)  # ... and sum_l m_l c_lj
-    mass_at += np.bincount(j_s, m_s * (ca_s - a[special]), minlength=k + 1)
-    mass_at += np.bincount(j_s + 1, m_s * cb_s, minlength=k + 1)
-    gain = ra * (gain_at[j0] - a)  # sum over l != i of the gains, in expected hits ...
-    gain_mass = ra * (mass_at[j0] - m * a)  # ... and in expected mass
-    gain[special] = ra_s * (gain_at[j_s] - ca_s) + rb_s * (gain_at[j_s + 1] - cb_s)
-    gain_mass[special] = ra_s * (mass_at[j_s] - m_s * ca_s) + rb_s * (mass_at[j_s + 1] - m_s * cb_s)
-    draws_left = np.maximum(shortfall + first - gain, 0.0)
-    mass_left = float(m @ (1.0 - first)) + m * first - gain_mass
-    load = np.divide(m * draws_left, mass_left, out=np.zeros_like(m), where=mass_left > 0.0)
-    load[first >= 1.0] = 0.0
-    return redraw_hit_probability(load)
-
-
-def _renormalization_terms(
-    a: np.ndarray, b: np.ndarray, first: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(ra, ca, rb, cb)`` for leaves with shares ``a``, ``b`` of strata ``j0``, ``j0 + 1``.
-
-    ``r = q / (1 - q)`` and ``c = q (1 - first) / (1 - q)`` for each share ``q``: when another leaf
-    is ruled out of a stratum, this leaf's chance of being hit grows by ``c`` times that leaf's
-    ``r``. Certain leaves get zeros: nothing can raise their chance, and they are never missed.
-    """
-    open_ = first < 1.0
-    ra = np.where(open_, a, 0.0) / np.where(open_, 1.0 - a, 1.0)
-    rb = np.where(open_, b, 0.0) / np.where(open_, 1.0 - b, 1.0)
-    return ra, ra * (1.0 - first), rb, rb * (1.0 - first)
-
-
-def _later_rounds_survival(m: np.ndarray, k: int, survival: np.ndarray) -> np.ndarray:
-    """Chance that each leaf is still missed after rounds three and on, from its chance after two.
-
-    In expectation: each round spreads the expected draws still missing, ``D``, over the expected
-    mass still left, ``T``, and hits a leaf left with :func:`redraw_hit_probability` of ``m D / T``.
-    """
-    for _ in range(_MAX_ROUNDS):
-        draws_left = k - (m.size - float(survival.sum()))
-        mass_left = float(survival @ m)
-        if draws_left <= _DONE_SHORTFALL * k or not mass_left > 0.0:
-            break
-        survival = survival * (1.0 - redraw_hit_probability(m * (draws_left / mass_left)))
-    return survival
-
-
-def _fill_shortfall(first: np.ndarray, later: np.ndarray, shortfall: float) -> np.ndarray:
-    """``first + (1 - first) min(1, c later)``, with ``c`` chosen so the redraws add ``shortfall``.
-
-    The approximate redraw rounds need not add exactly the expected shortfall; scaling their part
-    (capped at certainty, water-filling style) restores the exact total ``k``.
-    """
-    room = 1.0 - first
-    live = (later > 0.0) & (room > 0.0)
-    if shortfall <= 0.0:
-        return first
-    if shortfall >= float(room @ live):
-        return np.where(live, 1.0, first)
-    full = np.zeros(first.size, dtype=bool)
-    scale = 0.0
-    for _ in range(first.size):
-        free = live & ~full
-        budget, weight = shortfall - float(room @ full), float((room * later) @ free)
-        if not weight > 0.0:  # nothing left to scale (rounding, or ``later`` underflowed):
-            spread = min(budget / float(room @ free), 1.0) if free.any() else 0.0  # spread it evenly
-            return first + room * np.where(full, 1.0, free * spread)
-        scale = budget / weight
-        newly = free & (scale * later >= 1.0)
-        if not newly.any():
-            break
-        full |= newly
-    return first + room * np.where(full, 1.0, np.minimum(1.0, scale * later) * live)
+    certain, rest, total = certainty_split(tree.leaves, k)
+    out = np.minimum(1.0, tree[idx] * (rest / total)) if rest and total > 0 else np.zeros(idx.size)
+    out[np.isin(idx, certain)] = 1.0
+    return out

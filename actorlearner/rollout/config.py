@@ -16,6 +16,12 @@ class EnvRunnersConfig(Section):
     num_env_runners: int = Field(1, ge=0, description="Ray rollout actors; 0 runs everything in-process.")
     groups_in_flight: int = Field(32, ge=1, description="Groups each runner keeps in flight at once.")
     group_size: int = Field(8, ge=2, description="G: episodes per prompt (GRPO group).")
+    num_tasks: int | None = Field(
+        None,
+        ge=1,
+        description="Training task seeds are drawn from 0..num_tasks-1 (a fixed training set, so prompts "
+        "recur and per-prompt priorities such as DSCL's categories have a history); null: any seed.",
+    )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of training rollouts.")
     max_new_tokens: int = Field(32, ge=1, description="Cap on one assistant turn, in tokens.")
     max_tokens: int = Field(256, ge=8, description="Cap on a whole episode (prompt included), in tokens.")

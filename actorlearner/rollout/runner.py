@@ -148,15 +148,19 @@ class EnvRunner:
         return await self.run_group(await self._next_seed())
 
     async def _next_seed(self, max_draws: int = 20) -> int:
-        """A new task seed; prompts in the skip set are redrawn unless a ``p_revisit`` draw keeps them."""
-        seed = int(self.rng.integers(0, 2**31 - 1))
+        """A new task seed, below ``num_tasks`` when set.
+
+        Prompts in the skip set are redrawn unless a ``p_revisit`` draw keeps them.
+        """
+        high = self.cfg.num_tasks or 2**31 - 1
+        seed = int(self.rng.integers(0, high))
         for _ in range(max_draws):
             if not self._skip or await asyncio.to_thread(self._prompt_id, seed) not in self._skip:
                 return seed
             if float(self.rng.random()) < self._p_revisit:
                 return seed
             self.prompts_skipped += 1
-            seed = int(self.rng.integers(0, 2**31 - 1))
+            seed = int(self.rng.integers(0, high))
         return seed
 
     def _prompt_id(self, seed: int) -> str:
