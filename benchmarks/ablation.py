@@ -40,6 +40,7 @@ COMMON: dict[str, Any] = {
     "training.time_budget_s": "null",
     "env_runners.num_env_runners": 0,
     "env_runners.num_tasks": 256,
+    "environment.env_config": "{categories: [single, multiple, parallel, multi_turn]}",
     "replay.capacity": 32,
     "replay.max_reuse": 2,
     "replay.max_staleness": 4,
@@ -343,8 +344,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--iterations", type=int, default=30)
-    parser.add_argument("--eval-every", type=int, default=5)
-    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--eval-every", type=int, default=1)
+    parser.add_argument("--eval-episodes", type=int, default=200)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--sft-steps", type=int, default=100)
     parser.add_argument("--target-gain", type=float, default=0.3, help="see ABLATION.md")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
@@ -368,10 +370,10 @@ def main() -> None:
     if not args.summarize:
         done = {(r["seed"], r["arm"]) for r in load(partial)}
         for seed in args.seeds:
-            if all((seed, arm) in done for arm in ARMS):
+            if all((seed, arm) in done for arm in args.arms):
                 continue
             sft = prepare_seed(seed, args, root)
-            for arm in ARMS:
+            for arm in args.arms:
                 if (seed, arm) in done:
                     continue
                 result = run_arm(arm, seed, sft, args, root)

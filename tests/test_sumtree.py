@@ -8,6 +8,8 @@ from actorlearner.replay.sumtree import (
     certainty_split,
     inclusion_probabilities,
     sample_distinct,
+    sample_with_inclusion,
+    tree_certainty_split,
     tree_inclusion_probabilities,
 )
 
@@ -326,3 +328,21 @@ def test_inclusion_probabilities_survive_extreme_priorities():
                 assert pi.sum() == pytest.approx(k)
                 drawn = sample_distinct(tree, k, np.random.default_rng(k))
                 assert np.isfinite(tree_inclusion_probabilities(tree, drawn, k)).all()
+
+
+@pytest.mark.parametrize(("capacity", "fanout"), [(7, 2), (300, 4), (5000, 32), (100_000, 32)])
+def test_at_least_and_the_tree_certainty_split_match_brute_force(capacity, fanout):
+    rng = np.random.default_rng(capacity)
+    values = rng.lognormal(0.0, 2.5, capacity) * (rng.random(capacity) < 0.7)
+    tree = SumTree(capacity, fanout=fanout)
+    tree.set_all(values)
+    for threshold in np.quantile(values[values > 0], [0.0, 0.5, 0.99, 1.0]):
+        np.testing.assert_array_equal(tree.at_least(threshold), np.flatnonzero(values >= threshold))
+    with pytest.raises(ValueError):
+        tree.at_least(0.0)
+    for k in sorted({1, 2, 8, 32, capacity // 2, tree.num_nonzero - 1, tree.num_nonzero}):
+        ours, pure = tree_certainty_split(tree, k), certainty_split(values, k)
+        assert sorted(ours[0].tolist()) == sorted(pure[0].tolist()) and ours[1] == pure[1], k
+        assert ours[2] == pytest.approx(pure[2], rel=1e-3)  # a running total: callers re-sum it
+        drawn, pi = sample_with_inclusion(tree, k, rng)
+        np.testing.assert_allclose(pi, inclusion_probabilities(values, k)[drawn], rtol=1e-9)

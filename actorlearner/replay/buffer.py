@@ -30,7 +30,7 @@ from actorlearner.core.metrics import group_metrics
 from actorlearner.core.protocols import PriorityFn, PushReply
 from actorlearner.core.trajectory import Group
 from actorlearner.replay.filters import FilterChain
-from actorlearner.replay.sumtree import SumTree, sample_distinct, tree_inclusion_probabilities
+from actorlearner.replay.sumtree import SumTree, sample_with_inclusion
 
 _NO_VERSION = sys.maxsize
 """The version lower bound of an empty buffer: nothing in it can be stale."""
@@ -90,12 +90,12 @@ class GroupReplayBuffer:
 
     Each slot's leaf holds ``priority ** alpha``. A batch is drawn by systematic sampling (groups
     heavier than a draw's share for sure, then one prefix sum per equal segment of the rest, at one
-    uniform offset), with no group twice (see :func:`sample_distinct`); a group
-    with priority 0 is never drawn unless every priority is 0, when the draw is uniform. Each drawn
-    group is weighted by :func:`importance_weights` of its inclusion probability in such a batch
-    (:func:`~actorlearner.replay.sumtree.inclusion_probabilities`), so a batch that holds most of
-    the buffer gets weights near 1. Freed slots go to a free list; when none is free the oldest
-    group is evicted.
+    uniform offset), with no group twice (see
+    :func:`~actorlearner.replay.sumtree.sample_with_inclusion`). A group with priority 0 is never
+    drawn unless every priority is 0, when the draw is uniform. Each drawn group is weighted by
+    :func:`importance_weights` of its exact inclusion probability in such a batch, so a batch that
+    holds most of the buffer gets weights near 1. Freed slots go to a free list; when none is free
+    the oldest group is evicted.
 
     Args:
         priority_fn: ``fn(group, history) -> float >= 0``.
@@ -299,7 +299,9 @@ class GroupReplayBuffer:
         return drawable or int(np.count_nonzero(fresh))
 
     def sample(self, num_groups: int, learner_version: int) -> list[Group]:
-        """Draws up to ``num_groups`` distinct groups, proportional to ``p^alpha`` (:func:`sample_distinct`).
+        """Draws up to ``num_groups`` distinct groups with probability proportional to ``p^alpha``.
+
+        The draw is :func:`~actorlearner.replay.sumtree.sample_with_inclusion`.
 
         Each returned group is a copy with ``is_weight`` set to its Horvitz-Thompson weight
         (:func:`importance_weights` of its inclusion probability); groups reach ``max_reuse`` and leave.
@@ -330,8 +332,7 @@ class GroupReplayBuffer:
         held when all priorities are 0 (a uniform draw, which includes each with probability k / N).
         """
         if self._tree.total > 0:
-            slots = sample_distinct(self._tree, num_groups, self.rng)
-            inclusion = tree_inclusion_probabilities(self._tree, slots, slots.size)
+            slots, inclusion = sample_with_inclusion(self._tree, num_groups, self.rng)
             return slots, inclusion, self._tree.num_nonzero
         live = np.flatnonzero(self._seq >= 0)  # every priority is 0: uniform
         slots = self.rng.choice(live, size=min(num_groups, live.size), replace=False)

@@ -203,6 +203,21 @@ class SumTree:
             q[over] = np.inf
         return idx, np.maximum(q - cums[idx], 0.0)
 
+    def at_least(self, threshold: float) -> np.ndarray:
+        """The leaves whose priority is at least ``threshold`` (> 0), in index order.
+
+        A node's sum bounds each of its leaves, so only nodes whose sum reaches the threshold are
+        descended: at most ``total / threshold`` per level, O(that x fanout x depth) in all.
+        """
+        if not threshold > 0.0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        top = self._levels[-1]
+        idx = np.flatnonzero(top >= threshold)
+        for level in range(len(self._shifts) - 1, -1, -1):
+            children = ((idx[:, None] << self._shifts[level]) + np.arange(self._fanouts[level])).reshape(-1)
+            idx = children[self._levels[level][children] >= threshold]
+        return idx[idx < self.capacity].astype(np.int64)
+
     def prefix_sums(self, indices: np.ndarray) -> np.ndarray:
         """For each index ``i``, the sum of the priorities before it, ``sum(p[:i])``.
 
@@ -232,6 +247,11 @@ class SumTree:
         self.set_all(state["leaves"])
 
 
+_CERTAIN = 1.0 - 1e-9
+"""A leaf within this factor of one draw's share is certain: the running total left after taking
+leaves carries rounding error, and the last leaf of ``k = N`` must come out certain, not a draw."""
+
+
 def certainty_split(masses: np.ndarray, k: int) -> tuple[np.ndarray, int, float]:
     """The leaves a batch of ``k`` distinct draws takes with certainty, and what is left to draw.
 
@@ -242,24 +262,59 @@ def certainty_split(masses: np.ndarray, k: int) -> tuple[np.ndarray, int, float]
 
     Args:
         masses: Non-negative leaf masses.
-        k: Distinct draws wanted, at most the number of nonzero masses.
+        k: Distinct draws wanted (at most the number of nonzero masses are made).
 
     Returns:
         (indices of the certain leaves, draws left ``k'``, mass left ``T'``).
     """
     m = np.asarray(masses, dtype=np.float64).reshape(-1)
+    k = min(int(k), int(np.count_nonzero(m)))
     if k <= 0:
         return np.empty(0, dtype=np.int64), 0, float(m.sum())
     top = np.argpartition(m, m.size - k)[m.size - k :] if k < m.size else np.arange(m.size)
     top = top[np.argsort(-m[top], kind="stable")]
     total, taken = float(m.sum()), 0
-    while taken < k and m[top[taken]] * (k - taken) >= total:
+    while taken < k and m[top[taken]] * (k - taken) >= total * _CERTAIN:
         total -= float(m[top[taken]])
         taken += 1
-    return top[:taken].astype(np.int64), k - taken, max(total, 0.0)
+    certain = top[:taken].astype(np.int64)
+    if taken:  # the running total lost precision to cancellation: sum what is left afresh
+        left = m.copy()
+        left[certain] = 0.0
+        total = float(left.sum())
+    return certain, k - taken, max(total, 0.0)
+
+
+def tree_certainty_split(tree: SumTree, k: int) -> tuple[np.ndarray, int, float]:
+    """:func:`certainty_split` of ``tree.leaves``, looking only at leaves heavy enough to qualify.
+
+    Each round asks the tree for the leaves of at least ``T' / k'`` (:meth:`SumTree.at_least`),
+    at most ``k'`` of them; taking one lowers the bar, so rounds repeat until none qualifies. The
+    mass left is a running total, which cancellation can blur after many certain leaves: the
+    callers take it exactly as ``tree.total`` with the certain leaves zeroed.
+    """
+    taken: list[int] = []
+    total, rest = tree.total, min(int(k), tree.num_nonzero)
+    while rest > 0 and total > 0.0:
+        heavy = np.setdiff1d(tree.at_least(total * _CERTAIN / rest), np.asarray(taken, dtype=np.int64))
+        heavy = heavy[np.argsort(-tree[heavy], kind="stable")]
+        before = len(taken)
+        for leaf in heavy.tolist():
+            if rest == 0 or tree[leaf] * rest < total * _CERTAIN:
+                break
+            taken.append(leaf)
+            total, rest = total - float(tree[leaf]), rest - 1
+        if len(taken) == before:
+            break
+    return np.asarray(taken, dtype=np.int64), rest, max(total, 0.0)
 
 
 def sample_distinct(tree: SumTree, k: int, rng: np.random.Generator) -> np.ndarray:
+    """:func:`sample_with_inclusion` without the inclusion probabilities."""
+    return sample_with_inclusion(tree, k, rng)[0]
+
+
+def sample_with_inclusion(tree: SumTree, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draws ``min(k, tree.num_nonzero)`` distinct leaves by priority (systematic PPS sampling).
 
     The leaves heavier than one draw's share are taken with certainty (:func:`certainty_split`).
@@ -271,22 +326,24 @@ def sample_distinct(tree: SumTree, k: int, rng: np.random.Generator) -> np.ndarr
     importance weights need. The tree is restored before returning (also if an error interrupts).
 
     Returns:
-        Leaf indices (int64), each distinct, none with priority 0.
+        Leaf indices (int64), each distinct, none with priority 0; and the probability that a call
+        includes each of them (as :func:`inclusion_probabilities` gives it).
     """
     k = min(int(k), tree.num_nonzero)
     if k <= 0:
-        return np.empty(0, dtype=np.int64)
-    certain, rest, _ = certainty_split(tree.leaves, k)
+        return np.empty(0, dtype=np.int64), np.empty(0)
+    certain, rest, _ = tree_certainty_split(tree, k)
     if rest == 0:
-        return certain
+        return certain, np.ones(certain.size)
     saved = tree[certain]
     try:
         tree.update(certain, np.zeros(certain.size))
         found = tree.find((rng.random() + np.arange(rest)) * (tree.total / rest))
         found = _top_up(tree, np.unique(found), rest, rng)
+        pi = np.minimum(1.0, tree[found] * (rest / tree.total))  # the total of what is left, exact
     finally:
         tree.update(certain, saved)
-    return np.concatenate([certain, found])
+    return np.concatenate([certain, found]), np.concatenate([np.ones(certain.size), pi])
 
 
 def _top_up(tree: SumTree, found: np.ndarray, need: int, rng: np.random.Generator) -> np.ndarray:
@@ -328,7 +385,7 @@ def inclusion_probabilities(masses: np.ndarray, k: int) -> np.ndarray:
 
 
 def tree_inclusion_probabilities(tree: SumTree, indices: np.ndarray, k: int) -> np.ndarray:
-    """``inclusion_probabilities(tree.leaves, k)[indices]``, for the leaves asked only.
+    """``inclusion_probabilities(tree.leaves, k)[indices]``, without a pass over the leaves.
 
     Args:
         tree: The tree :func:`sample_distinct` draws from.
@@ -339,7 +396,13 @@ def tree_inclusion_probabilities(tree: SumTree, indices: np.ndarray, k: int) -> 
     k = min(int(k), tree.num_nonzero)
     if k <= 0:
         return np.zeros(idx.size)
-    certain, rest, total = certainty_split(tree.leaves, k)
+    certain, rest, _ = tree_certainty_split(tree, k)
+    saved = tree[certain]
+    try:
+        tree.update(certain, np.zeros(certain.size))  # the total of what is left, exact
+        total = tree.total
+    finally:
+        tree.update(certain, saved)
     out = np.minimum(1.0, tree[idx] * (rest / total)) if rest and total > 0 else np.zeros(idx.size)
     out[np.isin(idx, certain)] = 1.0
     return out
