@@ -40,7 +40,7 @@ COMMON: dict[str, Any] = {
     "training.time_budget_s": "null",
     "env_runners.num_env_runners": 0,
     "env_runners.num_tasks": 256,
-    "environment.env_config": "{categories: [single, multiple, parallel, multi_turn]}",
+    "environment.env_config": "{categories: [single, multiple, parallel]}",
     "replay.capacity": 32,
     "replay.max_reuse": 2,
     "replay.max_staleness": 4,
@@ -90,9 +90,11 @@ def _overrides(settings: dict[str, Any]) -> list[str]:
 
 
 def _threads(args: argparse.Namespace) -> dict[str, Any]:
+    """Thread caps, and the ``--set`` overrides (pilots only: the protocol's runs use none)."""
+    extra = dict(item.split("=", 1) for item in args.set)
     if not args.threads:
-        return {}
-    return {"learners.num_threads": args.threads, "debugging.ray_num_cpus": args.threads}
+        return extra
+    return {"learners.num_threads": args.threads, "debugging.ray_num_cpus": args.threads, **extra}
 
 
 def evaluate(algo: Any, args: argparse.Namespace) -> dict[str, float]:
@@ -344,12 +346,13 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--iterations", type=int, default=30)
-    parser.add_argument("--eval-every", type=int, default=1)
-    parser.add_argument("--eval-episodes", type=int, default=200)
+    parser.add_argument("--eval-every", type=int, default=2)
+    parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--sft-steps", type=int, default=100)
-    parser.add_argument("--target-gain", type=float, default=0.3, help="see ABLATION.md")
+    parser.add_argument("--sft-steps", type=int, default=200)
+    parser.add_argument("--target-gain", type=float, default=0.1, help="see ABLATION.md")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE over the protocol (pilots)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--work", default="/tmp/actorlearner-ablation", help="SFT checkpoints and run dirs")
     parser.add_argument("--quick", action="store_true", help="tiny budget: checks the script runs")
