@@ -31,6 +31,7 @@ from actorlearner.core.registry import FILTERS, PRIORITIES, RegistryError, resol
 from actorlearner.core.trajectory import Trajectory
 from actorlearner.env.registration import make_env, resolve_env_spec
 from actorlearner.learn.learner import Learner
+from actorlearner.preflight import check_cross_fields
 from actorlearner.replay.buffer import BufferActor
 from actorlearner.replay.filters import FilterChain
 from actorlearner.rollout.runner import EnvRunner
@@ -45,26 +46,6 @@ MAX_SKIPPED_ITERATIONS = 3
 
 MAX_PLAY_ROUNDS = 8
 """Synchronous schedule: rounds of play to replace dropped groups before training on fewer."""
-
-
-def _check_cross_fields(cfg: AlgorithmConfig) -> None:
-    """Checks that values of different sections fit together (one-line ConfigError)."""
-    runners, training = cfg.env_runners, cfg.training
-    if runners.max_ready_groups < training.train_batch_groups:
-        raise ConfigError(
-            f"env_runners.max_ready_groups: must be >= training.train_batch_groups "
-            f"({training.train_batch_groups}), got {runners.max_ready_groups}"
-        )
-    if cfg.replay.capacity < max(training.train_batch_groups, runners.max_ready_groups):
-        raise ConfigError(
-            f"replay.capacity: must be >= training.train_batch_groups and env_runners.max_ready_groups "
-            f"({max(training.train_batch_groups, runners.max_ready_groups)}), got {cfg.replay.capacity}"
-        )
-    if runners.max_new_tokens >= runners.max_tokens:
-        raise ConfigError(
-            f"env_runners.max_new_tokens: must be < env_runners.max_tokens ({runners.max_tokens}), "
-            f"got {runners.max_new_tokens}"
-        )
 
 
 def _check_picklable(fn: Any, key: str) -> None:
@@ -150,7 +131,7 @@ class Algorithm:
         np.random.seed(seed)
         torch.manual_seed(seed)
         self.env_spec = resolve_env_spec(cfg.environment.env)
-        _check_cross_fields(cfg)
+        check_cross_fields(cfg)  # build() checked everything (validate()); this, for a direct call
         self._classes: tuple[type[Learner], type[EnvRunner]] = (
             _subclass(cfg.learners.learner_cls, Learner, "learners.learner_cls"),
             _subclass(cfg.env_runners.env_runner_cls, EnvRunner, "env_runners.env_runner_cls"),

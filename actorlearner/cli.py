@@ -57,11 +57,18 @@ def _eval(args: argparse.Namespace) -> int:
     state_file = ckpt / "algorithm.json"
     if not state_file.is_file():
         raise ConfigError(f"checkpoint: {ckpt} has no algorithm.json; pass a directory written by train")
-    saved = json.loads(state_file.read_text())["config"]
+    try:
+        saved = json.loads(state_file.read_text())["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"checkpoint: {state_file} is not a checkpoint's state ({err!r}); "
+            "pass a directory written by train"
+        ) from None
     config = AlgorithmConfig()
+    saved["model"] = {**saved.get("model", {}), "model": str(ckpt / "model")}  # not the one trained from
     for section in EVAL_SECTIONS:  # what evaluation needs; the rest may name driver-only objects
         config.update(section, **saved.get(section, {}))
-    config.model(model=str(ckpt / "model")).sft(enabled=False).training(num_iterations=0)
+    config.sft(enabled=False).training(num_iterations=0)
     config.reporting(name=f"eval-{ckpt.parent.name}-{ckpt.name}").update_from_overrides(args.overrides)
     algo = config.build()
     try:
@@ -106,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as err:
-        print(f"actorlearner: config error: {err}", file=sys.stderr)
+    except ConfigError as err:  # every bad input ends here: one line, exit code 2, no traceback
+        message = " ".join(str(err).splitlines())
+        print(f"actorlearner: config error: {message}", file=sys.stderr)
         return 2
 
 

@@ -2,17 +2,19 @@
 
 ``AlgorithmConfig().environment(...).env_runners(...).training(...).replay(...).build()``. YAML files
 in ``configs/`` are overrides of the defaults, and so are ``key=value`` pairs on the command line.
-Unknown keys and bad values fail at once with one line naming the key and what is allowed.
+Unknown keys and bad values fail at once with one line naming the key and what is allowed;
+:meth:`AlgorithmConfig.validate` checks the rest (:mod:`actorlearner.preflight`) before anything starts.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from actorlearner.core.config import Section, one_line_error, plain
 from actorlearner.core.errors import ConfigError
@@ -20,6 +22,7 @@ from actorlearner.core.protocols import Trainer
 from actorlearner.core.registry import resolve_class
 from actorlearner.env.config import EnvironmentConfig
 from actorlearner.learn.config import LearnerConfig, SFTConfig, TrainingConfig
+from actorlearner.preflight import check_config
 from actorlearner.replay.config import ReplayConfig
 from actorlearner.rollout.config import EnvRunnersConfig
 
@@ -53,6 +56,33 @@ class ModelConfig(Section):
     num_heads: int = Field(4, ge=1, description="Tiny model: attention heads.")
     num_kv_heads: int = Field(2, ge=1, description="Tiny model: key/value heads.")
     intermediate_size: int = Field(512, ge=8, description="Tiny model: FFN width.")
+
+    @field_validator("model")
+    @classmethod
+    def _tiny_or_a_model_directory(cls, value: str) -> str:
+        problem = model_path_problem(value)
+        if problem:
+            raise ValueError(f"{value}: {problem}; allowed: 'tiny' or a directory written by save_pretrained")
+        return value
+
+
+def model_path_problem(value: str) -> str | None:
+    """What is wrong with ``model.model`` (None: fine): a path that is missing or holds no model.
+
+    A name that is no existing path and does not look like one (``org/name``) is left to
+    ``from_pretrained``, which may find it on the Hugging Face hub.
+    """
+    if value == "tiny":
+        return None
+    path = Path(value).expanduser()
+    if not path.exists():
+        looks_like_path = value.startswith(("/", "~", ".")) or value.count("/") > 1 or "\\" in value
+        return "the directory does not exist" if looks_like_path else None
+    if not path.is_dir():
+        return "is a file, not a model directory"
+    if not (path / "config.json").is_file():
+        return "the directory has no config.json"
+    return None
 
 
 class EvaluationConfig(Section):
@@ -201,19 +231,47 @@ class AlgorithmConfig:
         return self
 
     def update_from_overrides(self, overrides: Iterable[str]) -> AlgorithmConfig:
-        """Applies ``section.key=value`` strings; values are parsed as YAML (``1e-4``, ``[a, b]``)."""
+        """Applies ``section.key=value`` strings; values are parsed as YAML (``1e-4``, ``[a, b]``).
+
+        Raises:
+            ConfigError: On a malformed override or YAML value, an unknown key or a bad value.
+        """
         for item in overrides:
             path, sep, raw = item.partition("=")
             section, dot, key = path.partition(".")
             if not sep or not dot or not key:
                 raise ConfigError(f"{item}: overrides look like section.key=value")
-            self.update(section, **{key: yaml.safe_load(raw)})
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as err:
+                raise ConfigError(
+                    f"{path}: {raw!r} is not valid YAML: {_yaml_problem(err)}; allowed: a YAML value "
+                    "such as 1e-4, [a, b] or {k: v} (quote the whole override in the shell)"
+                ) from None
+            self.update(section, **{key: value})
         return self
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Iterable[str] = ()) -> AlgorithmConfig:
-        """Loads a YAML file of overrides of the defaults, then ``key=value`` overrides."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        """Loads a YAML file of overrides of the defaults, then ``key=value`` overrides.
+
+        Raises:
+            ConfigError: One line naming the file (and the line of a YAML error) or the key.
+        """
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            reason = getattr(err, "strerror", None) or type(err).__name__
+            raise ConfigError(
+                f"{path}: cannot read the config file ({reason}); allowed: a YAML file such as "
+                "configs/calculator.yaml"
+            ) from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"{path}: not valid YAML: {_yaml_problem(err)}; allowed: a YAML mapping of sections"
+            ) from None
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: must be a mapping of sections")
         return cls().update_from_dict(data).update_from_overrides(overrides)
@@ -229,14 +287,62 @@ class AlgorithmConfig:
             new._attach(name, section.model_copy(deep=True))
         return new
 
+    def validate(self) -> AlgorithmConfig:
+        """Checks what single keys cannot, before anything starts (``build()`` calls it).
+
+        Sections must fit together; the env must take ``env_config`` (it is built once); CUDA must
+        be there for ``learners.device=cuda``; ``reporting.run_dir`` must be writable (it is
+        created); a ``debugging.ray_address`` must answer. It starts no Ray and builds no model
+        (building the env may import torch). See :mod:`actorlearner.preflight`.
+
+        Returns:
+            This config, for chaining.
+
+        Raises:
+            ConfigError: One line naming the first key that fails.
+        """
+        check_config(self)
+        return self
+
     def build(self) -> Trainer:
-        """Builds the algorithm (starts Ray unless local).
+        """Validates the config (:meth:`validate`), then builds the algorithm (starts Ray unless local).
 
         The class is ``algo_class`` (RLlib's seam): by default
         :class:`~actorlearner.algorithm.Algorithm`, named by path so that this module sits below it.
         """
+        self.validate()
         algo_class: Any = resolve_class(self.algo_class, object)
         return algo_class(self.copy())  # type: ignore[no-any-return]
+
+    if not TYPE_CHECKING:  # hidden from mypy, which would accept any attribute name otherwise
+
+        def __getattr__(self, name: str) -> Any:
+            """Only for names not found: a misspelled section (``.trainin(...)``) lists the sections."""
+            if name.startswith("__"):
+                raise AttributeError(name)
+            close = difflib.get_close_matches(name, SECTIONS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise AttributeError(
+                f"AlgorithmConfig has no section or attribute {name!r}; {hint}sections: {', '.join(SECTIONS)}"
+            )
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what went wrong in a YAML text, on one line.
+
+    For example ``line 4, column 1: expected ',' or ']', but got '<stream end>', in a flow sequence
+    started at line 3, column 4``.
+    """
+    problem = getattr(err, "problem", None) or str(err)
+    text = f"{_at(getattr(err, 'problem_mark', None))}{problem}"
+    context, mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and mark is not None:
+        text += f", in {context.removeprefix('while parsing ')} started at {_at(mark).rstrip(': ')}"
+    return " ".join(text.split())
+
+
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
 
 
 def config_reference() -> str:

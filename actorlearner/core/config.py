@@ -7,10 +7,19 @@ Errors are :class:`~actorlearner.core.errors.ConfigError` with one line naming t
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
-from typing import Annotated, Any, Protocol, Self
+from typing import Annotated, Any, Protocol, Self, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from actorlearner.core.errors import ConfigError
 from actorlearner.core.registry import resolve_class
@@ -34,12 +43,38 @@ class SectionOwner(Protocol):
         ...
 
 
+def number_kind(annotation: Any) -> str | None:
+    """``"an integer"`` or ``"a number"`` when a field holds an int or a float (maybe None), else None.
+
+    A field that also allows ``bool`` (or anything: ``Any``) is no number field.
+    """
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    if bool in options or Any in options:
+        return None
+    if int in options:
+        return "an integer"
+    return "a number" if float in options else None
+
+
 class Section(BaseModel):
-    """A validated config section; calling it updates it on its config (the builder syntax)."""
+    """A validated config section; calling it updates it on its config (the builder syntax).
+
+    Numbers are strict about booleans: pydantic would read ``true`` as ``1`` for an int or float
+    field (``training.num_iterations=true``); here it is an error naming the key.
+    """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
     _name: str = PrivateAttr("")
     _parent: SectionOwner | None = PrivateAttr(None)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            kind = number_kind(cls.model_fields[info.field_name].annotation)
+            if kind is not None:
+                raise ValueError(f"must be {kind}, got the boolean {str(value).lower()}")
+        return value
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Assigning a field (``config.training.lr = 1e-4``) is validated like the builder."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -85,8 +86,15 @@ class MetricsLogger:
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Appends one record (non-finite numbers are written as null)."""
-        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        """Appends one record: ``step``, ``time`` (wall clock, Unix seconds), then ``metrics``.
+
+        Non-finite numbers are written as null. ``time`` goes to the JSON line only.
+        """
+        record = {
+            "step": step,
+            "time": round(time.time(), 3),
+            **{k: _jsonable(v) for k, v in metrics.items()},
+        }
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         if self._tb is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,3 +55,71 @@ def resolve_env_spec(env: Any) -> gymnasium.envs.registration.EnvSpec:
 def make_env(spec: gymnasium.envs.registration.EnvSpec, env_config: Mapping[str, Any]) -> gymnasium.Env:
     """Instantiates a tool env from its spec (no registry lookup: works in any Ray worker)."""
     return gymnasium.make(spec, disable_env_checker=True, **dict(env_config))
+
+
+MAKE_KEYWORDS = ("max_episode_steps",)
+"""Keys of ``env_config`` that ``gymnasium.make`` itself takes (a ``TimeLimit`` wrapper)."""
+
+
+def env_keywords(spec: gymnasium.envs.registration.EnvSpec) -> list[str] | None:
+    """The keyword arguments the env's constructor takes, following ``**kwargs`` up its bases.
+
+    Returns:
+        The sorted names, or None when some ``**kwargs`` goes nowhere we can see (anything may be
+        accepted).
+    """
+    creator: Any = spec.entry_point
+    if isinstance(creator, str):
+        creator = gymnasium.envs.registration.load_env_creator(creator)
+    if creator is None:
+        return None
+    if isinstance(creator, type):
+        inits = [c.__dict__["__init__"] for c in creator.__mro__ if "__init__" in c.__dict__]
+    else:
+        inits = [creator]
+    names = set(MAKE_KEYWORDS)
+    for init in inits:
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):  # a builtin without a signature (object.__init__ has one)
+            return None
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names |= {p.name for p in params if p.kind in keyword and p.name != "self"}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return sorted(names)
+    return None
+
+
+def check_env_config(
+    spec: gymnasium.envs.registration.EnvSpec, env_config: Mapping[str, Any], key: str
+) -> None:
+    """Checks that the env takes ``env_config``.
+
+    The keys are checked against the constructor's signature, then the values by building the env
+    once (its constructor checks them).
+
+    Args:
+        spec: The env.
+        env_config: Its keyword arguments.
+        key: The config key named in the error (``environment.env_config``).
+
+    Raises:
+        ConfigError: One line naming ``key``, the env and the keys it takes.
+    """
+    allowed = env_keywords(spec)
+    listed = f"allowed: {', '.join(allowed)}" if allowed is not None else "see the env's constructor"
+    unknown = sorted(set(env_config) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise ConfigError(f"{key}: {spec.id} takes no {', '.join(map(repr, unknown))}; {listed}")
+    try:
+        make_env(spec, env_config).close()
+    except TypeError as err:
+        if "argument" not in str(err):  # not a signature mismatch: a bug, with its traceback
+            raise
+        raise ConfigError(f"{key}: {_one_line(err)}; {listed}") from None
+    except ValueError as err:  # the env's own checks of its knobs (ConfigError is one)
+        raise ConfigError(f"{key}: {spec.id}: {_one_line(err)}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())

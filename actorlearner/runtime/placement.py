@@ -7,14 +7,46 @@ everything through the returned handles with :meth:`run`; nothing else differs b
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
+from actorlearner.core.errors import ConfigError
 from actorlearner.core.protocols import Handle
 from actorlearner.runtime.handles import LocalHandle, RayHandle
 
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+RAY_CONNECT_TIMEOUT_S = 5.0
+"""How long :func:`check_ray_address` waits for a cluster to answer (``ray.init`` retries for minutes)."""
+
+RAY_ADDRESS_FORMS = "null (start a local Ray), 'auto' or 'host:port' / 'ray://host:port' of a running cluster"
+
+
+def check_ray_address(address: str | None, key: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Checks, before ``ray.init``, that a cluster address answers within ``timeout_s``.
+
+    ``ray.init(address=...)`` to an address nobody listens on retries for many minutes, so an
+    address that is not ``None`` or ``"auto"`` is first opened as a plain TCP connection.
+
+    Raises:
+        ConfigError: One line naming ``key``: a malformed address, or one that does not answer.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{key}: {address!r} is not an address; allowed: {RAY_ADDRESS_FORMS}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(
+            f"{key}: no Ray cluster answers at {address} within {timeout_s:g}s ({reason}); "
+            f"allowed: {RAY_ADDRESS_FORMS}"
+        ) from None
 
 
 class Runtime(Protocol):

@@ -1,0 +1,96 @@
+"""Checks a config before anything starts: sections that must fit together, and this machine.
+
+Each key is validated when it is set (:mod:`actorlearner.config`); what one key cannot tell is
+checked here, by :meth:`AlgorithmConfig.validate`, which ``build()`` calls before Ray starts or a
+model is built: the env takes ``env_config``, CUDA is there for ``learners.device=cuda``, the run
+directory is writable, the Ray cluster answers. Every failure is a one-line
+:class:`~actorlearner.core.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from actorlearner.core.errors import ConfigError
+from actorlearner.env.registration import check_env_config, resolve_env_spec
+from actorlearner.runtime.placement import check_ray_address
+
+if TYPE_CHECKING:
+    from actorlearner.config import AlgorithmConfig
+
+
+def check_config(cfg: AlgorithmConfig) -> None:
+    """Runs every check below, cheapest first.
+
+    Raises:
+        ConfigError: One line naming the first key that fails.
+    """
+    check_cross_fields(cfg)
+    check_device(cfg)
+    check_run_dir(cfg.reporting.run_dir, "reporting.run_dir")
+    if cfg.env_runners.num_env_runners > 0:  # 0: everything in this process, no Ray
+        check_ray_address(cfg.debugging.ray_address, "debugging.ray_address")
+    check_env_configs(cfg)
+
+
+def check_cross_fields(cfg: AlgorithmConfig) -> None:
+    """Checks that values of different sections fit together."""
+    runners, training = cfg.env_runners, cfg.training
+    if runners.max_ready_groups < training.train_batch_groups:
+        raise ConfigError(
+            f"env_runners.max_ready_groups: must be >= training.train_batch_groups "
+            f"({training.train_batch_groups}), got {runners.max_ready_groups}"
+        )
+    if cfg.replay.capacity < max(training.train_batch_groups, runners.max_ready_groups):
+        raise ConfigError(
+            f"replay.capacity: must be >= training.train_batch_groups and env_runners.max_ready_groups "
+            f"({max(training.train_batch_groups, runners.max_ready_groups)}), got {cfg.replay.capacity}"
+        )
+    if runners.max_new_tokens >= runners.max_tokens:
+        raise ConfigError(
+            f"env_runners.max_new_tokens: must be < env_runners.max_tokens ({runners.max_tokens}), "
+            f"got {runners.max_new_tokens}"
+        )
+
+
+def check_device(cfg: AlgorithmConfig) -> None:
+    """``learners.device=cuda`` needs CUDA here, unless the learner may run on a Ray cluster's GPU node."""
+    on_a_cluster = cfg.debugging.ray_address is not None and cfg.env_runners.num_env_runners > 0
+    if cfg.learners.device != "cuda" or on_a_cluster:
+        return
+    import torch  # only now: validating a config imports no torch otherwise
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "learners.device: 'cuda' but torch.cuda.is_available() is False on this machine "
+            f"(torch {torch.__version__}); allowed here: auto, cpu"
+        )
+
+
+def check_run_dir(run_dir: str, key: str) -> None:
+    """Creates ``run_dir`` if needed and writes a temporary file in it.
+
+    Raises:
+        ConfigError: One line naming ``key`` when the directory cannot be created or written.
+    """
+    path = Path(run_dir).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(
+            f"{key}: cannot create or write {run_dir} ({reason}); allowed: a writable directory"
+        ) from None
+
+
+def check_env_configs(cfg: AlgorithmConfig) -> None:
+    """The env takes ``env_config``, and ``env_config`` updated by ``eval_env_config`` (builds each once)."""
+    env = cfg.environment
+    spec = resolve_env_spec(env.env)
+    check_env_config(spec, env.env_config, "environment.env_config")
+    if env.eval_env_config:
+        check_env_config(spec, {**env.env_config, **env.eval_env_config}, "environment.eval_env_config")
