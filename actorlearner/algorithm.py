@@ -13,6 +13,8 @@ import asyncio
 import json
 import logging
 import os
+import pickle
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from actorlearner.config import AlgorithmConfig, ConfigError
+from actorlearner.core.errors import CheckpointError
 from actorlearner.core.metrics import MetricsLogger, episode_metrics
 from actorlearner.core.protocols import EnvRunner as EnvRunnerProtocol
 from actorlearner.core.protocols import Handle, ReplayBufferActor
@@ -35,7 +38,16 @@ from actorlearner.preflight import check_cross_fields
 from actorlearner.replay.buffer import BufferActor
 from actorlearner.replay.filters import FilterChain
 from actorlearner.rollout.runner import EnvRunner
-from actorlearner.runtime.checkpoint import read_checkpoint, write_checkpoint
+from actorlearner.runtime.checkpoint import (
+    list_checkpoints,
+    prune_checkpoints,
+    publish_checkpoint,
+    read_checkpoint,
+    temp_dir_for,
+    verify_checkpoint,
+    write_checkpoint,
+    write_manifest,
+)
 from actorlearner.runtime.handles import gather
 from actorlearner.runtime.placement import LocalRuntime, RayRuntime, Runtime
 
@@ -196,9 +208,23 @@ class Algorithm:
             )
 
     def _make_run_dir(self) -> Path:
+        """``reporting.run_dir/reporting.name``: a fresh directory unless ``reporting.resume``.
+
+        A name whose directory already holds a run (a ``metrics.jsonl``) gets a suffix (``-2``,
+        ``-3``...), so two runs never share a metrics file.
+
+        Raises:
+            ConfigError: With ``resume``, when the directory holds no run.
+        """
         rep = self.config.reporting
-        name = rep.name or f"{self.env_spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        path = Path(rep.run_dir) / name
+        path = Path(rep.run_dir) / (rep.name or f"{self.env_spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        taken = (path / "metrics.jsonl").exists()
+        if rep.resume and not taken:
+            raise ConfigError(f"resume: {path} holds no run (no metrics.jsonl); pass a run directory")
+        if taken and not rep.resume:
+            fresh = next(p for i in range(2, 10**6) if not (p := path.with_name(f"{path.name}-{i}")).exists())
+            logger.warning("%s already holds a run: writing to %s (resume with --resume)", path, fresh)
+            path = fresh
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -414,7 +440,7 @@ class Algorithm:
         self.logger.log(self.iteration, {"phase": "rl", **metrics})
         ckpt = self.config.reporting.checkpoint_interval
         if ckpt and self.iteration % ckpt == 0:
-            self.save(str(self.run_dir / f"checkpoint_{self.iteration:06d}"))
+            self.checkpoint()
         return metrics
 
     async def _train(self) -> dict[str, float]:
@@ -512,21 +538,64 @@ class Algorithm:
 
     # ----------------------------------------------------------------------- save and restore
     def save(self, path: str | None = None) -> str:
-        """Writes a checkpoint and returns its directory.
+        """Writes a checkpoint atomically and returns its directory.
 
         It holds the model (``model/``: safetensors and the tokenizer, loadable with
         ``from_pretrained``), the learner's optimizer tensors and version, the runners' task
-        streams, the JSON state and the replay buffer's state (``buffer.pkl``: groups, priorities,
-        prompt histories, the priority function's state such as DSCL's mastery). ``buffer.pkl`` and
-        ``runners.pkl`` are pickles: restore only checkpoints you trust.
+        streams, the JSON state, the replay buffer's state (``buffer.pkl``: groups, priorities,
+        prompt histories, the priority function's state such as DSCL's mastery) and
+        ``manifest.json`` (each file's size and sha256). Everything is written into a hidden
+        temp directory beside ``path`` and renamed into place: a crash leaves the previous
+        checkpoint of that name intact. ``buffer.pkl`` and ``runners.pkl`` are pickles: restore
+        only checkpoints you trust.
         """
         out = Path(path or self.run_dir / "checkpoint")
-        out.mkdir(parents=True, exist_ok=True)
-        states = self.runtime.run(self._gather_states(str(out / "model")))
-        write_checkpoint(out, states, self.model_path)
-        state = {"iteration": self.iteration, "version": self.version, "config": self.config.to_dict()}
-        (out / "algorithm.json").write_text(json.dumps(state, indent=2))
+        tmp = temp_dir_for(out)
+        try:
+            states = self.runtime.run(self._gather_states(str(tmp / "model")))
+            write_checkpoint(tmp, states, self.model_path)
+            state = {"iteration": self.iteration, "version": self.version, "config": self.config.to_dict()}
+            (tmp / "algorithm.json").write_text(json.dumps(state, indent=2))
+            write_manifest(tmp)
+            publish_checkpoint(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return str(out)
+
+    def checkpoint(self) -> str:
+        """The run's checkpoint at this iteration (``RUN_DIR/checkpoint_NNNNNN``), then keep-last-K.
+
+        Writes it unless a valid one for this iteration exists (a periodic save just before the
+        final one, or the checkpoint a resumed run started from), then deletes all but the newest
+        ``reporting.keep_checkpoints`` periodic checkpoints.
+
+        Returns:
+            Its directory.
+        """
+        out = self.run_dir / f"checkpoint_{self.iteration:06d}"
+        try:
+            verify_checkpoint(out)
+        except CheckpointError:
+            self.save(str(out))
+        for gone in prune_checkpoints(self.run_dir, self.config.reporting.keep_checkpoints):
+            logger.info("deleted old checkpoint %s (reporting.keep_checkpoints)", gone)
+        return str(out)
+
+    def latest_checkpoint(self) -> str:
+        """The newest valid checkpoint of this run directory (damaged ones are skipped, with a warning).
+
+        Raises:
+            CheckpointError: When the run directory has no valid checkpoint.
+        """
+        for path in reversed(list_checkpoints(self.run_dir)):
+            try:
+                verify_checkpoint(path)
+            except CheckpointError as err:
+                logger.warning("skipping %s", err)
+                continue
+            return str(path)
+        raise CheckpointError(f"resume: {self.run_dir} has no valid checkpoint to resume from")
 
     async def _gather_states(self, model_dir: str) -> dict[str, Any]:
         await self.learner.call(LearnerProtocol.save_pretrained, model_dir)
@@ -544,22 +613,32 @@ class Algorithm:
     def restore(self, path: str) -> None:
         """Loads a checkpoint written by :meth:`save` and sends its weights to the runners.
 
-        The replay buffer and the runners' task streams are restored too when the checkpoint has
-        them.
+        The checkpoint is verified against its manifest and read in full before any part changes:
+        a damaged or incomplete one raises and leaves the algorithm as it was.
+
+        Raises:
+            CheckpointError: One line naming the missing or damaged file.
         """
         src = Path(path)
-        state = json.loads((src / "algorithm.json").read_text())
-        states = read_checkpoint(src)
+        verify_checkpoint(src)
+        try:
+            state = json.loads((src / "algorithm.json").read_text())
+            iteration, version = int(state["iteration"]), int(state["version"])
+            states = read_checkpoint(src)
+        except (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as err:
+            raise CheckpointError(f"checkpoint: {src} cannot be read ({type(err).__name__}: {err})") from None
+        if len(states["runners"]) != len(self.runners):
+            logger.warning(
+                "checkpoint has %d runner states for %d runners", len(states["runners"]), len(self.runners)
+            )
         self.runtime.run(self._restore(states))
         self._optimizer_restored = True  # the RL phase must not reset the restored AdamW moments
-        self.iteration = int(state["iteration"])
-        self.version = int(state["version"])
+        self.iteration, self.version = iteration, version
         self.runtime.run(self._sync_weights(metrics=False))
 
     async def _restore(self, states: dict[str, Any]) -> None:
         await self.learner.call(LearnerProtocol.set_state, states["learner"])
-        if states.get("buffer") is not None:
-            await self.buffer.call(ReplayBufferActor.set_state, states["buffer"])
+        await self.buffer.call(ReplayBufferActor.set_state, states["buffer"])
         for runner, runner_state in zip(self.runners, states.get("runners") or [], strict=False):
             await runner.call(EnvRunnerProtocol.set_state, runner_state)
 

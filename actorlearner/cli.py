@@ -10,15 +10,23 @@ from typing import Any
 
 from actorlearner.config import AlgorithmConfig, ConfigError
 from actorlearner.env.suites import EvalSuite, get_eval_suite
+from actorlearner.runtime.checkpoint import verify_checkpoint
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="actorlearner", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="cold-start SFT, then asynchronous RL, with held-out evaluation")
-    train.add_argument("config", help="YAML file of overrides of the defaults (see configs/)")
+    train.add_argument(
+        "config", nargs="?", help="YAML file of overrides of the defaults (see configs/); not with --resume"
+    )
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.lr=1e-4")
     train.add_argument("--no-initial-eval", action="store_true", help="skip evaluating the untrained model")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue this run from its newest valid checkpoint, with its config.json and these overrides",
+    )
     ev = sub.add_parser("eval", help="held-out evaluation of a checkpoint")
     ev.add_argument("checkpoint", help="a checkpoint directory written by train")
     ev.add_argument("overrides", nargs="*", help="section.key=value, e.g. evaluation.num_episodes=100")
@@ -36,11 +44,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """Trains; exits 128 + the signal's number when SIGINT (130) or SIGTERM (143) stopped the run."""
     from actorlearner.train import run_training
 
-    config = AlgorithmConfig.from_yaml(args.config, args.overrides)
-    run_training(config, initial_eval=not args.no_initial_eval)
-    return 0
+    config = _resume_config(args) if args.resume else None
+    if config is None:
+        if args.config is None or "=" in args.config:
+            raise ConfigError("train: pass a YAML config (see configs/), or --resume RUN_DIR")
+        config = AlgorithmConfig.from_yaml(args.config, args.overrides)
+    summary = run_training(config, initial_eval=not args.no_initial_eval)
+    return 128 + summary["signal"] if summary.get("signal") else 0
+
+
+def _resume_config(args: argparse.Namespace) -> AlgorithmConfig:
+    """The config of the run to resume (its ``config.json``) with the command line's overrides."""
+    run_dir = Path(args.resume)
+    if args.config is not None and "=" not in args.config:
+        raise ConfigError(
+            f"train: with --resume the config is {run_dir / 'config.json'}; pass only key=value overrides"
+        )
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"resume: {run_dir} has no readable config.json ({type(err).__name__})") from None
+    overrides = [*([args.config] if args.config else []), *args.overrides]
+    config = AlgorithmConfig().update_from_dict(saved).update_from_overrides(overrides)
+    return config.reporting(run_dir=str(run_dir.parent), name=run_dir.name, resume=True)
 
 
 EVAL_SECTIONS = ("environment", "env_runners", "model", "evaluation", "debugging")
@@ -54,16 +83,7 @@ def _eval(args: argparse.Namespace) -> int:
         suite = get_eval_suite("bfcl")
         categories = suite.check_categories(args.bfcl)
     ckpt = Path(args.checkpoint)
-    state_file = ckpt / "algorithm.json"
-    if not state_file.is_file():
-        raise ConfigError(f"checkpoint: {ckpt} has no algorithm.json; pass a directory written by train")
-    try:
-        saved = json.loads(state_file.read_text())["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ConfigError(
-            f"checkpoint: {state_file} is not a checkpoint's state ({err!r}); "
-            "pass a directory written by train"
-        ) from None
+    saved = _checkpoint_config(ckpt)
     config = AlgorithmConfig()
     saved["model"] = {**saved.get("model", {}), "model": str(ckpt / "model")}  # not the one trained from
     for section in EVAL_SECTIONS:  # what evaluation needs; the rest may name driver-only objects
@@ -81,6 +101,26 @@ def _eval(args: argparse.Namespace) -> int:
         algo.stop()
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _checkpoint_config(ckpt: Path) -> dict[str, Any]:
+    """The config saved in a checkpoint, after the checkpoint is verified against its manifest.
+
+    Raises:
+        ConfigError: One line (a ``CheckpointError`` naming the file when the checkpoint is damaged).
+    """
+    state_file = ckpt / "algorithm.json"
+    if not state_file.is_file():
+        raise ConfigError(f"checkpoint: {ckpt} has no algorithm.json; pass a directory written by train")
+    try:
+        saved = json.loads(state_file.read_text())["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"checkpoint: {state_file} is not a checkpoint's state ({err!r}); "
+            "pass a directory written by train"
+        ) from None
+    verify_checkpoint(ckpt)
+    return dict(saved)
 
 
 def _run_suite(algo: Any, suite: EvalSuite, categories: list[str], max_episodes: int) -> dict[str, float]:

@@ -99,7 +99,19 @@ class ReportingConfig(Section):
     name: str | None = Field(None, description="Run name; default: env name and a timestamp.")
     progress: bool = Field(True, description="Show a progress bar.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files.")
-    checkpoint_interval: int = Field(0, ge=0, description="Save every N iterations (0: only at the end).")
+    checkpoint_interval: int = Field(
+        10,
+        ge=0,
+        description="Save RUN_DIR/checkpoint_NNNNNN every N iterations (0: only at the end and on a signal).",
+    )
+    keep_checkpoints: int = Field(
+        3, ge=0, description="Keep the newest K periodic checkpoints, delete older ones (0: keep all)."
+    )
+    resume: bool = Field(
+        False,
+        description="Continue the existing run directory reporting.name (set by `train --resume RUN_DIR`); "
+        "else a name whose directory holds a run gets a suffix (-2, -3...).",
+    )
 
 
 class DebuggingConfig(Section):

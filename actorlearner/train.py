@@ -1,5 +1,8 @@
 """The main job: evaluate, cold-start SFT, evaluate, asynchronous RL, evaluate, checkpoint.
 
+A resumed run (``reporting.resume``) restores its newest checkpoint and goes straight to RL;
+SIGINT/SIGTERM during RL end it after the current iteration, with a checkpoint.
+
 Prints held-out success before and after each phase, greedy and at the training temperature, so
 the RL phase's own gain is visible.
 """
@@ -8,7 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tqdm import tqdm
@@ -40,12 +48,47 @@ def format_report(phases: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
-def _rl_loop(algo: Trainer, show: bool) -> dict[str, float]:
+class StopFlag:
+    """A signal handler that asks the RL loop to stop after the current iteration.
+
+    A second SIGINT (Ctrl-C) while the iteration finishes raises ``KeyboardInterrupt`` at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        """Records the signal (the handler installed by :func:`stop_on_signals`)."""
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        name = signal.Signals(signum).name
+        print(f"{name}: finishing this iteration, then writing a checkpoint", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Installs :class:`StopFlag` for SIGINT and SIGTERM (main thread only), restoring the old handlers."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+
+
+def _rl_loop(algo: Trainer, show: bool, flag: StopFlag) -> dict[str, float]:
+    """RL iterations until ``training.num_iterations`` in all (a resumed run counts the restored ones)."""
     training = algo.config.training
     start = time.monotonic()
     last: dict[str, float] = {}
-    with tqdm(total=training.num_iterations, desc="RL", unit="it", disable=not show) as bar:
-        for _ in range(training.num_iterations):
+    total = training.num_iterations
+    with tqdm(total=total, initial=algo.iteration, desc="RL", unit="it", disable=not show) as bar:
+        while algo.iteration < total and flag.signum is None:
             last = algo.train()
             bar.update(1)
             bar.set_postfix(
@@ -59,38 +102,56 @@ def _rl_loop(algo: Trainer, show: bool) -> dict[str, float]:
     return last
 
 
+def _before_rl(algo: Trainer, initial_eval: bool, show: bool, timings: dict[str, float]) -> dict[str, Any]:
+    """The initial evaluation and cold-start SFT (with its evaluation); returns the phases' metrics."""
+    phases: dict[str, Any] = {}
+    if initial_eval:
+        phases["initial"] = algo.evaluate()
+    t = time.monotonic()
+    with tqdm(total=algo.config.sft.steps, desc="SFT", unit="step", disable=not show) as bar:
+
+        def show_sft(done: int, m: dict[str, float]) -> None:
+            bar.update(done - bar.n)
+            bar.set_postfix(loss=f"{m['sft/loss']:.3f}")
+
+        sft = algo.pretrain(show_sft)
+    timings["sft_s"] = time.monotonic() - t
+    if sft:
+        phases["after SFT"] = algo.evaluate()
+    return phases
+
+
 def run_training(config: AlgorithmConfig, *, initial_eval: bool = True) -> dict[str, Any]:
     """Runs the main job and returns its summary (also written to ``summary.json``).
+
+    With ``reporting.resume`` it restores the run directory's newest valid checkpoint and runs
+    only the remaining RL iterations (no initial evaluation, no SFT). SIGINT or SIGTERM during
+    the RL phase ends it after the current iteration with a checkpoint and no final evaluation;
+    the summary's ``signal`` is then the signal's number (else None).
 
     Args:
         config: The validated config.
         initial_eval: Also evaluate the untrained model.
     """
-    show = config.reporting.progress
     t0 = time.monotonic()
     algo = config.build()
     phases: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {"setup_s": time.monotonic() - t0}
     try:
         print(f"run dir: {algo.run_dir}\nmodel:   {algo.model_path}\nenv:     {algo.env_spec.id}")
-        if initial_eval:
-            phases["initial"] = algo.evaluate()
+        if config.reporting.resume:
+            resumed = algo.latest_checkpoint()
+            algo.restore(resumed)
+            print(f"resumed: {resumed} (iteration {algo.iteration})", flush=True)
+        else:
+            phases.update(_before_rl(algo, initial_eval, config.reporting.progress, timings))
         t = time.monotonic()
-        with tqdm(total=config.sft.steps, desc="SFT", unit="step", disable=not show) as bar:
-
-            def show_sft(done: int, m: dict[str, float]) -> None:
-                bar.update(done - bar.n)
-                bar.set_postfix(loss=f"{m['sft/loss']:.3f}")
-
-            sft = algo.pretrain(show_sft)
-        timings["sft_s"] = time.monotonic() - t
-        if sft:
-            phases["after SFT"] = algo.evaluate()
-        t = time.monotonic()
-        last = _rl_loop(algo, show)
-        timings["rl_s"] = time.monotonic() - t
-        phases["after RL"] = algo.evaluate()
-        checkpoint = algo.save()
+        with stop_on_signals() as flag:
+            last = _rl_loop(algo, config.reporting.progress, flag)
+            timings["rl_s"] = time.monotonic() - t
+            if flag.signum is None:
+                phases["after RL"] = algo.evaluate()
+            checkpoint = algo.checkpoint()
     finally:
         algo.stop()
     timings["total_s"] = time.monotonic() - t0
@@ -98,6 +159,7 @@ def run_training(config: AlgorithmConfig, *, initial_eval: bool = True) -> dict[
         "run_dir": str(algo.run_dir),
         "checkpoint": checkpoint,
         "iterations": algo.iteration,
+        "signal": flag.signum,
         "phases": phases,
         "timings": timings,
         "last_iteration": last,

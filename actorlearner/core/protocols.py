@@ -305,7 +305,15 @@ class Trainer(Protocol):
         ...
 
     def restore(self, path: str) -> None:
-        """Loads a checkpoint."""
+        """Loads a checkpoint (verified first: a damaged one raises and changes nothing)."""
+        ...
+
+    def checkpoint(self) -> str:
+        """Writes the run's checkpoint for this iteration and keeps the newest K; returns its directory."""
+        ...
+
+    def latest_checkpoint(self) -> str:
+        """The run directory's newest valid checkpoint."""
         ...
 
     def stop(self) -> None:
