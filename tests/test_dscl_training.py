@@ -17,7 +17,7 @@ def test_dscl_and_tao_rl_train_on_function_calling(ray_session, tmp_path) -> Non
         .env_runners(groups_in_flight=4, group_size=4, max_ready_groups=8)
         .training(num_iterations=2, train_batch_groups=2, max_wait_s=30)
         .sft(steps=10, num_demos=64, batch_size=8)
-        .replay(filters=["tool_failure_mask", "void_turn", "overlong"])  # keep groups flowing at random init
+        .replay(filters=["tool_failure_mask"])  # keep groups flowing at random init
         .model(**SMALL_MODEL)
         .evaluation(num_episodes=4)
         .reporting(run_dir=str(tmp_path), progress=False)
