@@ -103,12 +103,12 @@ def small_config(tmp_path, num_env_runners: int = 0, **training):
     )
 
 
-def train_cli(config: str, run_dir: Path, name: str, *extra: str) -> list[dict[str, Any]]:
-    """``actorlearner train CONFIG`` on a smoke budget (tiny model, in-process, 2 iterations).
+def smoke_overrides(run_dir: Path, name: str, *extra: str) -> list[str]:
+    """Overrides of ``actorlearner train`` for a smoke budget (tiny model, in-process, 2 iterations).
 
-    Asserts the command exits 0 and returns the run's ``metrics.jsonl`` records.
+    ``extra`` come last, so they win over the defaults here.
     """
-    overrides = [
+    return [
         f"reporting.run_dir={run_dir}",
         f"reporting.name={name}",
         "reporting.progress=false",
@@ -125,6 +125,14 @@ def train_cli(config: str, run_dir: Path, name: str, *extra: str) -> list[dict[s
         *(f"model.{k}={v}" for k, v in SMALL_MODEL.items()),
         *extra,
     ]
+
+
+def train_cli(config: str, run_dir: Path, name: str, *extra: str) -> list[dict[str, Any]]:
+    """``actorlearner train CONFIG`` on a smoke budget (tiny model, in-process, 2 iterations).
+
+    Asserts the command exits 0 and returns the run's ``metrics.jsonl`` records.
+    """
+    overrides = smoke_overrides(run_dir, name, *extra)
     result = subprocess.run(
         [str(Path(sys.executable).parent / "actorlearner"), "train", config, *overrides],
         capture_output=True,

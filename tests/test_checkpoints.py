@@ -16,31 +16,15 @@ import pytest
 
 from actorlearner.core.errors import CheckpointError, ConfigError
 from actorlearner.runtime.checkpoint import verify_checkpoint
-from tests.conftest import SMALL_MODEL, small_config
+from tests.conftest import small_config, smoke_overrides
 
 BIN = Path(sys.executable).parent / "actorlearner"
 ENV = {**os.environ, "CI": "true", "RAY_AUTH_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def _overrides(run_dir: Path, name: str, *extra: str) -> list[str]:
-    """A smoke budget for ``actorlearner train`` (tiny model, in-process)."""
-    return [
-        f"reporting.run_dir={run_dir}",
-        f"reporting.name={name}",
-        "reporting.progress=false",
-        "reporting.tensorboard=false",
-        "training.train_batch_groups=2",
-        "training.time_budget_s=null",
-        "sft.steps=3",
-        "sft.num_demos=16",
-        "env_runners.num_env_runners=0",
-        "env_runners.group_size=4",
-        "env_runners.groups_in_flight=4",
-        "evaluation.num_episodes=2",
-        "replay.filters=[]",
-        *(f"model.{k}={v}" for k, v in SMALL_MODEL.items()),
-        *extra,
-    ]
+    """A smoke budget for ``actorlearner train`` (tiny model, in-process), without TensorBoard."""
+    return smoke_overrides(run_dir, name, "reporting.tensorboard=false", "evaluation.num_episodes=2", *extra)
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
