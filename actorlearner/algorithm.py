@@ -25,7 +25,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from actorlearner.config import AlgorithmConfig, ConfigError
-from actorlearner.core.errors import CheckpointError
+from actorlearner.core.errors import CheckpointError, PartDiedError
 from actorlearner.core.metrics import MetricsLogger, episode_metrics
 from actorlearner.core.protocols import EnvRunner as EnvRunnerProtocol
 from actorlearner.core.protocols import Handle, ReplayBufferActor
@@ -48,13 +48,15 @@ from actorlearner.runtime.checkpoint import (
     write_checkpoint,
     write_manifest,
 )
-from actorlearner.runtime.handles import gather
+from actorlearner.runtime.handles import gather, is_part_death, is_part_unavailable
 from actorlearner.runtime.placement import LocalRuntime, RayRuntime, Runtime
 
 logger = logging.getLogger(__name__)
 
 MAX_SKIPPED_ITERATIONS = 3
 """Consecutive iterations without a single group before ``train()`` raises."""
+RESTART_DEADLINE_S = 300.0
+"""Longest a call waits for Ray to restart a runner whose process died."""
 
 MAX_PLAY_ROUNDS = 8
 """Synchronous schedule: rounds of play to replace dropped groups before training on fewer."""
@@ -161,6 +163,8 @@ class Algorithm:
         self._skipped = 0
         self._warned_empty = False
         self._run_refs: list[asyncio.Future[Any]] = []
+        self.runner_restarts = [0] * max(1, self.config.env_runners.num_env_runners)
+        self._restarting: set[int] = set()
         self._stopped = False
         args = self._component_args()  # resolved once: the instances checked are the ones placed
         self.runtime: Runtime = LocalRuntime() if self.local else self._ray_runtime(args)
@@ -299,6 +303,7 @@ class Algorithm:
                 self._runner_kwargs(i),
                 num_cpus=cfg.env_runners.num_cpus_per_runner,
                 max_concurrency=1000,
+                max_restarts=cfg.env_runners.max_restarts,
             )
             for i in range(num_runners)
         ]
@@ -360,6 +365,7 @@ class Algorithm:
     async def _pretrain(self, progress: Callable[[int, dict[str, float]], None] | None) -> dict[str, float]:
         sft = self.config.sft
         per_runner = -(-sft.num_demos // len(self.runners))
+        started = time.perf_counter()
         chunks = await gather(
             [
                 r.call(EnvRunnerProtocol.demonstrations, per_runner, self.config.debugging.seed + i)
@@ -367,6 +373,7 @@ class Algorithm:
             ]
         )
         await self.learner.call(LearnerProtocol.set_demonstrations, [t for c in chunks for t in c])
+        demos_s = time.perf_counter() - started
         last: dict[str, float] = {}
         chunk = 25
         for start in range(0, sft.steps, chunk):
@@ -381,7 +388,7 @@ class Algorithm:
                 progress(start + n, last)
         self.version = int(await self.learner.call(LearnerProtocol.get_version))
         await self._sync_weights()
-        return last
+        return {**last, "sft/demos_s": demos_s, "sft/steps_s": time.perf_counter() - started - demos_s}
 
     def _cpu_threads(self) -> int:
         """Cores of this machine the learner may use while the runners are idle (SFT)."""
@@ -393,7 +400,7 @@ class Algorithm:
         self._rl_started = True
         if self.config.training.synchronous:
             return  # the runners play each batch on demand (_play_batch)
-        await gather([r.call(EnvRunnerProtocol.pause, False) for r in self.runners])
+        await self._all_runners(EnvRunnerProtocol.pause, False)
         self._run_refs = [
             asyncio.ensure_future(r.call(EnvRunnerProtocol.run, self.buffer)) for r in self.runners
         ]
@@ -413,13 +420,132 @@ class Algorithm:
                 return
 
     async def _watch_runners(self, ref: asyncio.Future[Any]) -> None:
-        """Waits for ``ref``; if a runner's rollout loop ends first, raises its error here."""
+        """Waits for ``ref`` (an update); a runner whose process died is restarted meanwhile.
+
+        A runner's loop ending any other way raises here, and so does an update that takes longer
+        than ``training.max_wait_s + training.update_timeout_s`` (a hung learner or buffer).
+
+        Ray restarts a dead runner (``env_runners.max_restarts``) by running its constructor again;
+        its rollout loop is started anew and takes the newest weights from its first push reply.
+        The groups it had in flight are lost with its process (at most ``groups_in_flight``).
+        """
+        training = self.config.training
+        limit = training.max_wait_s + training.update_timeout_s
+        deadline = time.monotonic() + limit
         while not ref.done():
-            await asyncio.wait([ref, *self._run_refs], return_when=asyncio.FIRST_COMPLETED)
-            for run in self._run_refs:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PartDiedError(
+                    f"the learner's update (with the buffer's sample) did not finish within "
+                    f"training.max_wait_s + training.update_timeout_s = {limit:g}s at iteration "
+                    f"{self.iteration}: the learner or the buffer is hung; the run stops"
+                )
+            await asyncio.wait([ref, *self._run_refs], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for i, run in enumerate(self._run_refs):
                 if run.done():
-                    run.result()  # raises the runner's exception
-                    raise RuntimeError("an env runner's rollout loop ended unexpectedly")
+                    self._run_refs[i] = self._restart_runner(i, run)
+
+    def _death_message(self, err: BaseException) -> str:
+        """One line: which part died, and where the run can resume from."""
+        actor_id = getattr(err, "actor_id", None)
+        parts = {"the learner": self.learner, "the replay buffer": self.buffer}
+        parts.update({f"env runner {i}": r for i, r in enumerate(self.runners)})
+        ids = {n: getattr(h, "actor_id", None) for n, h in parts.items()}
+        name = next((n for n, i in ids.items() if actor_id and i == actor_id), "a part of the run")
+        found = list_checkpoints(self.run_dir)
+        resume = "no checkpoint yet"
+        if found:
+            resume = f"resume from {found[-1]} with: actorlearner train --resume {self.run_dir}"
+        return f"{name} died ({type(err).__name__}) at iteration {self.iteration}; the run stops; {resume}"
+
+    def _restart_runner(self, index: int, run: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """The rollout loop of runner ``index``, started again once Ray has restarted it; else raises.
+
+        Training goes on meanwhile: the returned future first waits for the new process.
+        """
+        err = run.exception()
+        if err is None:
+            raise RuntimeError(f"env runner {index}: its rollout loop ended unexpectedly")
+        own_id = getattr(self.runners[index], "actor_id", None)
+        if not is_part_death(err) or getattr(err, "actor_id", None) != own_id:
+            raise err  # an error of its own, or of a part it called (the buffer): not its death
+        limit = self.config.env_runners.max_restarts
+        if self.runner_restarts[index] >= limit:
+            raise RuntimeError(
+                f"env runner {index} died and env_runners.max_restarts={limit} restarts are used up: {err}"
+            ) from err
+        self.runner_restarts[index] += 1
+        self._restarting.add(index)
+        logger.warning(
+            "env runner %d died (%s); restarting it (%d of %d), the other runners go on",
+            index,
+            type(err).__name__,
+            self.runner_restarts[index],
+            limit,
+        )
+        return asyncio.ensure_future(self._relaunch(index))
+
+    async def _until_restarted(self, index: int) -> None:
+        """Waits until Ray has restarted runner ``index`` (its constructor loads the model again)."""
+        try:  # un-pausing: cheap, idempotent, and the state of a runner during RL
+            await self._runner_call(index, EnvRunnerProtocol.pause, False)
+        except Exception as err:
+            raise PartDiedError(f"env runner {index} died and did not come back: {err}") from err
+
+    async def _all_runners(self, method: Callable[..., Any], *args: Any) -> list[Any]:
+        """:meth:`_runner_call` on every runner at once."""
+        return await gather([self._runner_call(i, method, *args) for i in range(len(self.runners))])
+
+    async def _runner_call(self, index: int, method: Callable[..., Any], *args: Any) -> Any:
+        """A short idempotent call to runner ``index`` that waits out a restart of its process.
+
+        Ray fails calls to an actor it is restarting at once ("unavailable"); they are repeated
+        every 0.5 s for up to ``RESTART_DEADLINE_S``.
+        """
+        start = time.monotonic()
+        while True:
+            # A runner being restarted first loads the model: it gets the longer deadline.
+            restarting = index in self._restarting
+            timeout = RESTART_DEADLINE_S if restarting else self.config.env_runners.call_timeout_s
+            try:
+                answer = await asyncio.wait_for(self.runners[index].call(method, *args), timeout)
+                self._restarting.discard(index)
+                return answer
+            except TimeoutError:
+                if restarting:
+                    raise PartDiedError(f"env runner {index} did not come back within {timeout:g}s") from None
+                self._kill_hung_runner(index, method.__name__)
+            except Exception as err:
+                if not is_part_unavailable(err) or time.monotonic() - start > RESTART_DEADLINE_S:
+                    raise
+            await asyncio.sleep(0.5)
+
+    def _kill_hung_runner(self, index: int, what: str) -> None:
+        """Kills runner ``index``, which did not answer ``what`` in time, for Ray to restart it."""
+        limit = self.config.env_runners.max_restarts
+        if self.runner_restarts[index] >= limit:
+            raise PartDiedError(
+                f"env runner {index} did not answer {what} within env_runners.call_timeout_s="
+                f"{self.config.env_runners.call_timeout_s:g}s (hung) and env_runners.max_restarts="
+                f"{limit} restarts are used up"
+            )
+        self.runner_restarts[index] += 1
+        logger.warning(
+            "env runner %d did not answer %s within %gs: killed as hung, restarting it (%d of %d)",
+            index,
+            what,
+            self.config.env_runners.call_timeout_s,
+            self.runner_restarts[index],
+            limit,
+        )
+        self.runners[index].kill(restart=True)
+        self._restarting.add(index)
+        if self._run_refs:  # its rollout loop ends with the process: start it again when it is back
+            self._run_refs[index] = asyncio.ensure_future(self._relaunch(index))
+
+    async def _relaunch(self, index: int) -> Any:
+        await self._until_restarted(index)
+        return await self.runners[index].call(EnvRunnerProtocol.run, self.buffer)
 
     def train(self) -> dict[str, float]:
         """One iteration: a batch from the buffer, one learner update, the new weights published.
@@ -431,7 +557,12 @@ class Algorithm:
         Returns:
             Metrics: ``learner/*``, ``rollout/*``, ``buffer/*``, ``filter/*``, ``time/*``.
         """
-        metrics = self.runtime.run(self._train())
+        try:
+            metrics = self.runtime.run(self._train())
+        except Exception as err:
+            if is_part_death(err):
+                raise PartDiedError(self._death_message(err)) from err
+            raise
         self.iteration += 1
         metrics["iteration"] = float(self.iteration)
         interval = self.config.evaluation.interval
@@ -470,6 +601,7 @@ class Algorithm:
         metrics["time/update_s"] = updated - start - waited
         metrics["time/publish_s"] = time.perf_counter() - updated
         metrics["time/iteration_s"] = time.perf_counter() - start
+        metrics["rollout/runner_restarts"] = float(sum(self.runner_restarts))
         return metrics
 
     def _check_progress(self, metrics: dict[str, float]) -> None:
@@ -524,7 +656,7 @@ class Algorithm:
         """Evaluation episodes sharded over the runners, which launch no training group meanwhile."""
         shards = [seeds[i :: len(self.runners)] for i in range(len(self.runners))]
         if self._rl_started:
-            await gather([r.call(EnvRunnerProtocol.pause, True) for r in self.runners])
+            await self._all_runners(EnvRunnerProtocol.pause, True)
         try:
             refs = [
                 r.call(EnvRunnerProtocol.evaluate, s, temperature, spec, env_config)
@@ -534,7 +666,7 @@ class Algorithm:
             return [t for chunk in await gather(refs) for t in chunk]
         finally:
             if self._rl_started:
-                await gather([r.call(EnvRunnerProtocol.pause, False) for r in self.runners])
+                await self._all_runners(EnvRunnerProtocol.pause, False)
 
     # ----------------------------------------------------------------------- save and restore
     def save(self, path: str | None = None) -> str:
@@ -605,7 +737,7 @@ class Algorithm:
                     LearnerProtocol.get_state, components=("version", "optimizer", "ref_model")
                 ),
                 self.buffer.call(ReplayBufferActor.get_state),
-                *[r.call(EnvRunnerProtocol.get_state) for r in self.runners],
+                *[self._runner_call(i, EnvRunnerProtocol.get_state) for i in range(len(self.runners))],
             ]
         )
         return {"learner": learner, "buffer": buffer, "runners": runners}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from actorlearner.config import AlgorithmConfig, ConfigError
+from actorlearner.core.errors import PartDiedError
 from actorlearner.env.suites import EvalSuite, get_eval_suite
 from actorlearner.runtime.checkpoint import verify_checkpoint
 
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(err).splitlines())
         print(f"actorlearner: config error: {message}", file=sys.stderr)
         return 2
+    except PartDiedError as err:  # a fault the run cannot survive: one line, exit code 1
+        print(f"actorlearner: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -102,22 +102,38 @@ def _rl_loop(algo: Trainer, show: bool, flag: StopFlag) -> dict[str, float]:
     return last
 
 
+@contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Adds the wall-clock seconds of the block to ``timings[key]``."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.monotonic() - start
+
+
 def _before_rl(algo: Trainer, initial_eval: bool, show: bool, timings: dict[str, float]) -> dict[str, Any]:
     """The initial evaluation and cold-start SFT (with its evaluation); returns the phases' metrics."""
     phases: dict[str, Any] = {}
     if initial_eval:
-        phases["initial"] = algo.evaluate()
-    t = time.monotonic()
-    with tqdm(total=algo.config.sft.steps, desc="SFT", unit="step", disable=not show) as bar:
+        with timed(timings, "eval_initial_s"):
+            phases["initial"] = algo.evaluate()
+    with (
+        timed(timings, "sft_s"),
+        tqdm(total=algo.config.sft.steps, desc="SFT", unit="step", disable=not show) as bar,
+    ):
 
         def show_sft(done: int, m: dict[str, float]) -> None:
             bar.update(done - bar.n)
             bar.set_postfix(loss=f"{m['sft/loss']:.3f}")
 
         sft = algo.pretrain(show_sft)
-    timings["sft_s"] = time.monotonic() - t
+    for part in ("demos", "steps"):
+        if f"sft/{part}_s" in sft:
+            timings[f"sft_{part}_s"] = sft[f"sft/{part}_s"]
     if sft:
-        phases["after SFT"] = algo.evaluate()
+        with timed(timings, "eval_sft_s"):
+            phases["after SFT"] = algo.evaluate()
     return phases
 
 
@@ -145,13 +161,14 @@ def run_training(config: AlgorithmConfig, *, initial_eval: bool = True) -> dict[
             print(f"resumed: {resumed} (iteration {algo.iteration})", flush=True)
         else:
             phases.update(_before_rl(algo, initial_eval, config.reporting.progress, timings))
-        t = time.monotonic()
         with stop_on_signals() as flag:
-            last = _rl_loop(algo, config.reporting.progress, flag)
-            timings["rl_s"] = time.monotonic() - t
+            with timed(timings, "rl_s"):
+                last = _rl_loop(algo, config.reporting.progress, flag)
             if flag.signum is None:
-                phases["after RL"] = algo.evaluate()
-            checkpoint = algo.checkpoint()
+                with timed(timings, "eval_rl_s"):
+                    phases["after RL"] = algo.evaluate()
+            with timed(timings, "checkpoint_s"):
+                checkpoint = algo.checkpoint()
     finally:
         algo.stop()
     timings["total_s"] = time.monotonic() - t0

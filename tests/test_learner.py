@@ -16,7 +16,7 @@ from actorlearner.core.trajectory import Group
 from actorlearner.env.registration import make_env
 from actorlearner.learn import losses
 from actorlearner.learn.config import LearnerConfig, TrainingConfig
-from actorlearner.learn.learner import Learner, collate
+from actorlearner.learn.learner import Learner, collate, group_batch
 from actorlearner.learn.registry import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
 from actorlearner.models.tiny import ensure_tiny_model, env_corpus
 from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine
@@ -83,6 +83,26 @@ def test_micro_batching_does_not_change_the_gradient(model_dir, groups, aggregat
         learner.update(groups)
         grads.append(torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_sft_micro_batches_give_the_full_batch_gradient_loss_and_accuracy(model_dir, groups) -> None:
+    trajs = [t for g in groups for t in g.trajectories]
+    learner = _learner(model_dir)
+    learner.model.zero_grad()
+    full = collate(trajs)
+    logits = learner.model(input_ids=full.input_ids, attention_mask=full.attention_mask).logits
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), full.targets, reduction="none")
+    loss = losses.masked_mean(nll, full.mask)
+    loss.backward()
+    accuracy = losses.masked_mean((logits.argmax(-1) == full.targets).float(), full.mask)
+    expected = [p.grad.clone() for p in learner.model.parameters()]
+    learner.cfg.micro_batch_size = 5  # 12 rows: micro-batches of 5, 5 and 2, each trimmed to its length
+    learner.model.zero_grad()
+    got_loss, got_accuracy = learner._sft_backward(collate(trajs).sorted_by_length())
+    assert got_loss == pytest.approx(float(loss), rel=1e-5)
+    assert got_accuracy == pytest.approx(float(accuracy), rel=1e-6)
+    for p, g in zip(learner.model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
 def test_update_changes_weights_and_bumps_version(model_dir, groups) -> None:
@@ -233,3 +253,36 @@ def test_update_counts_the_trajectories_that_move_the_policy(model_dir, groups) 
     metrics = learner.update([flat, masked, groups[2]])
     assert metrics["trajectories"] == 12
     assert metrics["useful_trajectories"] == 4  # no spread (advantage 0) and no loss token don't count
+
+
+@pytest.mark.parametrize("correction", ["tis", "decoupled"])
+def test_off_policy_corrections_give_the_gradient_of_their_formula(model_dir, groups, correction) -> None:
+    # Stale behaviour log-probs: shifted by -1.0 / +0.3 / -0.6 token by token (weights e, e^-.3, e^.6).
+    stale = []
+    for g in groups:
+        trajs = [
+            t.replace(logprobs=t.logprobs + np.resize([-1.0, 0.3, -0.6], t.length)) for t in g.trajectories
+        ]
+        stale.append(g.replace(trajectories=trajs))
+    cap = 2.0
+    learner = _learner(model_dir, off_policy_correction=correction, is_cap=cap)
+    got, metrics = _grads(learner, stale)
+    # By hand: one step per batch, so pi_prox is the learner's policy now, the ratio is 1 (no clip),
+    # and the loss is -sum(w * A * logp) / tokens with w = pi_prox / pi_behav truncated or dropped.
+    reference = _learner(model_dir)
+    batch = group_batch(stale, reference.advantage_fn, reference.pad_id)
+    logp, _ = reference._logprobs(reference.model, batch)
+    w = torch.exp(logp.detach() - batch.old_logprobs)
+    w = w.clamp(max=cap) if correction == "tis" else torch.where(w <= cap, w, torch.zeros_like(w))
+    loss = -(w * batch.advantages * logp * batch.mask).sum() / batch.mask.sum()
+    loss.backward()
+    expected = torch.cat([p.grad.flatten() for p in reference.model.parameters() if p.grad is not None])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    on = batch.mask > 0
+    assert metrics["behaviour_weight"] == pytest.approx(float(w[on].mean()), rel=1e-4)
+    assert metrics["behaviour_dropped"] == pytest.approx(float((w[on] == 0).float().mean()), abs=1e-6)
+    if correction == "decoupled":
+        assert metrics["behaviour_dropped"] > 0  # the e-weighted tokens exceed the cap of 2
+    # Without a correction the same stale batch gives another gradient (ratio to the engine's policy).
+    plain, _ = _grads(_learner(model_dir), stale)
+    assert not torch.allclose(plain, got)

@@ -224,3 +224,26 @@ def test_entropy_shaping_mask_per_scope():
     assert torch.equal(losses.entropy_shaping_mask(valid, none, "post_tool_else_all"), valid)
     with pytest.raises(ValueError, match=r"known: post_tool, post_tool_else_all, all"):
         losses.entropy_shaping_mask(valid, post, "tool")
+
+
+def test_off_policy_weights_follow_each_correction_by_hand() -> None:
+    prox = torch.tensor([[0.0, -1.0, -2.0, -0.5]])
+    behaviour = torch.tensor([[0.0, -2.0, -0.5, -3.0]])  # w = 1, e, e^-1.5, e^2.5
+    w = torch.exp(prox - behaviour)
+    torch.testing.assert_close(losses.off_policy_weights(prox, behaviour, "none", 2.0), torch.ones_like(w))
+    torch.testing.assert_close(
+        losses.off_policy_weights(prox, behaviour, "tis", 2.0), torch.tensor([[1.0, 2.0, w[0, 2], 2.0]])
+    )
+    # decoupled (AReaL): tokens whose weight exceeds the cap are dropped, the others keep w
+    torch.testing.assert_close(
+        losses.off_policy_weights(prox, behaviour, "decoupled", 5.0),
+        torch.tensor([[1.0, w[0, 1], w[0, 2], 0.0]]),
+    )
+    with pytest.raises(ValueError, match="allowed"):
+        losses.off_policy_weights(prox, behaviour, "vtrace", 2.0)
+
+
+def test_off_policy_weights_carry_no_gradient() -> None:
+    prox = torch.tensor([-1.0, -0.2], requires_grad=True)
+    weights = losses.off_policy_weights(prox, torch.tensor([-1.5, -0.1]), "tis", 2.0)
+    assert not weights.requires_grad

@@ -135,3 +135,23 @@ def test_num_tasks_bounds_the_training_task_seeds(model_dir: str) -> None:
     assert set(bounded) == set(range(5))  # a fixed training set: every task recurs
     free = asyncio.run(seeds(_runner(model_dir, SPEC)))
     assert len(set(free)) == 200 and max(free) > 1000
+
+
+class CountedCalculator(Calculator):
+    """A Calculator that counts how many instances were built."""
+
+    built = itertools.count()
+
+    def __init__(self, **kwargs: Any) -> None:
+        next(CountedCalculator.built)
+        super().__init__(**kwargs)
+
+
+def test_demonstrations_keep_at_most_groups_in_flight_episodes_in_play(model_dir: str) -> None:
+    spec = resolve_env_spec(CountedCalculator)
+    runner = _runner(model_dir, spec, groups_in_flight=2, group_size=2)
+    CountedCalculator.built = itertools.count()
+    demos = asyncio.run(runner.demonstrations(60, seed=0))
+    assert len(demos) == 60 and all(t.reward is not None for t in demos)
+    # one env per episode in play: 60 episodes started at once used to build 60 envs
+    assert next(CountedCalculator.built) <= 2 * 2

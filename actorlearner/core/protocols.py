@@ -46,8 +46,8 @@ class Handle(Protocol[T_co]):
         """Starts ``method`` on the part; returns a reference to await or to pass on."""
         ...
 
-    def kill(self) -> None:
-        """Ends the part at once (never raises)."""
+    def kill(self, restart: bool = False) -> None:
+        """Ends the part at once (never raises); ``restart``: let the runtime restart it (Ray)."""
         ...
 
 

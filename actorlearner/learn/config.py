@@ -58,6 +58,17 @@ class TrainingConfig(Section):
     clip_low: float = Field(0.2, ge=0, description="PPO clip range below 1.")
     clip_high: float = Field(0.2, ge=0, description="PPO clip range above 1 (DAPO clip-higher: 0.28).")
     dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c (e.g. 3), off when null.")
+    off_policy_correction: Literal["none", "tis", "decoupled"] = Field(
+        "none",
+        description="Stale or mismatched data: none (ratio to the engine's log-probs), tis (ratio to the "
+        "learner's own, weights min(pi_learner/pi_engine, is_cap)), decoupled (AReaL; tokens above is_cap "
+        "dropped).",
+    )
+    is_cap: float = Field(
+        2.0,
+        gt=1,
+        description="Cap of those weights: truncation (tis; paper 2) or masking (decoupled; AReaL 5).",
+    )
     kl_beta: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference model.")
     kl_estimator: Any = Field("k3", description=_choice(KL_ESTIMATORS, "KL estimator"))
     entropy_advantage_coef: float = Field(
@@ -74,10 +85,17 @@ class TrainingConfig(Section):
     micro_batch_size: int = Field(
         32,
         ge=1,
-        description="Trajectories per forward/backward pass (32: fastest for the tiny model on CPU).",
+        description="Trajectories per forward/backward pass of an RL update or SFT step "
+        "(32: fastest for the tiny model on CPU).",
     )
     max_wait_s: float = Field(
         60.0, gt=0, description="Longest the learner waits for a full batch; then it trains on what is there."
+    )
+    update_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest the driver waits for one update beyond max_wait_s; a learner or buffer "
+        "that does not answer is reported as hung and the run stops.",
     )
 
     @field_validator(*_REGISTRY_FIELDS)

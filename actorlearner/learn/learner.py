@@ -231,7 +231,16 @@ class Learner:
         batch = group_batch(groups, self.advantage_fn, self.pad_id).sorted_by_length().to(self.device)
         total_tokens = float(batch.mask.sum().item())
         n_rows = batch.input_ids.shape[0]
-        keys = ("loss", "clip_frac", "mismatch_kl", "entropy", "kl", "entropy_advantage_change")
+        keys = (
+            "loss",
+            "clip_frac",
+            "mismatch_kl",
+            "entropy",
+            "kl",
+            "entropy_advantage_change",
+            "behaviour_weight",
+            "behaviour_dropped",
+        )
         sums: dict[str, float] = dict.fromkeys(keys, 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         for lo in range(0, n_rows, self.cfg.micro_batch_size):
@@ -283,8 +292,12 @@ class Learner:
                 cfg.entropy_advantage_detach,
                 cfg.entropy_advantage_scope,
             )
-        per_token, clipped = self.policy_loss_fn(logp, mb.old_logprobs, advantages, mb.mask, cfg)
-        per_token = per_token * mb.is_weights
+        # With a correction, the ratio's denominator is the learner's own policy before this update
+        # (the proximal policy: one step per batch) and the engine's enters only through the weights.
+        behaviour = losses.off_policy_weights(logp, mb.old_logprobs, cfg.off_policy_correction, cfg.is_cap)
+        old = mb.old_logprobs if cfg.off_policy_correction == "none" else logp.detach()
+        per_token, clipped = self.policy_loss_fn(logp, old, advantages, mb.mask, cfg)
+        per_token = per_token * mb.is_weights * behaviour
         kl_sum = 0.0
         if self.ref_model is not None:
             with torch.no_grad():
@@ -305,6 +318,8 @@ class Learner:
             "entropy": float((entropy.detach() * mb.mask).sum().item()),
             "kl": kl_sum,
             "entropy_advantage_change": float(adv_change.item()) * float(mb.mask.sum().item()),
+            "behaviour_weight": float((behaviour * mb.mask).sum().item()),
+            "behaviour_dropped": float(((behaviour == 0) * mb.mask).sum().item()),
         }
         return loss, stats
 
@@ -354,25 +369,42 @@ class Learner:
             for group in self.sft_optimizer.param_groups:
                 group["lr"] = step_lr
             idx = self.sft_rng.choice(len(self.demos), size=min(batch_size, len(self.demos)), replace=False)
-            mb = collate([self.demos[i] for i in idx], pad_id=self.pad_id).to(self.device)
-            logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
-            nll = torch.nn.functional.cross_entropy(
-                logits.float().transpose(1, 2), mb.targets, reduction="none"
-            )
-            loss = losses.masked_mean(nll, mb.mask)
+            batch = collate([self.demos[i] for i in idx], pad_id=self.pad_id).sorted_by_length()
+            batch = batch.to(self.device)
             self.sft_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, acc = self._sft_backward(batch)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.sft_optimizer.step()
-            with torch.no_grad():
-                acc = losses.masked_mean((logits.argmax(-1) == mb.targets).float(), mb.mask)
-            history.append(
-                {"sft/loss": float(loss.item()), "sft/token_accuracy": float(acc.item()), "sft/lr": step_lr}
-            )
+            history.append({"sft/loss": loss, "sft/token_accuracy": acc, "sft/lr": step_lr})
         if start + num_steps >= total_steps:
             self.version += 1
             self.sft_optimizer = None
         return history
+
+    def _sft_backward(self, batch: Batch) -> tuple[float, float]:
+        """Backpropagates the batch's token-mean cross-entropy in length-sorted micro-batches.
+
+        Each micro-batch is trimmed to its longest row and contributes its token sum over the
+        whole batch's token count, so the gradient equals one full-batch pass with less padding.
+
+        Returns:
+            The batch's mean cross-entropy and token accuracy on loss tokens.
+        """
+        total = max(float(batch.mask.sum().item()), 1.0)
+        loss_sum = correct = 0.0
+        n_rows = batch.input_ids.shape[0]
+        for lo in range(0, n_rows, self.cfg.micro_batch_size):
+            mb = batch.slice(lo, min(lo + self.cfg.micro_batch_size, n_rows))
+            logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+            nll = torch.nn.functional.cross_entropy(
+                logits.float().transpose(1, 2), mb.targets, reduction="none"
+            )
+            part = (nll * mb.mask).sum()
+            (part / total).backward()
+            loss_sum += float(part.item())
+            with torch.no_grad():
+                correct += float(((logits.argmax(-1) == mb.targets).float() * mb.mask).sum().item())
+        return loss_sum / total, correct / total
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         """CPU copies of the parameters, keyed like ``state_dict``."""

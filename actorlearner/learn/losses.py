@@ -103,6 +103,39 @@ def clipped_policy_loss(
     return loss, (clipped > unclipped).float()
 
 
+OFF_POLICY_CORRECTIONS = ("none", "tis", "decoupled")
+"""Ways to correct for data sampled by other weights than the learner's (docs/algorithms.md §4)."""
+
+
+def off_policy_weights(
+    proximal_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, correction: str, cap: float
+) -> torch.Tensor:
+    """Per-token weights ``w = pi_prox / pi_behav`` that correct for off-policy data (no gradient).
+
+    ``pi_prox`` is the learner's policy at the start of the update and ``pi_behav`` the engine's
+    policy that sampled the token (stale weights, or a different numerical path).
+
+    Args:
+        proximal_logprobs: The learner's log-probs before the update (detached).
+        behaviour_logprobs: The engine's recorded log-probs.
+        correction: ``"none"`` (all weights 1), ``"tis"`` (truncated importance sampling,
+            ``min(w, cap)``) or ``"decoupled"`` (AReaL's decoupled PPO: ``w``, and 0 where ``w``
+            exceeds ``cap``, its ``behav_imp_weight_cap``).
+        cap: The truncation (``tis``) or masking (``decoupled``) threshold.
+
+    Returns:
+        The weights, shaped like the inputs.
+    """
+    if correction == "none":
+        return torch.ones_like(proximal_logprobs)
+    weights = torch.exp(proximal_logprobs.detach() - behaviour_logprobs)
+    if correction == "tis":
+        return weights.clamp(max=cap)
+    if correction == "decoupled":
+        return torch.where(weights <= cap, weights, torch.zeros_like(weights))
+    raise ValueError(f"off_policy_correction: {correction!r}; allowed: {list(OFF_POLICY_CORRECTIONS)}")
+
+
 def ppo_clip_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

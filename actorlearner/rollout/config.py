@@ -33,6 +33,18 @@ class EnvRunnersConfig(Section):
         64, ge=1, description="Runners pause while the buffer holds this many unconsumed groups."
     )
     num_cpus_per_runner: float = Field(1.0, ge=0, description="Ray CPUs reserved per runner.")
+    call_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest the driver waits for a runner's answer to a short call (pause, state); "
+        "a runner that does not answer is killed as hung and restarted.",
+    )
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Times Ray restarts a dead runner while the others go on (its groups in flight are "
+        "lost); 0: a runner's death ends the run.",
+    )
     engine: Any = Field(
         "hf",
         description=f"Generation engine: a registered name ({', '.join(ENGINES.names())}), "

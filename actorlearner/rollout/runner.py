@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -35,6 +36,16 @@ from actorlearner.rollout.episode import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _restarted() -> bool:
+    """Whether this process is a Ray actor that Ray restarted after its first process died."""
+    try:
+        import ray
+
+        return bool(ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # not in an actor
+        return False
 
 
 class EnvPool:
@@ -91,7 +102,8 @@ class EnvRunner:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.batcher = AsyncBatchingEngine(self.engine, max_wait_s=config.batch_wait_s)
         self.stops = stop_token_ids(self.tokenizer)
-        self.rng = np.random.default_rng([seed, index])
+        # A runner Ray restarted after its process died must not replay the task stream from the start.
+        self.rng = np.random.default_rng([seed, index, os.getpid()] if _restarted() else [seed, index])
         self.params = SamplingParams(config.temperature, config.max_new_tokens, self.stops)
         self._stopping = False
         self._running = False
@@ -333,9 +345,19 @@ class EnvRunner:
         return list(await asyncio.gather(*(self._episode(pool, policy, s) for s in seeds)))
 
     async def demonstrations(self, num_episodes: int, seed: int) -> list[Trajectory]:
-        """Episodes played by the env's demonstration policy (cold-start SFT data)."""
+        """Episodes played by the env's demonstration policy (cold-start SFT data).
+
+        At most ``groups_in_flight * group_size`` episodes are in play at once, as in RL: thousands
+        of episodes started together would spend most of their time contending for threads.
+        """
         self._ensure_executor()
         policy = DemonstrationTurnPolicy(self.tokenizer, self.stops)
         rng = np.random.default_rng(seed)
         seeds = rng.integers(0, 2**31 - 1, size=num_episodes).tolist()
-        return list(await asyncio.gather(*(self._episode(self.pool, policy, int(s)) for s in seeds)))
+        slots = asyncio.Semaphore(self.cfg.groups_in_flight * self.cfg.group_size)
+
+        async def play(s: int) -> Trajectory:
+            async with slots:
+                return await self._episode(self.pool, policy, s)
+
+        return list(await asyncio.gather(*(play(int(s)) for s in seeds)))

@@ -52,8 +52,8 @@ class LocalHandle(Generic[T]):
             return await self._loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
         return fn(*args, **kwargs)
 
-    def kill(self) -> None:
-        """Releases the part's thread."""
+    def kill(self, restart: bool = False) -> None:
+        """Releases the part's thread (an in-process part is never restarted)."""
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -72,14 +72,37 @@ class RayHandle(Generic[T]):
         """``actor.<method>.remote(*args)``: an ``ObjectRef``, awaitable on any event loop."""
         return getattr(self.actor, method.__name__).remote(*args, **kwargs)  # type: ignore[no-any-return]
 
-    def kill(self) -> None:
-        """``ray.kill`` (never raises)."""
+    @property
+    def actor_id(self) -> str:
+        """The actor's id in hex, as Ray's actor errors name it."""
+        return str(self.actor._actor_id.hex())
+
+    def kill(self, restart: bool = False) -> None:
+        """``ray.kill`` (never raises); with ``restart``, Ray restarts the actor if it has restarts left."""
         import ray
 
         with contextlib.suppress(Exception):  # already dead, or Ray is down
-            ray.kill(self.actor)
+            ray.kill(self.actor, no_restart=not restart)
 
 
 async def gather(refs: list[Awaitable[R]]) -> list[R]:
     """Awaits references in order."""
     return list(await asyncio.gather(*refs))
+
+
+def is_part_death(err: BaseException) -> bool:
+    """Whether ``err`` says a part's process died or cannot be reached (Ray's actor errors)."""
+    try:
+        from ray.exceptions import RayActorError
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    return isinstance(err, RayActorError)
+
+
+def is_part_unavailable(err: BaseException) -> bool:
+    """Whether ``err`` says a part is being restarted (Ray's ``ActorUnavailableError``): try later."""
+    try:
+        from ray.exceptions import ActorUnavailableError
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    return isinstance(err, ActorUnavailableError)

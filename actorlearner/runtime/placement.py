@@ -63,8 +63,13 @@ class Runtime(Protocol):
         num_cpus: float = 0,
         num_gpus: float = 0,
         max_concurrency: int | None = None,
+        max_restarts: int = 0,
     ) -> Handle[T]:
-        """Creates ``cls(**kwargs)`` somewhere and returns its handle (typed by what ``cls`` makes)."""
+        """Creates ``cls(**kwargs)`` somewhere and returns its handle (typed by what ``cls`` makes).
+
+        ``max_restarts``: times the runtime restarts the part (its constructor run again) after
+        its process dies; in-process parts cannot die apart from the driver and ignore it.
+        """
         ...
 
     def run(self, coro: Coroutine[Any, Any, R]) -> R:
@@ -147,11 +152,12 @@ class RayRuntime:
         num_cpus: float = 0,
         num_gpus: float = 0,
         max_concurrency: int | None = None,
+        max_restarts: int = 0,
     ) -> Handle[T]:
-        """Starts ``cls`` as a Ray actor with the given resources."""
+        """Starts ``cls`` as a Ray actor with the given resources and restart budget."""
         import ray
 
-        options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
         if max_concurrency is not None:
             options["max_concurrency"] = max_concurrency
         return RayHandle(ray.remote(cls).options(**options).remote(**kwargs))
