@@ -335,8 +335,7 @@ class Algorithm:
         weights = self.learner.call(LearnerProtocol.get_weights)
         # A reference stands for its value: each runner fetches the weights where it runs.
         set_weights = EnvRunnerProtocol.set_weights
-        staged = [r.call(set_weights, weights, self.version) for r in self.runners]  # type: ignore[call-overload]
-        await gather(staged)
+        await self._all_runners(set_weights, weights, self.version)
         return await self._publish(metrics, weights)
 
     def sync_weights(self) -> None:
@@ -456,7 +455,8 @@ class Algorithm:
         resume = "no checkpoint yet"
         if found:
             resume = f"resume from {found[-1]} with: actorlearner train --resume {self.run_dir}"
-        return f"{name} died ({type(err).__name__}) at iteration {self.iteration}; the run stops; {resume}"
+        what = "became unreachable" if is_part_unavailable(err) else "died"
+        return f"{name} {what} ({type(err).__name__}) at iteration {self.iteration}; the run stops; {resume}"
 
     def _restart_runner(self, index: int, run: asyncio.Future[Any]) -> asyncio.Future[Any]:
         """The rollout loop of runner ``index``, started again once Ray has restarted it; else raises.
@@ -471,8 +471,9 @@ class Algorithm:
             raise err  # an error of its own, or of a part it called (the buffer): not its death
         limit = self.config.env_runners.max_restarts
         if self.runner_restarts[index] >= limit:
-            raise RuntimeError(
-                f"env runner {index} died and env_runners.max_restarts={limit} restarts are used up: {err}"
+            raise PartDiedError(
+                f"env runner {index} died and env_runners.max_restarts={limit} restarts are used up "
+                f"({type(err).__name__}) at iteration {self.iteration}; the run stops"
             ) from err
         self.runner_restarts[index] += 1
         self._restarting.add(index)
@@ -523,11 +524,15 @@ class Algorithm:
     def _kill_hung_runner(self, index: int, what: str) -> None:
         """Kills runner ``index``, which did not answer ``what`` in time, for Ray to restart it."""
         limit = self.config.env_runners.max_restarts
-        if self.runner_restarts[index] >= limit:
+        if self.local or self.runner_restarts[index] >= limit:
+            why = (
+                "an in-process runner cannot be restarted"
+                if self.local
+                else f"its {limit} restarts are used up"
+            )
             raise PartDiedError(
                 f"env runner {index} did not answer {what} within env_runners.call_timeout_s="
-                f"{self.config.env_runners.call_timeout_s:g}s (hung) and env_runners.max_restarts="
-                f"{limit} restarts are used up"
+                f"{self.config.env_runners.call_timeout_s:g}s (hung) and {why} (env_runners.max_restarts)"
             )
         self.runner_restarts[index] += 1
         logger.warning(

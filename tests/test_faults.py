@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from actorlearner.core.errors import PartDiedError
 from tests.conftest import small_config
 
 pytestmark = pytest.mark.ray
@@ -40,8 +41,9 @@ def test_a_killed_runner_is_restarted_and_training_goes_on(ray_session, tmp_path
         os.kill(first, signal.SIGKILL)
         started = time.monotonic()
         metrics = []
-        while not algo.runner_restarts[0] and time.monotonic() - started < 120:
-            metrics.append(algo.train())  # the other runner feeds the learner meanwhile
+        # The other runner feeds the learner while Ray restarts runner 0 and it re-enters its loop.
+        while (not algo.runner_restarts[0] or 0 in algo._restarting) and time.monotonic() - started < 120:
+            metrics.append(algo.train())
         metrics += [algo.train() for _ in range(2)]
         second = _pid(algo.runners[0])  # the restarted process answers
         assert second != first
@@ -50,7 +52,7 @@ def test_a_killed_runner_is_restarted_and_training_goes_on(ray_session, tmp_path
         assert all(m["learner/trajectories"] > 0 for m in metrics)
         # A second death exceeds max_restarts=1: the run stops with one line naming the runner.
         os.kill(second, signal.SIGKILL)
-        with pytest.raises(RuntimeError, match=r"env runner 0 died and env_runners\.max_restarts=1"):
+        with pytest.raises(PartDiedError, match=r"env runner 0 died and env_runners\.max_restarts=1"):
             for _ in range(4):
                 algo.train()
     finally:
@@ -61,8 +63,6 @@ def test_a_killed_runner_is_restarted_and_training_goes_on(ray_session, tmp_path
 def test_a_killed_learner_or_buffer_stops_the_run_with_one_line_naming_it(
     ray_session, tmp_path, part
 ) -> None:
-    from actorlearner.core.errors import PartDiedError
-
     algo = _config(tmp_path, num_iterations=4).build()
     pids = []
     try:
@@ -81,6 +81,7 @@ def test_a_killed_learner_or_buffer_stops_the_run_with_one_line_naming_it(
         algo.stop()  # never raises, even with a dead part
         assert time.monotonic() - started < 60
     # ... and frees every part: no actor process is left.
+    started = time.monotonic()
     while any(_running(p) for p in pids) and time.monotonic() - started < 60:
         time.sleep(0.5)
     assert not [p for p in pids if _running(p)]
@@ -96,12 +97,11 @@ def _running(pid: int) -> bool:
 
 
 def test_a_frozen_learner_is_reported_as_hung_after_the_deadline(ray_session, tmp_path) -> None:
-    from actorlearner.core.errors import PartDiedError
-
-    algo = _config(tmp_path, num_iterations=4, max_wait_s=2.0, update_timeout_s=3.0).build()
+    algo = _config(tmp_path, num_iterations=4).build()
     pid = 0
     try:
-        algo.train()
+        algo.train()  # a cold first update on a busy machine may take a while: short deadline after it
+        algo.config.training.max_wait_s, algo.config.training.update_timeout_s = 2.0, 3.0
         pid = _pid(algo.learner)
         os.kill(pid, signal.SIGSTOP)
         started = time.monotonic()
@@ -118,7 +118,7 @@ def test_a_frozen_runner_is_killed_as_hung_restarted_and_the_checkpoint_written(
     ray_session, tmp_path
 ) -> None:
     algo = _config(tmp_path, num_iterations=6).build()
-    algo.config.env_runners.call_timeout_s = 3.0
+    algo.config.env_runners.call_timeout_s = 15.0  # the healthy runner answers well within it
     pid = 0
     try:
         algo.train()

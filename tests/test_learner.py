@@ -265,7 +265,8 @@ def test_off_policy_corrections_give_the_gradient_of_their_formula(model_dir, gr
         ]
         stale.append(g.replace(trajectories=trajs))
     cap = 2.0
-    learner = _learner(model_dir, off_policy_correction=correction, is_cap=cap)
+    # no gradient-norm clip: the raw gradient is compared with the formula's
+    learner = _learner(model_dir, off_policy_correction=correction, is_cap=cap, grad_clip=1e9)
     got, metrics = _grads(learner, stale)
     # By hand: one step per batch, so pi_prox is the learner's policy now, the ratio is 1 (no clip),
     # and the loss is -sum(w * A * logp) / tokens with w = pi_prox / pi_behav truncated or dropped.
