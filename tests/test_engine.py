@@ -328,3 +328,12 @@ def test_async_engine_with_hf_engine(engine: HFEngine) -> None:
 
     gens = asyncio.run(main())
     assert [g.token_ids for g in gens] == [g.token_ids for g in engine.generate(prompts, params)]
+
+
+def test_generation_uses_the_current_cache_argument_without_deprecation_warnings(engine: HFEngine) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # `past_key_values` is deprecated in transformers 5.24
+        out = engine.generate([[5, 6, 7], [8, 9]], SamplingParams(1.0, 4, ()))
+    assert len(out) == 2 and all(g.token_ids for g in out)

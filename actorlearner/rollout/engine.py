@@ -15,6 +15,7 @@ weights between batches.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -105,6 +106,10 @@ class HFEngine:
         self.version = 0
         self.prune_fraction = prune_fraction
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        # transformers >= 5.24 names the KV cache argument ``cache`` (``past_key_values`` warns and
+        # goes in 5.40); a model whose forward predates it still takes ``past_key_values``.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         pad = self.model.config.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
 
@@ -163,7 +168,7 @@ class HFEngine:
             input_ids=ids,
             attention_mask=mask[:, :width],
             position_ids=position,
-            past_key_values=cache,
+            **{self._cache_kw: cache},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -222,7 +227,7 @@ class HFEngine:
                 input_ids=new[:, None],
                 attention_mask=mask[:, : width + t + 1],
                 position_ids=position[:, None],
-                past_key_values=cache,
+                **{self._cache_kw: cache},
                 use_cache=True,
             )
             logits = out.logits[:, -1]
