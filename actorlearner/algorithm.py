@@ -469,22 +469,39 @@ class Algorithm:
         own_id = getattr(self.runners[index], "actor_id", None)
         if not is_part_death(err) or getattr(err, "actor_id", None) != own_id:
             raise err  # an error of its own, or of a part it called (the buffer): not its death
+        self._count_restart(index, "died", type(err).__name__, err)
+        return asyncio.ensure_future(self._relaunch(index))
+
+    def _count_restart(self, index: int, cause: str, detail: str, err: BaseException | None = None) -> None:
+        """Counts one restart of runner ``index`` and logs it; raises when none is left.
+
+        Args:
+            index: The runner.
+            cause: What happened to it (``"died"``, ``"did not answer ..."``).
+            detail: Shown in parentheses after the cause (the error's type, the deadline).
+            err: The error that ended it, chained to the one raised.
+
+        Raises:
+            PartDiedError: When ``env_runners.max_restarts`` restarts are used up, or in local mode.
+        """
         limit = self.config.env_runners.max_restarts
-        if self.runner_restarts[index] >= limit:
+        if self.local or self.runner_restarts[index] >= limit:
+            used_up = f"env_runners.max_restarts={limit} restarts are used up"
+            why = "an in-process runner cannot be restarted" if self.local else used_up
             raise PartDiedError(
-                f"env runner {index} died and env_runners.max_restarts={limit} restarts are used up "
-                f"({type(err).__name__}) at iteration {self.iteration}; the run stops"
+                f"env runner {index} {cause} and {why} "
+                f"({detail}) at iteration {self.iteration}; the run stops"
             ) from err
         self.runner_restarts[index] += 1
         self._restarting.add(index)
         logger.warning(
-            "env runner %d died (%s); restarting it (%d of %d), the other runners go on",
+            "env runner %d %s (%s); restarting it (%d of %d), the other runners go on",
             index,
-            type(err).__name__,
+            cause,
+            detail,
             self.runner_restarts[index],
             limit,
         )
-        return asyncio.ensure_future(self._relaunch(index))
 
     async def _until_restarted(self, index: int) -> None:
         """Waits until Ray has restarted runner ``index`` (its constructor loads the model again)."""
@@ -523,28 +540,9 @@ class Algorithm:
 
     def _kill_hung_runner(self, index: int, what: str) -> None:
         """Kills runner ``index``, which did not answer ``what`` in time, for Ray to restart it."""
-        limit = self.config.env_runners.max_restarts
-        if self.local or self.runner_restarts[index] >= limit:
-            why = (
-                "an in-process runner cannot be restarted"
-                if self.local
-                else f"its {limit} restarts are used up"
-            )
-            raise PartDiedError(
-                f"env runner {index} did not answer {what} within env_runners.call_timeout_s="
-                f"{self.config.env_runners.call_timeout_s:g}s (hung) and {why} (env_runners.max_restarts)"
-            )
-        self.runner_restarts[index] += 1
-        logger.warning(
-            "env runner %d did not answer %s within %gs: killed as hung, restarting it (%d of %d)",
-            index,
-            what,
-            self.config.env_runners.call_timeout_s,
-            self.runner_restarts[index],
-            limit,
-        )
+        timeout = self.config.env_runners.call_timeout_s
+        self._count_restart(index, f"did not answer {what}", f"hung: env_runners.call_timeout_s={timeout:g}s")
         self.runners[index].kill(restart=True)
-        self._restarting.add(index)
         if self._run_refs:  # its rollout loop ends with the process: start it again when it is back
             self._run_refs[index] = asyncio.ensure_future(self._relaunch(index))
 
