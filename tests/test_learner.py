@@ -17,6 +17,7 @@ from actorlearner.env.registration import make_env
 from actorlearner.learn import losses
 from actorlearner.learn.config import LearnerConfig, TrainingConfig
 from actorlearner.learn.learner import Learner, collate, group_batch
+from actorlearner.learn.prefix import plan_prefix
 from actorlearner.learn.registry import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
 from actorlearner.models.tiny import ensure_tiny_model, env_corpus
 from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine
@@ -83,6 +84,27 @@ def test_micro_batching_does_not_change_the_gradient(model_dir, groups, aggregat
         learner.update(groups)
         grads.append(torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kl_beta", [0.0, 0.1])
+def test_a_shared_prompt_run_once_gives_the_same_update_and_sft_gradient(model_dir, groups, kl_beta) -> None:
+    batch = group_batch(groups).sorted_by_length()
+    plan = plan_prefix(batch.input_ids, batch.mask, batch.attention_mask)
+    assert plan is not None and plan.prefixes.shape[0] < batch.input_ids.shape[0], "nothing shared"
+    grads, sft = [], []
+    for shared in (False, True):
+        learner = _learner(model_dir, shared_prefix=shared, kl_beta=kl_beta)
+        learner.start_rl()
+        learner.optimizer.step = lambda: None  # keep weights: compare gradients only
+        metrics = learner.update(groups)
+        grads.append(torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None]))
+        learner.model.zero_grad()
+        sft.append((learner._sft_backward(batch), [p.grad.clone() for p in learner.model.parameters()]))
+        assert metrics["loss"] != 0.0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    assert sft[0][0] == pytest.approx(sft[1][0], rel=1e-5)
+    for a, b in zip(sft[0][1], sft[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_sft_micro_batches_give_the_full_batch_gradient_loss_and_accuracy(model_dir, groups) -> None:

@@ -88,6 +88,11 @@ class TrainingConfig(Section):
         description="Trajectories per forward/backward pass of an RL update or SFT step "
         "(32: fastest for the tiny model on CPU).",
     )
+    shared_prefix: bool = Field(
+        True,
+        description="Run a prompt that several rows of a micro-batch share once, not once per row "
+        "(same gradient up to float rounding; docs/algorithms.md §3).",
+    )
     max_wait_s: float = Field(
         60.0, gt=0, description="Longest the learner waits for a full batch; then it trains on what is there."
     )

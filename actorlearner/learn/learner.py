@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 from actorlearner.core.trajectory import Group, Trajectory
 from actorlearner.learn import losses
 from actorlearner.learn.config import LearnerConfig, TrainingConfig
+from actorlearner.learn.prefix import PrefixPlan, plan_prefix, prefix_logits
 from actorlearner.learn.registry import (
     ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
@@ -71,6 +72,13 @@ class Batch:
         """Rows reordered by length, so micro-batches carry little padding."""
         order = torch.argsort(self.attention_mask.sum(-1), stable=True)
         return Batch(**{k: v[order] for k, v in vars(self).items()})
+
+    def tail(self, start: int) -> Batch:
+        """Columns ``start:`` of every tensor but ``attention_mask``, which the model needs whole."""
+        if start == 0:
+            return self
+        cols = {k: v if k == "attention_mask" else v[:, start:] for k, v in vars(self).items()}
+        return Batch(**cols)
 
     def slice(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop``, trimmed to their longest sequence."""
@@ -209,11 +217,18 @@ class Learner:
         """A copy of the policy for the KL reference: eval mode, no gradients."""
         return copy.deepcopy(self.model).eval().requires_grad_(False)
 
+    def _plan(self, mb: Batch) -> PrefixPlan | None:
+        """The micro-batch's shared prefix (None when off or when sharing saves too little)."""
+        if not self.cfg.shared_prefix:
+            return None
+        return plan_prefix(mb.input_ids, mb.mask, mb.attention_mask)
+
     def _logprobs(
-        self, model: torch.nn.Module, mb: Batch, entropy_grad: bool = False
+        self, model: torch.nn.Module, mb: Batch, entropy_grad: bool = False, plan: PrefixPlan | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
-        logp = losses.token_logprobs(logits, mb.targets, self.temperature)
+        """Log-probs and entropies of the targets from column ``plan.length`` on (all without a plan)."""
+        logits = prefix_logits(model, mb.input_ids, mb.attention_mask, plan)
+        logp = losses.token_logprobs(logits, mb.tail(plan.length if plan else 0).targets, self.temperature)
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             dist = torch.log_softmax(logits.float() / self.temperature, dim=-1)
             entropy = -(dist.exp() * dist).sum(-1)
@@ -278,9 +293,11 @@ class Learner:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         shaping = cfg.entropy_advantage_coef > 0
+        plan = self._plan(mb)
         logp, entropy = self._logprobs(
-            self.model, mb, entropy_grad=shaping and not cfg.entropy_advantage_detach
+            self.model, mb, entropy_grad=shaping and not cfg.entropy_advantage_detach, plan=plan
         )
+        full, mb = mb, mb.tail(plan.length if plan else 0)  # the shared columns carry no loss
         advantages, adv_change = mb.advantages, torch.zeros(())
         if shaping:
             advantages, adv_change = losses.entropy_guided_advantages(
@@ -301,7 +318,7 @@ class Learner:
         kl_sum = 0.0
         if self.ref_model is not None:
             with torch.no_grad():
-                ref_logp, _ = self._logprobs(self.ref_model, mb)
+                ref_logp, _ = self._logprobs(self.ref_model, full, plan=plan)
             kl = losses.kl_penalty(logp, ref_logp, self.kl_fn)
             per_token = per_token + cfg.kl_beta * kl
             kl_sum = float((kl.detach() * mb.mask).sum().item())
@@ -386,6 +403,7 @@ class Learner:
 
         Each micro-batch is trimmed to its longest row and contributes its token sum over the
         whole batch's token count, so the gradient equals one full-batch pass with less padding.
+        A prefix the micro-batch's rows share is run once (``training.shared_prefix``).
 
         Returns:
             The batch's mean cross-entropy and token accuracy on loss tokens.
@@ -395,7 +413,9 @@ class Learner:
         n_rows = batch.input_ids.shape[0]
         for lo in range(0, n_rows, self.cfg.micro_batch_size):
             mb = batch.slice(lo, min(lo + self.cfg.micro_batch_size, n_rows))
-            logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+            plan = self._plan(mb)
+            logits = prefix_logits(self.model, mb.input_ids, mb.attention_mask, plan)
+            mb = mb.tail(plan.length if plan else 0)  # the shared columns carry no loss
             nll = torch.nn.functional.cross_entropy(
                 logits.float().transpose(1, 2), mb.targets, reduction="none"
             )
