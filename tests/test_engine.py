@@ -16,7 +16,7 @@ import torch
 from actorlearner.core.protocols import Generation, SamplingParams
 from actorlearner.core.registry import RegistryError
 from actorlearner.models.tiny import build_tiny_model
-from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine
+from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine, PrefixStore
 from actorlearner.rollout.engines import make_engine
 
 CORPUS = ["What is 37 * 52? Use the calculator tool.", "<tool_call></tool_call><answer></answer>"]
@@ -337,3 +337,65 @@ def test_generation_uses_the_current_cache_argument_without_deprecation_warnings
         warnings.simplefilter("error", FutureWarning)  # `past_key_values` is deprecated in transformers 5.24
         out = engine.generate([[5, 6, 7], [8, 9]], SamplingParams(1.0, 4, ()))
     assert len(out) == 2 and all(g.token_ids for g in out)
+
+
+def _continue(prompts: list[list[int]], gens: list[Generation], seed: int) -> list[list[int]]:
+    """Next-turn prompts: each prompt, the ids it sampled and a tool result of 1-5 ids."""
+    rng = np.random.default_rng(seed)
+    tails = [rng.integers(4, 300, size=int(rng.integers(1, 6))).tolist() for _ in prompts]
+    return [p + g.token_ids + t for p, g, t in zip(prompts, gens, tails, strict=True)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_later_turn_runs_only_its_new_ids_and_matches_a_full_forward(
+    model_dir: Path, temperature: float
+) -> None:
+    full, reuse = HFEngine(model_dir, seed=3, prefix_cache_mb=0), HFEngine(model_dir, seed=3)
+    params = SamplingParams(temperature=temperature, max_new_tokens=6)
+    first = _prompts(5, seed=4)
+    first[3] = list(first[1])  # a group's identical first turns are run once
+    turns = [(engine, engine.generate(first, params)) for engine in (full, reuse)]
+    assert reuse.pop_counters()["prefill_tokens"] == sum(len(p) for i, p in enumerate(first) if i != 3)
+    second = _continue(first, turns[1][1], seed=5) + _prompts(1, seed=6)  # and one fresh prompt
+    gens = reuse.generate(second, params)
+    counters = reuse.pop_counters()
+    fed = [len(p) + len(g.token_ids) - 1 for p, g in zip(first, turns[1][1], strict=True)]
+    assert counters["reused_tokens"] == sum(fed)  # every episode's stored cache was used
+    assert counters["prefill_tokens"] == sum(len(s) for s in second) - sum(fed)
+    expected = _recomputed_logprobs(full, second, gens, temperature)
+    for got, want in zip(gens, expected, strict=True):
+        np.testing.assert_allclose(got.logprobs, want, atol=1e-4)
+    if temperature == 0.0:
+        baseline = full.generate(second, params)
+        assert [g.token_ids for g in gens] == [g.token_ids for g in baseline]
+        assert full.pop_counters()["reused_tokens"] == 0
+
+
+def test_new_weights_clear_the_stored_caches(model_dir: Path) -> None:
+    engine = HFEngine(model_dir, seed=0)
+    prompts = _prompts(3, seed=7)
+    gens = engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=5))
+    assert len(engine.prefixes) == 3
+    engine.load_weights(engine.state_dict(), version=1)
+    assert len(engine.prefixes) == 0
+    engine.generate(_continue(prompts, gens, seed=8), SamplingParams(temperature=1.0, max_new_tokens=5))
+    assert engine.pop_counters()["reused_tokens"] == 0
+
+
+def test_prefix_store_takes_the_longest_shorter_entry_once_and_evicts_the_oldest() -> None:
+    kv = [(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1))]
+    store = PrefixStore(capacity_mb=3 * 8 / 2**20)  # three entries of 8 bytes
+    for ids in ((1, 2), (1, 2, 3), (1, 2, 3, 4), (9,)):  # the fourth evicts (1, 2)
+        store.put(ids, kv)
+    assert len(store) == 3
+    assert store.take([1, 2, 3, 4])[0] == 3  # an entry must leave at least one id to run
+    assert store.take([1, 2, 3, 4, 5])[0] == 4
+    assert store.take([1, 2, 3, 4, 5])[0] == 0  # each entry serves one continuation
+    assert store.take([1, 2, 7])[0] == 0  # (1, 2) was evicted
+    store.put((5, 6), kv)
+    store.put((5, 6), kv)  # two group-mates sampled the same turn: two continuations
+    assert store.take([5, 6, 7])[0] == 2 and store.take([5, 6, 8])[0] == 2
+    assert store.take([5, 6, 9])[0] == 0
+    off = PrefixStore(capacity_mb=0)
+    off.put((1, 2), kv)
+    assert len(off) == 0

@@ -625,9 +625,11 @@ def rollout_counters(stats: Mapping[str, float]) -> dict[str, float]:
 
     Args:
         stats: Sums of ``tokens``, ``seconds`` (in ``generate``), ``batches``, ``requests``,
-            ``group_errors`` and ``prompts_skipped`` over every push since the last call.
+            ``prefill_tokens``, ``reused_tokens``, ``group_errors`` and ``prompts_skipped`` over
+            every push since the last call.
     """
-    keys = ("tokens", "seconds", "batches", "requests", "group_errors", "prompts_skipped")
+    keys: tuple[str, ...] = ("tokens", "seconds", "batches", "requests", "prefill_tokens", "reused_tokens")
+    keys += ("group_errors", "prompts_skipped")
     sums = {**dict.fromkeys(keys, 0.0), **stats}
     out = {f"rollout/{k}": float(v) for k, v in sums.items()}
     batches, seconds = sums["batches"], sums["seconds"]

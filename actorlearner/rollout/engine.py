@@ -4,7 +4,9 @@
 loop over a ``transformers`` causal LM: plain multinomial sampling at the given temperature (no
 top-k/top-p), greedy at temperature 0, per-sequence stop ids, and the behaviour logprob of every
 sampled id. Finished sequences are dropped from the batch as it shrinks, so a long tail of
-unfinished turns costs little.
+unfinished turns costs little. Identical prompts in a batch (a group's first turn) are run once,
+and the KV cache of each finished turn is kept (:class:`PrefixStore`) so that the episode's next
+turn runs only its new ids (the tool result and the turn header), not the whole context again.
 
 :class:`AsyncBatchingEngine` lets many asyncio episodes share one engine: each ``await
 generate(...)`` enqueues a request; one background task takes all pending requests, runs them as
@@ -17,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,6 +64,14 @@ class _PreallocatedLayer(DynamicLayer):
         self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
         return self.keys, self.values
 
+    def preload(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Starts the buffers with ``[batch, heads, length, dim]`` keys and values already in place."""
+        self.lazy_initialization(keys, values)
+        self.length = keys.shape[-2]
+        self._k[:, :, : self.length] = keys
+        self._v[:, :, : self.length] = values
+        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
     def get_seq_length(self) -> int:
         return self.length
 
@@ -77,6 +89,132 @@ def _make_cache(model: PreTrainedModel, capacity: int) -> Cache:
     return cache
 
 
+LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
+"""One sequence's keys and values, ``([heads, length, dim], [heads, length, dim])`` per layer."""
+
+
+def _nbytes(layers: LayerKV) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+
+@dataclass
+class _Running:
+    """A batched generation between decoding steps.
+
+    Attributes:
+        logits: Next-id logits of each running row.
+        cache: The KV cache of the running rows.
+        mask: 1 on each row's real positions, with room for every step.
+        position: Position of each row's last fed id.
+        width: Columns the prefill filled (stored prefix and prompt).
+    """
+
+    logits: torch.Tensor
+    cache: Cache
+    mask: torch.Tensor
+    position: torch.Tensor
+    width: int
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keeps only the running rows ``keep``."""
+        self.logits, self.mask, self.position = self.logits[keep], self.mask[keep], self.position[keep]
+        self.cache.batch_select_indices(keep)
+
+
+def _preallocated(cache: Cache) -> list[_PreallocatedLayer]:
+    """The cache's layers, which prefix reuse needs preallocated (the engine checks at start)."""
+    layers = [layer for layer in cache.layers if isinstance(layer, _PreallocatedLayer)]
+    assert len(layers) == len(cache.layers), "prefix reuse needs a preallocated cache"
+    return layers
+
+
+def _preload(cache: Cache, stored: Sequence[LayerKV | None], length: int) -> None:
+    """Puts each row's stored keys and values right-aligned in the cache's first ``length`` columns."""
+    first = next(layers for layers in stored if layers is not None)
+    for index, layer in enumerate(_preallocated(cache)):
+        k0, v0 = first[index]
+        keys = k0.new_zeros((len(stored), k0.shape[0], length, k0.shape[2]))
+        values = v0.new_zeros((len(stored), v0.shape[0], length, v0.shape[2]))
+        for row, layers in enumerate(stored):
+            if layers is not None:
+                k, v = layers[index]
+                keys[row, :, length - k.shape[1] :] = k
+                values[row, :, length - v.shape[1] :] = v
+        layer.preload(keys, values)
+
+
+class PrefixStore:
+    """The KV caches of recently finished turns, found again by the ids they were computed for.
+
+    An episode's next prompt is its last prompt, the ids the model sampled and the tool result, so
+    the longest stored sequence that begins it covers all but the new ids. An entry is used once
+    (an episode continues once), the least recently stored go first, and new weights clear the
+    store: keys and values computed with old weights would mix two policies in one turn.
+
+    Args:
+        capacity_mb: Memory the kept keys and values may take, in MiB (0 keeps none).
+    """
+
+    def __init__(self, capacity_mb: float) -> None:
+        self.capacity = int(capacity_mb * 2**20)
+        self.nbytes = 0
+        self._entries: OrderedDict[tuple[int, ...], tuple[LayerKV, int]] = OrderedDict()
+        self._lengths: Counter[int] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, ids: tuple[int, ...], layers: LayerKV) -> None:
+        """Stores the keys and values of ``ids`` (evicting the oldest entry when full).
+
+        The same ids stored again (group-mates that sampled the same turn) serve one more take.
+        """
+        if ids in self._entries:
+            kept, uses = self._entries.pop(ids)
+            self._entries[ids] = (kept, uses + 1)
+            return
+        size = _nbytes(layers)
+        if not ids or size > self.capacity:
+            return
+        while self.nbytes + size > self.capacity:
+            old, (old_layers, _) = self._entries.popitem(last=False)
+            self._forget(len(old), old_layers)
+        self._entries[ids] = (layers, 1)
+        self._lengths[len(ids)] += 1
+        self.nbytes += size
+
+    def take(self, prompt: Sequence[int]) -> tuple[int, LayerKV | None]:
+        """Takes the longest stored sequence that begins ``prompt`` and is shorter (one use of it).
+
+        Returns:
+            ``(length, layers)``, or ``(0, None)`` when nothing stored begins the prompt.
+        """
+        for length in sorted((n for n in self._lengths if n < len(prompt)), reverse=True):
+            key = tuple(prompt[:length])
+            entry = self._entries.get(key)
+            if entry is not None:
+                layers, uses = entry
+                if uses > 1:
+                    self._entries[key] = (layers, uses - 1)
+                else:
+                    del self._entries[key]
+                    self._forget(length, layers)
+                return length, layers
+        return 0, None
+
+    def clear(self) -> None:
+        """Forgets every entry."""
+        self._entries.clear()
+        self._lengths.clear()
+        self.nbytes = 0
+
+    def _forget(self, length: int, layers: LayerKV) -> None:
+        self.nbytes -= _nbytes(layers)
+        self._lengths[length] -= 1
+        if self._lengths[length] <= 0:
+            del self._lengths[length]
+
+
 class HFEngine:
     """Batched, KV-cached sampling with a ``transformers`` causal LM (implements ``Engine``).
 
@@ -87,6 +225,9 @@ class HFEngine:
         seed: Seed of the engine's sampling generator; the same calls give the same samples.
         prune_fraction: Finished sequences are dropped from the running batch once at most this
             fraction of its rows is still unfinished (dropping costs a copy of the KV cache).
+        prefix_cache_mb: Memory for the KV caches of finished turns, kept for their episodes'
+            next turns (:class:`PrefixStore`; 0: every turn runs its whole context). Models with
+            other than plain full attention keep none.
 
     Attributes:
         model: The ``transformers`` model, in eval mode.
@@ -100,11 +241,16 @@ class HFEngine:
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
         prune_fraction: float = 0.75,
+        prefix_cache_mb: float = 256.0,
     ) -> None:
         self.device = torch.device(device)
         self.model = load_model(model_path, self.device, dtype)
         self.version = 0
         self.prune_fraction = prune_fraction
+        probe = _make_cache(self.model, 1)
+        reusable = all(isinstance(layer, _PreallocatedLayer) for layer in probe.layers)
+        self.prefixes = PrefixStore(prefix_cache_mb if reusable else 0)
+        self.counters: Counter[str] = Counter()
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         # transformers >= 5.24 names the KV cache argument ``cache`` (``past_key_values`` warns and
         # goes in 5.40); a model whose forward predates it still takes ``past_key_values``.
@@ -134,6 +280,7 @@ class HFEngine:
         if missing or unexpected:
             raise RuntimeError(f"load_weights: missing keys {missing}, unexpected keys {unexpected}")
         self.version = int(version)
+        self.prefixes.clear()  # keys and values of the old weights
 
     def _left_pad(self, prompts: Sequence[Sequence[int]], capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids and a mask buffer with room for ``capacity`` positions."""
@@ -156,23 +303,76 @@ class HFEngine:
             ids = logp.argmax(dim=-1)
         return ids, logp.gather(1, ids[:, None]).squeeze(1)
 
-    def _prefill(
-        self, prompts: Sequence[Sequence[int]], capacity: int
-    ) -> tuple[torch.Tensor, Cache, torch.Tensor, torch.Tensor]:
-        """Runs the left-padded prompts: last logits, the KV cache, the mask buffer, last positions."""
-        width = max(len(p) for p in prompts)
-        ids, mask = self._left_pad(prompts, capacity)
+    def _prefill(self, prompts: Sequence[Sequence[int]], steps: int) -> _Running:
+        """Runs the prompts' new ids on top of any stored prefix: the state decoding starts from.
+
+        Identical prompts (a group's first turn) are run once and their cache rows repeated. Each
+        distinct prompt takes its longest stored prefix from :attr:`prefixes`; the cache holds the
+        stored keys right-aligned before the new ids, which are left-padded, and the attention
+        mask covers the gap, so rows with different stored lengths share one pass.
+        """
+        distinct: dict[tuple[int, ...], int] = {}
+        inverse = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+        unique = list(distinct)
+        stored = [self.prefixes.take(p) for p in unique]
+        cached = max(n for n, _ in stored)
+        new = [len(p) - n for p, (n, _) in zip(unique, stored, strict=True)]
+        width = cached + max(new)
+        ids = torch.full((len(unique), max(new)), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(unique), width + steps), dtype=torch.long)
+        for i, (p, (n, _)) in enumerate(zip(unique, stored, strict=True)):
+            ids[i, ids.shape[1] - new[i] :] = torch.as_tensor(p[n:], dtype=torch.long)
+            mask[i, cached - n : cached] = 1
+            mask[i, width - new[i] : width] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
         position = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
-        cache = _make_cache(self.model, capacity)
+        cache = _make_cache(self.model, width + steps)
+        if cached:
+            _preload(cache, [layers for _, layers in stored], cached)
         out = self.model(
             input_ids=ids,
             attention_mask=mask[:, :width],
-            position_ids=position,
+            position_ids=position[:, cached:],
             **{self._cache_kw: cache},
             use_cache=True,
             logits_to_keep=1,
         )
-        return out.logits[:, -1], cache, mask, position[:, -1]
+        self.counters["prefill_tokens"] += sum(new)
+        self.counters["reused_tokens"] += sum(n for n, _ in stored)
+        logits = out.logits[:, -1]
+        if len(unique) < len(prompts):
+            rows = torch.tensor(inverse, device=self.device)
+            cache.batch_select_indices(rows)
+            logits, mask, position = logits[rows], mask[rows], position[rows]
+        return _Running(logits, cache, mask, position[:, -1], width)
+
+    def _store(
+        self,
+        run: _Running,
+        rows: torch.Tensor,
+        keep: torch.Tensor,
+        prompts: Sequence[Sequence[int]],
+        tokens: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> None:
+        """Keeps the keys and values of the running rows ``keep`` for their episodes' next turns.
+
+        A row's entry covers its prompt and the ids it was fed: all it sampled but the last.
+        """
+        if self.prefixes.capacity <= 0:
+            return
+        layers = _preallocated(run.cache)
+        for r in keep.tolist():
+            i = int(rows[r])
+            fed = int(lengths[i]) - 1
+            cols = torch.cat(
+                [
+                    run.mask[r, : run.width].nonzero().squeeze(1),
+                    torch.arange(run.width, run.width + fed, device=self.device),
+                ]
+            )
+            kv = [(layer._k[r][:, cols], layer._v[r][:, cols]) for layer in layers]
+            self.prefixes.put((*prompts[i], *tokens[i, :fed].tolist()), kv)
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
@@ -191,9 +391,15 @@ class HFEngine:
             raise ValueError("generate: every prompt needs at least one id")
         if params.max_new_tokens <= 0:
             return [Generation([], [], "length", self.version) for _ in prompts]
+        run = self._prefill(prompts, params.max_new_tokens)
+        tokens, logprobs, lengths = self._decode(run, prompts, params)
+        return self._collect(tokens, logprobs, lengths, params)
+
+    def _decode(
+        self, run: _Running, prompts: Sequence[Sequence[int]], params: SamplingParams
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Samples up to ``max_new_tokens`` ids per row; returns the ids, their log-probs, the lengths."""
         batch, steps = len(prompts), params.max_new_tokens
-        width = max(len(p) for p in prompts)
-        logits, cache, mask, position = self._prefill(prompts, width + steps)
         stop = torch.tensor(sorted(set(params.stop_token_ids)), dtype=torch.long, device=self.device)
         tokens = torch.full((batch, steps), self.pad_token_id, dtype=torch.long, device=self.device)
         logprobs = torch.zeros((batch, steps), dtype=torch.float32, device=self.device)
@@ -201,7 +407,7 @@ class HFEngine:
         rows = torch.arange(batch, device=self.device)  # running row -> original index
         alive = torch.ones(batch, dtype=torch.bool, device=self.device)
         for t in range(steps):
-            new, logp = self._sample(logits, params.temperature)
+            new, logp = self._sample(run.logits, params.temperature)
             tokens[rows, t] = new
             logprobs[rows, t] = logp
             done = alive & torch.isin(new, stop)
@@ -212,26 +418,36 @@ class HFEngine:
                 break
             if num_alive <= self.prune_fraction * rows.numel():
                 # Finished rows otherwise keep running (their outputs ignored) until the next prune.
+                self._store(run, rows, (~alive).nonzero().squeeze(1), prompts, tokens, lengths)
                 keep = alive.nonzero().squeeze(1)
-                rows, new, alive, mask, position = (
-                    rows[keep],
-                    new[keep],
-                    alive[keep],
-                    mask[keep],
-                    position[keep],
-                )
-                cache.batch_select_indices(keep)
-            mask[:, width + t] = 1
-            position = position + 1
-            out = self.model(
-                input_ids=new[:, None],
-                attention_mask=mask[:, : width + t + 1],
-                position_ids=position[:, None],
-                **{self._cache_kw: cache},
-                use_cache=True,
-            )
-            logits = out.logits[:, -1]
-        return self._collect(tokens, logprobs, lengths, params)
+                rows, new, alive = rows[keep], new[keep], alive[keep]
+                run.select(keep)
+            self._feed(run, new, t)
+        self._store(run, rows, torch.arange(rows.numel(), device=self.device), prompts, tokens, lengths)
+        return tokens, logprobs, lengths
+
+    def _feed(self, run: _Running, new: torch.Tensor, t: int) -> None:
+        """Runs the ids sampled at step ``t``; ``run.logits`` become the next step's."""
+        run.mask[:, run.width + t] = 1
+        run.position = run.position + 1
+        out = self.model(
+            input_ids=new[:, None],
+            attention_mask=run.mask[:, : run.width + t + 1],
+            position_ids=run.position[:, None],
+            **{self._cache_kw: run.cache},
+            use_cache=True,
+        )
+        run.logits = out.logits[:, -1]
+
+    def pop_counters(self) -> dict[str, float]:
+        """Counts since the last call: prompt ids run and ids whose keys came from stored caches.
+
+        Returns:
+            ``prefill_tokens`` and ``reused_tokens``.
+        """
+        counters = {k: float(self.counters[k]) for k in ("prefill_tokens", "reused_tokens")}
+        self.counters.clear()
+        return counters
 
     def _collect(
         self, tokens: torch.Tensor, logprobs: torch.Tensor, lengths: torch.Tensor, params: SamplingParams
@@ -385,11 +601,14 @@ class AsyncBatchingEngine:
                 if not future.done():
                     future.set_exception(exc)
             return
+        pop_counters = getattr(self.engine, "pop_counters", None)
+        engine_counters = pop_counters() if pop_counters is not None else {}  # HFEngine's prefill
         if count:
             self._seconds += time.perf_counter() - start
             self._batches += 1
             self._requests += len(items)
             self._tokens += sum(len(g.token_ids) for g in gens)
+            self._engine_counters.update(engine_counters)
         for (_, future), gen in zip(items, gens, strict=True):
             if not future.done():
                 future.set_result(gen)
@@ -407,6 +626,7 @@ class AsyncBatchingEngine:
         self._fail(requests, exc)
 
     def _reset_stats(self) -> None:
+        self._engine_counters: Counter[str] = Counter()
         self._tokens = 0
         self._seconds = 0.0
         self._batches = 0
@@ -417,7 +637,9 @@ class AsyncBatchingEngine:
 
         Returns:
             ``tokens`` generated, ``seconds`` spent in ``engine.generate``, ``batches`` run,
-            ``requests`` served, ``mean_batch_size`` (requests per batch) and ``tokens_per_s``.
+            ``requests`` served, ``mean_batch_size`` (requests per batch) and ``tokens_per_s``;
+            and what the engine's ``pop_counters`` adds (HFEngine: ``prefill_tokens`` run,
+            ``reused_tokens`` taken from stored caches).
         """
         stats = {
             "tokens": float(self._tokens),
@@ -427,6 +649,7 @@ class AsyncBatchingEngine:
             "mean_batch_size": self._requests / self._batches if self._batches else 0.0,
             "tokens_per_s": self._tokens / self._seconds if self._seconds > 0 else 0.0,
         }
+        stats.update(self._engine_counters)
         self._reset_stats()
         return stats
 

@@ -269,7 +269,8 @@ class EnvRunner:
     def _pop_counters(self) -> dict[str, float]:
         """Additive counters since the last push (the buffer sums them over runners)."""
         engine = self.batcher.pop_stats()
-        counters = {k: engine[k] for k in ("tokens", "seconds", "batches", "requests")}
+        keys = ("tokens", "seconds", "batches", "requests", "prefill_tokens", "reused_tokens")
+        counters = {k: engine.get(k, 0.0) for k in keys}
         counters["group_errors"], self.group_errors = float(self.group_errors), 0
         counters["prompts_skipped"], self.prompts_skipped = float(self.prompts_skipped), 0
         return counters
