@@ -399,3 +399,27 @@ def test_prefix_store_takes_the_longest_shorter_entry_once_and_evicts_the_oldest
     off = PrefixStore(capacity_mb=0)
     off.put((1, 2), kv)
     assert len(off) == 0
+
+
+def test_rows_that_stop_early_and_are_pruned_keep_a_cache_their_next_turn_can_use(model_dir: Path) -> None:
+    full, reuse = HFEngine(model_dir, seed=3, prefix_cache_mb=0), HFEngine(model_dir, seed=3)
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, stop_token_ids=tuple(range(4, 110)))
+    first = _prompts(8, seed=12)
+    gens = reuse.generate(first, params)
+    assert len({len(g.token_ids) for g in gens}) > 2, "rows should stop at different lengths"
+    second = _continue(first, gens, seed=13)
+    reuse.pop_counters()
+    later = reuse.generate(second, params)
+    fed = [len(p) + len(g.token_ids) - 1 for p, g in zip(first, gens, strict=True)]
+    assert reuse.pop_counters()["reused_tokens"] == sum(fed)
+    for got, want in zip(later, _recomputed_logprobs(full, second, later, 1.0), strict=True):
+        np.testing.assert_allclose(got.logprobs, want, atol=1e-4)
+
+
+def test_a_failed_weights_load_still_drops_the_stored_caches(model_dir: Path) -> None:
+    engine = HFEngine(model_dir, seed=0)
+    engine.generate(_prompts(3, seed=14), SamplingParams(temperature=1.0, max_new_tokens=4))
+    assert len(engine.prefixes) == 3
+    with pytest.raises(RuntimeError, match="unexpected"):
+        engine.load_weights({**engine.state_dict(), "extra.weight": torch.zeros(1)}, version=1)
+    assert len(engine.prefixes) == 0  # the matching tensors were loaded before the error

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import actorlearner  # noqa: F401  (registers the built-in envs)
 from actorlearner.env.registration import make_env
-from actorlearner.learn.prefix import plan_prefix, prefix_logits
+from actorlearner.learn.prefix import dropout_active, plan_prefix, prefix_logits, supports_prefix
 from actorlearner.models.tiny import ensure_tiny_model, env_corpus
 from tests.conftest import SMALL_MODEL
 
@@ -96,3 +96,41 @@ def test_prefix_logits_and_gradients_equal_one_pass_per_row(
     torch.testing.assert_close(shared_loss, full_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(shared_grad, full_grad, rtol=1e-4, atol=1e-5)
     assert float(full_grad.abs().max()) > 1e-3
+
+
+def _qwen2(**config: object) -> torch.nn.Module:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    base = {"vocab_size": 40, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+    return Qwen2ForCausalLM(
+        Qwen2Config(**{**base, "num_attention_heads": 2, "num_key_value_heads": 1, **config})
+    )
+
+
+def test_models_whose_cache_drops_positions_or_that_draw_dropout_share_nothing() -> None:
+    sliding = _qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    assert not supports_prefix(sliding)  # a sliding-window layer keeps only the last keys
+    assert supports_prefix(_qwen2())
+    dropout = _qwen2(attention_dropout=0.1)
+    assert dropout_active(dropout.train()) and not dropout_active(dropout.eval())
+    assert not dropout_active(_qwen2().train())
+
+
+def test_the_learner_runs_a_sliding_window_model_one_pass_per_row(tmp_path) -> None:
+    from actorlearner.learn.config import LearnerConfig, TrainingConfig
+    from actorlearner.learn.learner import Batch, Learner
+
+    model = _qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=1, pad_token_id=1)
+    model.save_pretrained(tmp_path)
+    learner = Learner(str(tmp_path), TrainingConfig(), LearnerConfig(device="cpu"))
+    ids, attention, mask = _rows([[7, 8, 9, 10, 11, 12, 13, 14]], [0] * 4, [16, 14, 16, 12], loss_from=8)
+    n, width = ids.shape
+    batch = Batch(
+        input_ids=ids, attention_mask=attention, targets=ids.roll(-1, 1), mask=mask,
+        old_logprobs=torch.zeros(n, width), advantages=torch.ones(n, width),
+        is_weights=torch.ones(n, width), post_tool=torch.zeros(n, width),
+    )  # fmt: skip
+    assert plan_prefix(ids, mask, attention) is not None  # a plan exists, but the learner must not use it
+    assert learner._plan(batch) is None
+    logp, _ = learner._logprobs(learner.model, batch, plan=learner._plan(batch))
+    assert logp.shape == (n, width)

@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 from actorlearner.core.trajectory import Group, Trajectory
 from actorlearner.learn import losses
 from actorlearner.learn.config import LearnerConfig, TrainingConfig
-from actorlearner.learn.prefix import PrefixPlan, plan_prefix, prefix_logits
+from actorlearner.learn.prefix import PrefixPlan, dropout_active, plan_prefix, prefix_logits, supports_prefix
 from actorlearner.learn.registry import (
     ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
@@ -186,6 +186,7 @@ class Learner:
         self.model: PreTrainedModel = model.to(self.device)  # type: ignore[arg-type]
         self.model.train()
         self.pad_id = int(self.model.config.pad_token_id or 0)
+        self._prefix_ok = supports_prefix(self.model)
         self.optimizer = self._make_optimizer(training.lr)
         self.ref_model: torch.nn.Module | None = None
         self.version = 0
@@ -219,7 +220,7 @@ class Learner:
 
     def _plan(self, mb: Batch) -> PrefixPlan | None:
         """The micro-batch's shared prefix (None when off or when sharing saves too little)."""
-        if not self.cfg.shared_prefix:
+        if not (self.cfg.shared_prefix and self._prefix_ok) or dropout_active(self.model):
             return None
         return plan_prefix(mb.input_ids, mb.mask, mb.attention_mask)
 

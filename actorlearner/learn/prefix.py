@@ -8,7 +8,9 @@ back into the one prefix pass) and runs only the rest of each row on top of it. 
 rest are those of a full pass up to float rounding (docs/algorithms.md §3).
 
 Only columns whose targets carry no loss may be shared (the prefix's own logits are never
-computed), so the prefix never reaches a row's first loss token.
+computed), so the prefix never reaches a row's first loss token. Models whose cache does not keep
+every position (sliding-window or linear-attention layers, :func:`supports_prefix`) and training
+passes that draw dropout (:func:`dropout_active`) run one pass per row.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 MIN_SAVING = 0.1
 """A plan is used only when it saves at least this share of the micro-batch's token positions."""
@@ -87,6 +90,32 @@ def plan_prefix(
     if best.saving() < min_saving * float(attention_mask.sum().item()):
         return None
     return best
+
+
+def supports_prefix(model: torch.nn.Module) -> bool:
+    """Whether the model's KV cache is plain full attention in every layer.
+
+    A sliding-window or linear-attention layer does not keep every prefix position as keys and
+    values, so its prefix pass cannot be repeated to the rows; such models run one pass per row.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception:  # a config the cache cannot read
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def dropout_active(model: torch.nn.Module) -> bool:
+    """Whether a training-mode pass draws dropout (rows sharing a prefix pass would share its draw)."""
+    if not model.training:
+        return False
+    config = getattr(model, "config", None)
+    rates = [getattr(config, key, 0.0) or 0.0 for key in ("attention_dropout", "hidden_dropout", "dropout")]
+    modules = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    return any(float(rate) > 0 for rate in [*rates, *modules])
 
 
 def _cache_keyword(model: torch.nn.Module) -> str:

@@ -273,6 +273,7 @@ class HFEngine:
         Raises:
             RuntimeError: On missing or unexpected keys, or shape mismatches.
         """
+        self.prefixes.clear()  # keys and values of the old weights (cleared first: a failed load is partial)
         state = {k: torch.as_tensor(v) for k, v in weights.items()}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         tied = set(getattr(self.model, "_tied_weights_keys", None) or ())
@@ -280,17 +281,6 @@ class HFEngine:
         if missing or unexpected:
             raise RuntimeError(f"load_weights: missing keys {missing}, unexpected keys {unexpected}")
         self.version = int(version)
-        self.prefixes.clear()  # keys and values of the old weights
-
-    def _left_pad(self, prompts: Sequence[Sequence[int]], capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ids and a mask buffer with room for ``capacity`` positions."""
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), capacity), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
-            mask[i, width - len(p) : width] = 1
-        return ids.to(self.device), mask.to(self.device)
 
     def _sample(self, logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampled ids and their log-probabilities under ``softmax(logits / temperature)``."""
