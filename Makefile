@@ -33,6 +33,8 @@ test: install lint typecheck
 
 bench: install
 	$(PY) benchmarks/async_vs_sync.py
+	$(PY) benchmarks/learner.py
+	$(PY) benchmarks/prefix_reuse.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,7 +44,9 @@ def _restarted() -> bool:
     try:
         import ray
 
-        return bool(ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed)
+        with warnings.catch_warnings():  # Ray's own property reads its deprecated ``actor_id``
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return bool(ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed)
     except Exception:  # not in an actor
         return False
 
