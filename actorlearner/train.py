@@ -48,14 +48,27 @@ def format_report(phases: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
-class StopFlag:
-    """A signal handler that asks the RL loop to stop after the current iteration.
+class StoppedBeforeRL(Exception):
+    """SIGINT or SIGTERM came before the RL phase: the run ends without a checkpoint."""
 
-    A second SIGINT (Ctrl-C) while the iteration finishes raises ``KeyboardInterrupt`` at once.
+
+class StopFlag:
+    """A signal handler that asks the run to stop at the next safe point.
+
+    In the RL phase that is the end of the current iteration (then a checkpoint is written).
+    Before it, during the initial evaluation or SFT, it is the end of the current evaluation or
+    chunk of SFT steps: :meth:`check` raises :class:`StoppedBeforeRL` and no checkpoint is written
+    (a resume restores RL checkpoints only). A second SIGINT (Ctrl-C) raises ``KeyboardInterrupt``
+    at once.
+
+    Attributes:
+        signum: The signal received, or None.
+        phase: What the run is doing (``"evaluation"``, ``"SFT"`` or ``"RL"``), for the message.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.phase = "RL"
 
     def __call__(self, signum: int, frame: Any) -> None:
         """Records the signal (the handler installed by :func:`stop_on_signals`)."""
@@ -63,7 +76,19 @@ class StopFlag:
             raise KeyboardInterrupt
         self.signum = signum
         name = signal.Signals(signum).name
-        print(f"{name}: finishing this iteration, then writing a checkpoint", file=sys.stderr, flush=True)
+        if self.phase == "RL":
+            print(f"{name}: finishing this iteration, then writing a checkpoint", file=sys.stderr, flush=True)
+        else:
+            print(
+                f"{name}: stopping after this {self.phase} chunk, before RL: no checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def check(self) -> None:
+        """Raises :class:`StoppedBeforeRL` when a signal came (call it before the RL phase only)."""
+        if self.signum is not None:
+            raise StoppedBeforeRL(signal.Signals(self.signum).name)
 
 
 @contextmanager
@@ -112,12 +137,21 @@ def timed(timings: dict[str, float], key: str) -> Iterator[None]:
         timings[key] = timings.get(key, 0.0) + time.monotonic() - start
 
 
-def _before_rl(algo: Trainer, initial_eval: bool, show: bool, timings: dict[str, float]) -> dict[str, Any]:
-    """The initial evaluation and cold-start SFT (with its evaluation); returns the phases' metrics."""
+def _before_rl(
+    algo: Trainer, initial_eval: bool, show: bool, timings: dict[str, float], flag: StopFlag
+) -> dict[str, Any]:
+    """The initial evaluation and cold-start SFT (with its evaluation); returns the phases' metrics.
+
+    Raises:
+        StoppedBeforeRL: After the evaluation or SFT chunk during which a signal came.
+    """
     phases: dict[str, Any] = {}
     if initial_eval:
+        flag.phase = "evaluation"
         with timed(timings, "eval_initial_s"):
             phases["initial"] = algo.evaluate()
+        flag.check()
+    flag.phase = "SFT"
     with (
         timed(timings, "sft_s"),
         tqdm(total=algo.config.sft.steps, desc="SFT", unit="step", disable=not show) as bar,
@@ -126,14 +160,19 @@ def _before_rl(algo: Trainer, initial_eval: bool, show: bool, timings: dict[str,
         def show_sft(done: int, m: dict[str, float]) -> None:
             bar.update(done - bar.n)
             bar.set_postfix(loss=f"{m['sft/loss']:.3f}")
+            flag.check()
 
         sft = algo.pretrain(show_sft)
     for part in ("demos", "steps"):
         if f"sft/{part}_s" in sft:
             timings[f"sft_{part}_s"] = sft[f"sft/{part}_s"]
+    flag.check()
     if sft:
+        flag.phase = "evaluation"
         with timed(timings, "eval_sft_s"):
             phases["after SFT"] = algo.evaluate()
+        flag.check()
+    flag.phase = "RL"
     return phases
 
 
@@ -143,7 +182,8 @@ def run_training(config: AlgorithmConfig, *, initial_eval: bool = True) -> dict[
     With ``reporting.resume`` it restores the run directory's newest valid checkpoint and runs
     only the remaining RL iterations (no initial evaluation, no SFT). SIGINT or SIGTERM during
     the RL phase ends it after the current iteration with a checkpoint and no final evaluation;
-    the summary's ``signal`` is then the signal's number (else None).
+    before it (evaluation, SFT) after the current evaluation or chunk of SFT steps, without a
+    checkpoint. The summary's ``signal`` is then the signal's number (else None).
 
     Args:
         config: The validated config.
@@ -153,15 +193,17 @@ def run_training(config: AlgorithmConfig, *, initial_eval: bool = True) -> dict[
     algo = config.build()
     phases: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {"setup_s": time.monotonic() - t0}
+    checkpoint: str | None = None
+    last: dict[str, float] = {}
     try:
         print(f"run dir: {algo.run_dir}\nmodel:   {algo.model_path}\nenv:     {algo.env_spec.id}")
-        if config.reporting.resume:
-            resumed = algo.latest_checkpoint()
-            algo.restore(resumed)
-            print(f"resumed: {resumed} (iteration {algo.iteration})", flush=True)
-        else:
-            phases.update(_before_rl(algo, initial_eval, config.reporting.progress, timings))
         with stop_on_signals() as flag:
+            if config.reporting.resume:
+                resumed = algo.latest_checkpoint()
+                algo.restore(resumed)
+                print(f"resumed: {resumed} (iteration {algo.iteration})", flush=True)
+            else:
+                phases.update(_before_rl(algo, initial_eval, config.reporting.progress, timings, flag))
             with timed(timings, "rl_s"):
                 last = _rl_loop(algo, config.reporting.progress, flag)
             if flag.signum is None:
@@ -169,6 +211,8 @@ def run_training(config: AlgorithmConfig, *, initial_eval: bool = True) -> dict[
                     phases["after RL"] = algo.evaluate()
             with timed(timings, "checkpoint_s"):
                 checkpoint = algo.checkpoint()
+    except StoppedBeforeRL as stopped:
+        print(f"{stopped}: stopped before RL; no checkpoint written", file=sys.stderr, flush=True)
     finally:
         algo.stop()
     timings["total_s"] = time.monotonic() - t0

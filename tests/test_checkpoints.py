@@ -157,3 +157,35 @@ def test_sigterm_finishes_the_iteration_writes_a_checkpoint_and_exits_143(tmp_pa
     assert summary["signal"] == signal.SIGTERM and 1 <= summary["iterations"] < 500
     verify_checkpoint(Path(summary["checkpoint"]))
     assert Path(summary["checkpoint"]).name == f"checkpoint_{summary['iterations']:06d}"
+
+
+def test_sigterm_during_sft_stops_after_the_chunk_without_a_checkpoint_and_exits_143(tmp_path: Path) -> None:
+    argv = [
+        "train",
+        "configs/calculator.yaml",
+        *_overrides(tmp_path, "t", "sft.steps=5000", "reporting.checkpoint_interval=0"),
+        "--no-initial-eval",
+    ]
+    metrics = tmp_path / "t" / "metrics.jsonl"
+    proc = subprocess.Popen(
+        [str(BIN), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (metrics.is_file() and any(r["phase"] == "sft" for r in _records(metrics))):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no SFT step within the deadline"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "SIGTERM: stopped before RL; no checkpoint written" in stderr
+    assert "Traceback" not in stderr
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["signal"] == signal.SIGTERM and summary["checkpoint"] is None
+    assert summary["iterations"] == 0
+    assert not list((tmp_path / "t").glob("checkpoint*"))
+    assert sum(r["phase"] == "sft" for r in _records(metrics)) < 5000
