@@ -112,6 +112,12 @@ def main() -> None:
         "iterations": len(rl),
         "buffer_size_last": rl[-1].get("buffer/size"),
         "processes": rows,
+        "series_mb": {
+            key: [
+                [round(t - rl_start), round(sample[key] / 2**20, 1)] for t, sample in samples if key in sample
+            ]
+            for key in sorted({k for _, sample in samples for k in sample})
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
