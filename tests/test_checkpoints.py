@@ -130,6 +130,26 @@ def test_resume_continues_the_iteration_counter_and_the_metrics(tmp_path: Path) 
     assert sorted(p.name for p in run.glob("checkpoint*")) == ["checkpoint_000004"]
 
 
+def _sigterm_after_first(argv: list[str], metrics: Path, phase: str, timeout: float) -> tuple[int, str]:
+    """Runs ``actorlearner ARGV``, sends SIGTERM once ``metrics`` has a ``phase`` record (deadline
+    300 s), and waits up to ``timeout`` for it to exit; returns its exit code and stderr."""
+    proc = subprocess.Popen(
+        [str(BIN), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (metrics.is_file() and any(r["phase"] == phase for r in _records(metrics))):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, f"no {phase} record within the deadline"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, stderr
+
+
 def test_sigterm_finishes_the_iteration_writes_a_checkpoint_and_exits_143(tmp_path: Path) -> None:
     argv = [
         "train",
@@ -137,22 +157,8 @@ def test_sigterm_finishes_the_iteration_writes_a_checkpoint_and_exits_143(tmp_pa
         *_overrides(tmp_path, "s", "training.num_iterations=500", "reporting.checkpoint_interval=0"),
         "--no-initial-eval",
     ]
-    metrics = tmp_path / "s" / "metrics.jsonl"
-    proc = subprocess.Popen(
-        [str(BIN), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (metrics.is_file() and any(r["phase"] == "rl" for r in _records(metrics))):
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no RL iteration within the deadline"
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 143, stderr[-3000:]
+    returncode, stderr = _sigterm_after_first(argv, tmp_path / "s" / "metrics.jsonl", "rl", timeout=300)
+    assert returncode == 143, stderr[-3000:]
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["signal"] == signal.SIGTERM and 1 <= summary["iterations"] < 500
     verify_checkpoint(Path(summary["checkpoint"]))
@@ -167,21 +173,8 @@ def test_sigterm_during_sft_stops_after_the_chunk_without_a_checkpoint_and_exits
         "--no-initial-eval",
     ]
     metrics = tmp_path / "t" / "metrics.jsonl"
-    proc = subprocess.Popen(
-        [str(BIN), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (metrics.is_file() and any(r["phase"] == "sft" for r in _records(metrics))):
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no SFT step within the deadline"
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 143, stderr[-3000:]
+    returncode, stderr = _sigterm_after_first(argv, metrics, "sft", timeout=120)
+    assert returncode == 143, stderr[-3000:]
     assert "SIGTERM: stopped before RL; no checkpoint written" in stderr
     assert "Traceback" not in stderr
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())

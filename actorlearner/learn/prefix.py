@@ -15,12 +15,13 @@ passes that draw dropout (:func:`dropout_active`) run one pass per row.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from actorlearner.models.loading import cache_keyword
 
 MIN_SAVING = 0.1
 """A plan is used only when it saves at least this share of the micro-batch's token positions."""
@@ -118,11 +119,6 @@ def dropout_active(model: torch.nn.Module) -> bool:
     return any(float(rate) > 0 for rate in [*rates, *modules])
 
 
-def _cache_keyword(model: torch.nn.Module) -> str:
-    """``cache`` for transformers >= 5.24 models, else the older ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def prefix_logits(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, plan: PrefixPlan | None
 ) -> torch.Tensor:
@@ -146,6 +142,6 @@ def prefix_logits(
     for index, layer in enumerate(cache.layers):
         shared.update(layer.keys[plan.inverse], layer.values[plan.inverse], index)
     positions = torch.arange(p, input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
-    kwargs = {_cache_keyword(model): shared}
+    kwargs = {cache_keyword(model): shared}
     rest = model(input_ids=input_ids[:, p:], attention_mask=attention_mask, position_ids=positions, **kwargs)
     return rest.logits  # type: ignore[no-any-return]

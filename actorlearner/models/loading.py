@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -22,6 +23,15 @@ def quiet_progress() -> Iterator[None]:
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name of the KV-cache argument of ``model.forward``.
+
+    transformers >= 5.24 names it ``cache`` (``past_key_values`` warns and goes in 5.40); a model
+    whose forward predates that still takes ``past_key_values``.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def load_model(

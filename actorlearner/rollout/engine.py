@@ -17,7 +17,6 @@ weights between batches.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +31,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
 from actorlearner.core.protocols import Engine, Generation, SamplingParams
-from actorlearner.models.loading import load_model
+from actorlearner.models.loading import cache_keyword, load_model
 
 T = TypeVar("T")
 
@@ -252,10 +251,7 @@ class HFEngine:
         self.prefixes = PrefixStore(prefix_cache_mb if reusable else 0)
         self.counters: Counter[str] = Counter()
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        # transformers >= 5.24 names the KV cache argument ``cache`` (``past_key_values`` warns and
-        # goes in 5.40); a model whose forward predates it still takes ``past_key_values``.
-        params = inspect.signature(self.model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_keyword(self.model)
         pad = self.model.config.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
 
