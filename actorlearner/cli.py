@@ -149,9 +149,24 @@ def _report(args: argparse.Namespace) -> int:
 COMMANDS = {"train": _train, "eval": _eval, "report": _report}
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; overrides may also follow an option (``train CONFIG --no-initial-eval k=v``).
+
+    argparse ends a ``nargs="*"`` positional at the first option, so what follows it would be
+    "unrecognized": those words are overrides when the command takes them.
+    """
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(word.startswith("-") for word in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``actorlearner`` console script."""
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as err:  # every bad input ends here: one line, exit code 2, no traceback

@@ -89,6 +89,13 @@ class EvaluationConfig(Section):
     """Held-out evaluation."""
 
     num_episodes: int = Field(500, ge=1, description="Held-out episodes (seeds 0..n-1 of the eval split).")
+    initial_episodes: int | None = Field(
+        None,
+        ge=1,
+        description="Episodes of the evaluation of the untrained model (seeds 0..n-1; default: "
+        "num_episodes). It is a baseline: an untrained model writes every turn to the token cap, so its "
+        "episodes cost most.",
+    )
     interval: int = Field(0, ge=0, description="Evaluate every N iterations (0: only before and after).")
 
 

@@ -149,7 +149,7 @@ def _before_rl(
     if initial_eval:
         flag.phase = "evaluation"
         with timed(timings, "eval_initial_s"):
-            phases["initial"] = algo.evaluate()
+            phases["initial"] = algo.evaluate(algo.config.evaluation.initial_episodes)
         flag.check()
     flag.phase = "SFT"
     with (

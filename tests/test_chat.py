@@ -10,8 +10,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from actorlearner.models.tiny import build_tiny_model
+from actorlearner.rollout import chat
 from actorlearner.rollout.chat import (
     decode_turn,
+    encode_text,
     observation_ids,
     observation_text,
     prompt_ids,
@@ -126,3 +128,29 @@ def test_decode_turn(tok: Any) -> None:
     ids = [*_encode(tok, CALL), tok.eos_token_id]
     assert decode_turn(tok, ids) == CALL
     assert decode_turn(tok, []) == ""
+
+
+def test_renderings_are_remembered_per_tokenizer_and_template(
+    tok: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's shared prompt renders once; callers get their own lists; a new template is obeyed."""
+    other = copy.deepcopy(tok)
+    calls: list[int] = []
+    render = other.apply_chat_template
+    monkeypatch.setattr(other, "apply_chat_template", lambda *a, **k: calls.append(1) or render(*a, **k))
+    first = prompt_ids(other, PROMPT, TOOLS)
+    first.append(-1)  # the caller's list is its own
+    assert prompt_ids(other, PROMPT, TOOLS) == first[:-1] and len(calls) == 1
+    observation_ids(other, TOOL_MSG, after_eos=True)
+    rendered = len(calls)
+    assert observation_ids(other, TOOL_MSG, after_eos=True) and len(calls) == rendered
+    other.chat_template = "{% for m in messages %}<{{ m.content }}>{% endfor %}"
+    assert other.decode(prompt_ids(other, PROMPT, TOOLS)) == "<What is 37 * 52?>"
+
+
+def test_remembered_renderings_are_bounded(tok: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = copy.deepcopy(tok)
+    monkeypatch.setattr(chat, "MEMO_SIZE", 3)
+    for n in range(10):
+        assert encode_text(other, f"{n} + {n}") == _encode(other, f"{n} + {n}")
+    assert len(chat._MEMOS[other][1]) == 3

@@ -100,3 +100,17 @@ def test_the_cli_imports_no_env_internals() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_overrides_may_follow_an_option() -> None:
+    from actorlearner.cli import _parse
+
+    argv = ["train", "configs/calculator.yaml", "--no-initial-eval", "sft.steps=3", "training.lr=1e-4"]
+    args = _parse(argv)
+    assert args.no_initial_eval and args.config == "configs/calculator.yaml"
+    assert args.overrides == ["sft.steps=3", "training.lr=1e-4"]
+    with pytest.raises(SystemExit) as err:  # an unknown option is still refused, exit code 2
+        _parse(["train", "configs/calculator.yaml", "--no-initial-eval", "--fast"])
+    assert err.value.code == 2
+    with pytest.raises(SystemExit):  # report takes no overrides
+        _parse(["report", "runs/x", "extra"])

@@ -35,27 +35,27 @@ Tool-call format: ``parser`` names a :class:`~actorlearner.env.parsing.ToolCallF
 :meth:`ToolEnv.format_call` / :meth:`ToolEnv.format_answer` write turns in it, so a demonstration
 that uses them follows whatever format the env is configured with.
 
-Tool timeouts: each call runs in a fresh daemon thread and the env waits at most ``tool_timeout_s``
-for it. A call that takes longer becomes the error ``"<tool> timed out after N s"`` (a failed call,
+Tool timeouts: each call runs in the env's daemon tool thread
+(:class:`~actorlearner.env.toolthread.ToolThread`) and the env waits at most ``tool_timeout_s`` for
+it. A call that takes longer becomes the error ``"<tool> timed out after N s"`` (a failed call,
 charged like a raising tool) and the episode goes on. Python cannot kill a thread: the stray call
-finishes in the background (its result is dropped) and may still touch the env's state, so a tool
-that can run away (user code, a database query) should enforce a hard limit itself, e.g. in a
-subprocess, or stop the stray call in :meth:`ToolEnv.on_tool_timeout`. ``tool_timeout_s=math.inf``
-runs tools inline in the caller's thread (for tools tied to one thread). The rollout runner's
-``step_timeout_s`` stays the outer guard on a whole turn: keep it above the longest turn you allow
-(up to ``MAX_CALLS`` calls of ``tool_timeout_s`` each).
+finishes in the background in its thread (its result is dropped; the next call gets a new thread)
+and may still touch the env's state, so a tool that can run away (user code, a database query)
+should enforce a hard limit itself, e.g. in a subprocess, or stop the stray call in
+:meth:`ToolEnv.on_tool_timeout`. ``tool_timeout_s=math.inf`` runs tools inline in the caller's
+thread (for tools tied to one thread). The rollout runner's ``step_timeout_s`` stays the outer
+guard on a whole turn: keep it above the longest turn you allow (up to ``MAX_CALLS`` calls of
+``tool_timeout_s`` each).
 """
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import hashlib
 import inspect
 import json
 import math
 import string
-import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -67,6 +67,7 @@ from transformers.utils import get_json_schema
 from actorlearner.core.knobs import check_int, check_number, check_positive
 from actorlearner.env.info import StepInfo, ToolCallInfo
 from actorlearner.env.parsing import PARSERS, ParsedCall, ParsedTurn, ToolCallFormat, get_format, parse_turn
+from actorlearner.env.toolthread import CallTimeout, ToolThread
 
 F = TypeVar("F", bound=Callable[..., Any])
 Messages = list[dict[str, Any]]
@@ -461,23 +462,13 @@ class ToolEnv(gym.Env[Messages, str]):
         fn = self._tools[name]
         if math.isinf(self.tool_timeout_s):
             return fn(**arguments)
-        outcome: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                outcome["result"] = fn(**arguments)
-            except BaseException as err:  # handed to the caller's thread, re-raised there
-                outcome["error"] = err
-
-        context = contextvars.copy_context()
-        thread = threading.Thread(target=context.run, args=(run,), name=f"tool:{name}", daemon=True)
-        thread.start()
-        thread.join(self.tool_timeout_s)
-        if thread.is_alive():
-            raise ToolTimeout(name)
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome.get("result")
+        worker = getattr(self, "_tool_thread", None)
+        if worker is None or worker.abandoned:
+            worker = self._tool_thread = ToolThread(f"tool:{type(self).__name__}")
+        try:
+            return worker.call(lambda: fn(**arguments), self.tool_timeout_s)
+        except CallTimeout:
+            raise ToolTimeout(name) from None
 
     def _check_call(self, call: ParsedCall) -> str | None:
         """Why ``call`` cannot run (unknown tool, missing/unexpected/mistyped argument), or None."""

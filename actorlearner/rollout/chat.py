@@ -14,8 +14,12 @@ the ones the policy sampled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import json
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
@@ -23,6 +27,56 @@ _SENTINEL = "SENTINEL7f3a9c"
 _DUMMY_USER = {"role": "user", "content": "hi"}
 STOP_TAGS = ("</tool_call>", "</answer>")
 """Closing tags that end an assistant turn when each is a single token."""
+MEMO_SIZE = 4096
+"""Renderings and tokenizations each tokenizer remembers (least recently used dropped first)."""
+
+_T = TypeVar("_T")
+_MEMOS: weakref.WeakKeyDictionary[Any, tuple[Any, OrderedDict[tuple[str, str], Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_MEMO_LOCK = threading.Lock()
+
+
+def _memo(tokenizer: Any, kind: str, key: str, compute: Callable[[], _T]) -> _T:
+    """``compute()``, remembered per tokenizer under ``(kind, key)``.
+
+    Rendering and tokenizing are pure functions of the tokenizer and the text, and the same texts
+    recur: a group's G episodes share their prompt, templates' fixed parts repeat every turn, tool
+    results repeat. A tokenizer whose chat template is changed starts afresh. Values are lists of
+    ids or strings; callers copy lists before handing them out.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    with _MEMO_LOCK:
+        seen, memo = _MEMOS.get(tokenizer, (None, None))
+        if memo is None or seen != template:
+            memo = OrderedDict()
+            _MEMOS[tokenizer] = (template, memo)
+        if (kind, key) in memo:
+            memo.move_to_end((kind, key))
+            return memo[kind, key]  # type: ignore[no-any-return]
+    value = compute()
+    with _MEMO_LOCK:
+        memo[kind, key] = value
+        if len(memo) > MEMO_SIZE:
+            memo.popitem(last=False)
+    return value
+
+
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Ids of ``text`` without special tokens added (remembered: see :data:`MEMO_SIZE`).
+
+    Args:
+        tokenizer: The policy's tokenizer.
+        text: Text to tokenize.
+
+    Returns:
+        A new list of ids.
+    """
+
+    def compute() -> list[int]:
+        return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    return list(_memo(tokenizer, "encode", text, compute))
 
 
 def _as_ids(out: Any) -> list[int]:
@@ -51,15 +105,21 @@ def prompt_ids(
         tools: Tool JSON schemas, rendered as the template chooses.
 
     Returns:
-        The prompt ids, ending with the assistant header.
+        A new list of the prompt ids, ending with the assistant header (remembered: a group's
+        episodes share one rendering).
     """
-    out = tokenizer.apply_chat_template(
-        [dict(m) for m in messages],
-        tools=[dict(t) for t in tools] if tools else None,
-        add_generation_prompt=True,
-        tokenize=True,
-    )
-    return _as_ids(out)
+
+    def compute() -> list[int]:
+        out = tokenizer.apply_chat_template(
+            [dict(m) for m in messages],
+            tools=[dict(t) for t in tools] if tools else None,
+            add_generation_prompt=True,
+            tokenize=True,
+        )
+        return _as_ids(out)
+
+    key = json.dumps([messages, tools], sort_keys=True, default=repr)
+    return list(_memo(tokenizer, "prompt", key, compute))
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], gen: bool) -> str:
@@ -73,7 +133,7 @@ def observation_text(
 ) -> str:
     """The template text that follows an assistant turn's content: see :func:`observation_ids`."""
     head = [_DUMMY_USER, {"role": "assistant", "content": _SENTINEL}]
-    before = _render(tokenizer, head, gen=False)
+    before = _memo(tokenizer, "render", "head", lambda: _render(tokenizer, head, gen=False))
     after = _render(tokenizer, head + [dict(m) for m in messages], gen=True)
     cut = before.rfind(_SENTINEL) + len(_SENTINEL)
     if cut < len(_SENTINEL) or not after.startswith(before[:cut]):
@@ -108,8 +168,15 @@ def observation_ids(
     Raises:
         ValueError: If the template does not render conversations prefix-consistently.
     """
-    text = observation_text(tokenizer, messages, after_eos)
-    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    key = json.dumps([messages, after_eos], sort_keys=True, default=repr)
+    return list(
+        _memo(
+            tokenizer,
+            "observation",
+            key,
+            lambda: encode_text(tokenizer, observation_text(tokenizer, messages, after_eos)),
+        )
+    )
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:

@@ -460,11 +460,18 @@ class AsyncBatchingEngine:
     from their tool calls at slightly different times share one batch instead of many small ones
     (each decode step costs about the same for 10 rows or 256 on CPU).
 
+    Lockstep (``lockstep=True``, ``debugging.deterministic``): batches do not depend on timing.
+    Callers :meth:`join` the episodes they launch and each :meth:`leave` s when it ends; a batch
+    waits until every joined episode has its request pending and runs its rows sorted by ids. The
+    rows, their order and so the draws of the sampling generator are then the same in every run
+    (identical rows are interchangeable: equal contexts, equal distributions).
+
     Args:
         engine: The wrapped engine (e.g. :class:`HFEngine`).
         max_batch_size: Largest batch per ``engine.generate`` call (None = unbounded).
         max_wait_s: Longest time a request waits for others to join its batch (0 disables).
         quiet_s: A gap this long without a new request closes the batch early.
+        lockstep: Form batches by :meth:`join`/:meth:`leave` instead of a time window.
     """
 
     def __init__(
@@ -473,11 +480,14 @@ class AsyncBatchingEngine:
         max_batch_size: int | None = None,
         max_wait_s: float = 0.05,
         quiet_s: float = 0.003,
+        lockstep: bool = False,
     ) -> None:
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.quiet_s = quiet_s
+        self.lockstep = lockstep
+        self._joined = 0
         # Its own thread: generation never queues behind env steps (tool calls) in the default pool.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._pending: list[tuple[list[int], SamplingParams, bool, asyncio.Future[Generation]]] = []
@@ -492,6 +502,16 @@ class AsyncBatchingEngine:
     def version(self) -> int:
         """Version of the weights the next batch will use (staged weights included)."""
         return self._staged[1] if self._staged is not None else self.engine.version
+
+    def join(self, episodes: int) -> None:
+        """Lockstep: the next batches wait for ``episodes`` more episodes until each :meth:`leave` s."""
+        self._joined += episodes
+
+    def leave(self) -> None:
+        """Lockstep: an episode that joined has ended (or failed); batches stop waiting for it."""
+        self._joined -= 1
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def stage_weights(self, weights: Mapping[str, Any], version: int) -> None:
         """Stages weights to load before the next batch (a later call replaces an unapplied one)."""
@@ -535,7 +555,12 @@ class AsyncBatchingEngine:
             await self._wakeup.wait()
             self._wakeup.clear()
             await asyncio.sleep(0)  # let requests scheduled in the same tick join the batch
-            await self._collect()
+            if self.lockstep:
+                if not self._pending or len(self._pending) < self._joined:
+                    continue  # a joined episode is still in an env step: its request decides
+                self._pending.sort(key=lambda request: request[0])
+            else:
+                await self._collect()
             requests, self._pending = self._pending, []
             try:
                 await self._serve(requests)

@@ -81,7 +81,7 @@ class DemonstrationTurnPolicy:
     ) -> Generation:
         """Tokenizes the demonstrated turn."""
         text = env.unwrapped.demonstration(messages)  # type: ignore[attr-defined]
-        turn_ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        turn_ids = chat.encode_text(self.tokenizer, text)
         if not turn_ids or turn_ids[-1] not in self.stop_ids:
             turn_ids.append(self.tokenizer.eos_token_id)
         return Generation(token_ids=turn_ids, logprobs=[0.0] * len(turn_ids), finish_reason="stop")

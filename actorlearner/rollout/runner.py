@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -82,6 +82,10 @@ class EnvRunner:
         model_path: Directory of the policy (``from_pretrained``).
         config: Rollout settings.
         seed: Base seed.
+        deterministic: Play reproducibly (``debugging.deterministic``): generation in lockstep
+            (:class:`~actorlearner.rollout.engine.AsyncBatchingEngine`), the synchronous
+            schedule's groups in waves pushed in launch order, numbered group ids, and a group's
+            trajectories in a canonical order.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class EnvRunner:
         model_path: str,
         config: EnvRunnersConfig,
         seed: int = 0,
+        deterministic: bool = False,
     ) -> None:
         hf_logging.disable_progress_bar()
         self.index = index
@@ -103,7 +108,11 @@ class EnvRunner:
             config.engine, model_path, seed=seed + 1000 * index, **config.engine_options
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.batcher = AsyncBatchingEngine(self.engine, max_wait_s=config.batch_wait_s)
+        self.deterministic = deterministic
+        self.batcher = AsyncBatchingEngine(
+            self.engine, max_wait_s=config.batch_wait_s, lockstep=deterministic
+        )
+        self.groups_made = 0
         self.stops = stop_token_ids(self.tokenizer)
         # A runner Ray restarted after its process died must not replay the task stream from the start.
         self.rng = np.random.default_rng([seed, index, os.getpid()] if _restarted() else [seed, index])
@@ -139,12 +148,17 @@ class EnvRunner:
         """Plays G episodes of one prompt (same reset seed) concurrently."""
         self._ensure_executor()
         policy = policy or EnginePolicy(self.batcher, self.params)
+        size = self.cfg.group_size
+        self.batcher.join(size)
         async with asyncio.TaskGroup() as tg:  # one failing episode cancels its siblings
             tasks = [
-                tg.create_task(self._episode(self.pool, policy, seed)) for _ in range(self.cfg.group_size)
+                tg.create_task(self._joined(self._episode(self.pool, policy, seed))) for _ in range(size)
             ]
         trajs = [t.result() for t in tasks]
-        group_id = uuid.uuid4().hex[:12]
+        if self.deterministic:  # which episode drew which sample depends on timing, the set does not
+            trajs.sort(key=lambda t: (t.token_ids.tolist(), t.reward))
+        self.groups_made += 1
+        group_id = f"{self.index}-{self.groups_made:09d}" if self.deterministic else uuid.uuid4().hex[:12]
         for t in trajs:
             t.group_id = group_id
         first = trajs[0]
@@ -156,6 +170,13 @@ class EnvRunner:
             sub_tasks=list(first.sub_tasks),
             created_at=time.time(),
         )
+
+    async def _joined(self, episode: Awaitable[Trajectory]) -> Trajectory:
+        """Awaits an episode the batcher was told of (:meth:`AsyncBatchingEngine.join`); then tells it."""
+        try:
+            return await episode
+        finally:
+            self.batcher.leave()
 
     async def _next_group(self) -> Group:
         """Plays a group on the next task seed."""
@@ -227,6 +248,8 @@ class EnvRunner:
         buffer kept (its filters may drop some; failed groups are counted in
         ``rollout/group_errors`` and not pushed).
         """
+        if self.deterministic:
+            return await self._play_waves(num_groups, buffer)
         sem = asyncio.Semaphore(self.cfg.groups_in_flight)
 
         async def one() -> int:
@@ -240,6 +263,31 @@ class EnvRunner:
             return reply.added
 
         return sum(await asyncio.gather(*(one() for _ in range(num_groups))))
+
+    async def _play_waves(self, num_groups: int, buffer: Handle[ReplayBufferActor]) -> int:
+        """:meth:`play` reproducibly: waves of ``groups_in_flight`` groups, each pushed in launch order.
+
+        In the other schedules a group starts when another ends, so which groups share a
+        generation batch depends on timing; a wave's groups start together and the next wave waits.
+        Failed groups are counted and left out, as in :meth:`play`.
+        """
+        self._ensure_executor()
+        kept = 0
+        for start in range(0, num_groups, self.cfg.groups_in_flight):
+            seeds = []
+            for _ in range(min(self.cfg.groups_in_flight, num_groups - start)):
+                try:
+                    seeds.append(await self._next_seed())  # drawn in order: the stream is the same
+                except Exception as err:
+                    self._discard(err)
+            results = await asyncio.gather(*(self.run_group(s) for s in seeds), return_exceptions=True)
+            groups = [r for r in results if isinstance(r, Group)]
+            for failed in (r for r in results if not isinstance(r, Group)):
+                if not isinstance(failed, Exception):
+                    raise failed  # a cancellation or an exit is not a group's failure
+                self._discard(failed)
+            kept += (await self._push(buffer, groups, wait_for_room=False)).added
+        return kept
 
     async def _idle(self, buffer: Handle[ReplayBufferActor], reply: PushReply) -> PushReply:
         """Nothing in flight: wait to be resumed, or for room in the buffer (a long push)."""
@@ -346,7 +394,8 @@ class EnvRunner:
         params = SamplingParams(temperature, self.cfg.max_new_tokens, self.stops)
         policy = EnginePolicy(self.batcher, params, count=False)  # rollout/* counts training turns only
         pool = self.eval_pool if env_spec is None else EnvPool(env_spec, env_config or {})
-        return list(await asyncio.gather(*(self._episode(pool, policy, s) for s in seeds)))
+        self.batcher.join(len(seeds))
+        return list(await asyncio.gather(*(self._joined(self._episode(pool, policy, s)) for s in seeds)))
 
     async def demonstrations(self, num_episodes: int, seed: int) -> list[Trajectory]:
         """Episodes played by the env's demonstration policy (cold-start SFT data).
