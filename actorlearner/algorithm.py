@@ -144,6 +144,7 @@ class Algorithm:
         seed = cfg.debugging.seed
         np.random.seed(seed)
         torch.manual_seed(seed)
+        self.synchronous = cfg.training.synchronous or cfg.debugging.deterministic
         self.env_spec = resolve_env_spec(cfg.environment.env)
         check_cross_fields(cfg)  # build() checked everything (validate()); this, for a direct call
         self._classes: tuple[type[Learner], type[EnvRunner]] = (
@@ -269,6 +270,7 @@ class Algorithm:
             model_path=self.model_path,
             config=cfg.env_runners.portable(),
             seed=cfg.debugging.seed,
+            deterministic=cfg.debugging.deterministic,
         )
 
     def _ray_runtime(self, args: dict[str, Any]) -> RayRuntime:
@@ -397,7 +399,7 @@ class Algorithm:
     async def _start_rl(self) -> None:
         await self.learner.call(LearnerProtocol.start_rl, reset_optimizer=not self._optimizer_restored)
         self._rl_started = True
-        if self.config.training.synchronous:
+        if self.synchronous:
             return  # the runners play each batch on demand (_play_batch)
         await self._all_runners(EnvRunnerProtocol.pause, False)
         self._run_refs = [
@@ -582,10 +584,10 @@ class Algorithm:
             await self._start_rl()
         training = self.config.training
         start = time.perf_counter()
-        if training.synchronous:
+        if self.synchronous:
             await self._play_batch()
         played = time.perf_counter()
-        wait = 0.0 if training.synchronous else training.max_wait_s  # synchronous: the batch is there
+        wait = 0.0 if self.synchronous else training.max_wait_s  # synchronous: the batch is there
         batch = self.buffer.call(
             ReplayBufferActor.sample_wait, training.train_batch_groups, self.version, wait
         )
@@ -597,7 +599,7 @@ class Algorithm:
         self.version = int(learner_metrics.get("version", self.version))
         self._skipped = self._skipped + 1 if learner_metrics.get("skipped") else 0
         metrics: dict[str, float] = {f"learner/{k}": v for k, v in learner_metrics.items()}
-        metrics.update(await (self._sync_weights() if training.synchronous else self._publish()))
+        metrics.update(await (self._sync_weights() if self.synchronous else self._publish()))
         self._check_progress(metrics)
         waited = metrics.get("buffer/wait_s", 0.0) + (played - start)
         metrics["time/wait_for_data_s"] = waited

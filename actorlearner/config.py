@@ -127,6 +127,12 @@ class DebuggingConfig(Section):
     seed: int = Field(0, ge=0, description="Seeds tasks, sampling and model init.")
     ray_address: str | None = Field(None, description="Connect to this Ray cluster; default: start local.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray runtime.")
+    deterministic: bool = Field(
+        False,
+        description="Reproducible runs: two runs with one seed give the same metrics and weights, and a "
+        "resumed run continues exactly. Needs env_runners.num_env_runners=0 (local mode); plays the "
+        "synchronous schedule with generation in lockstep (docs/faults.md#deterministic-runs).",
+    )
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -48,6 +48,11 @@ def check_cross_fields(cfg: AlgorithmConfig) -> None:
             f"replay.capacity: must be >= training.train_batch_groups and env_runners.max_ready_groups "
             f"({max(training.train_batch_groups, runners.max_ready_groups)}), got {cfg.replay.capacity}"
         )
+    if cfg.debugging.deterministic and runners.num_env_runners != 0:
+        raise ConfigError(
+            "debugging.deterministic: needs env_runners.num_env_runners=0 (local mode; Ray mode is not "
+            f"reproducible, docs/faults.md), got num_env_runners={runners.num_env_runners}"
+        )
     if runners.max_new_tokens >= runners.max_tokens:
         raise ConfigError(
             f"env_runners.max_new_tokens: must be < env_runners.max_tokens ({runners.max_tokens}), "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -180,6 +181,7 @@ class FakeEngine:
         self.batches: list[tuple[int, SamplingParams]] = []
         self.loaded: list[int] = []
         self.threads: set[int] = set()
+        self.orders: list[list[int]] = []
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
         self.threads.add(threading.get_ident())
@@ -187,6 +189,7 @@ class FakeEngine:
         if self.fail:
             raise ValueError("boom")
         self.batches.append((len(prompts), params))
+        self.orders.append([p[0] for p in prompts])
         return [Generation([p[0], 1], [-0.5, -0.5], "length", self.version) for p in prompts]
 
     def load_weights(self, weights: Mapping[str, Any], version: int) -> None:
@@ -212,6 +215,29 @@ def test_async_engine_batches_concurrent_requests() -> None:
     assert [g.token_ids[0] for g in gens] == list(range(32))
     assert len(fake.batches) < 32 and fake.batches[0][0] > 1
     assert threading.get_ident() not in fake.threads  # generation ran in a worker thread
+
+
+def test_lockstep_batches_wait_for_every_joined_episode_and_sort_their_rows() -> None:
+    """debugging.deterministic: batches do not depend on when episodes come back from env steps."""
+    fake = FakeEngine()
+    jitter = random.Random()  # seeded by the OS: a different arrival order in every run
+
+    async def episode(front: AsyncBatchingEngine, first: int, turns: int) -> None:
+        try:
+            for turn in range(turns):
+                await asyncio.sleep(jitter.uniform(0.0, 0.03))  # an env step of random length
+                await front.generate([first, turn], SamplingParams())
+        finally:
+            front.leave()
+
+    async def main() -> None:
+        front = AsyncBatchingEngine(fake, lockstep=True)
+        front.join(6)
+        await asyncio.gather(*(episode(front, i, 1 if i % 3 == 0 else 2) for i in reversed(range(6))))
+        front.close()
+
+    asyncio.run(main())
+    assert fake.orders == [[0, 1, 2, 3, 4, 5], [1, 2, 4, 5]]  # episodes 0 and 3 left after one turn
 
 
 def test_async_engine_groups_by_params_and_splits_batches() -> None:

@@ -110,6 +110,19 @@ class Engine(Protocol):
         ...
 
 
+@runtime_checkable
+class StatefulEngine(Protocol):
+    """An engine whose sampling state goes into checkpoints (exact resume; ``hf`` is one)."""
+
+    def get_state(self) -> dict[str, Any]:
+        """The sampling generator's state (picklable)."""
+        ...
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`get_state` returned."""
+        ...
+
+
 WeightsRef = Awaitable[Mapping[str, Any]]
 """Published weights: a Ray ``ObjectRef`` (one copy in the object store) or, in-process, a future."""
 

@@ -255,6 +255,14 @@ class HFEngine:
         pad = self.model.config.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
 
+    def get_state(self) -> dict[str, Any]:
+        """The sampling generator's state (a checkpoint's; the weights are the learner's)."""
+        return {"generator": self.generator.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`get_state` returned."""
+        self.generator.set_state(state["generator"])
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The model's weights (the tensors themselves, not copies)."""
         return self.model.state_dict()

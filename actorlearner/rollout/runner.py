@@ -22,7 +22,13 @@ import numpy as np
 from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from actorlearner.core.protocols import Handle, PushReply, ReplayBufferActor, SamplingParams
+from actorlearner.core.protocols import (
+    Handle,
+    PushReply,
+    ReplayBufferActor,
+    SamplingParams,
+    StatefulEngine,
+)
 from actorlearner.core.trajectory import Group, Trajectory
 from actorlearner.env.registration import make_env
 from actorlearner.rollout.chat import stop_token_ids
@@ -364,19 +370,24 @@ class EnvRunner:
         self.batcher.stage_weights(weights, version)
 
     def get_state(self) -> dict[str, Any]:
-        """The task stream's RNG and the skip list."""
+        """The task stream's RNG, the skip list, the group counter and the engine's sampling state."""
         return {
             "rng": self.rng.bit_generator.state,
             "skip": sorted(self._skip),
             "p_revisit": self._p_revisit,
             "skip_version": self._skip_version,
+            "groups_made": self.groups_made,
+            "engine": self.engine.get_state() if isinstance(self.engine, StatefulEngine) else None,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restores what :meth:`get_state` returned."""
+        """Restores what :meth:`get_state` returned (checkpoints written before 2026-12-03 too)."""
         self.rng.bit_generator.state = state["rng"]
         self._skip, self._p_revisit = set(state["skip"]), float(state["p_revisit"])
         self._skip_version = int(state["skip_version"])
+        self.groups_made = int(state.get("groups_made", self.groups_made))
+        if state.get("engine") is not None and isinstance(self.engine, StatefulEngine):
+            self.engine.set_state(state["engine"])
 
     async def evaluate(
         self,
