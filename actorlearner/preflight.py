@@ -28,6 +28,7 @@ def check_config(cfg: AlgorithmConfig) -> None:
         ConfigError: One line naming the first key that fails.
     """
     check_cross_fields(cfg)
+    check_deterministic(cfg)
     check_device(cfg)
     check_run_dir(cfg.reporting.run_dir, "reporting.run_dir")
     if cfg.env_runners.num_env_runners > 0:  # 0: everything in this process, no Ray
@@ -48,15 +49,36 @@ def check_cross_fields(cfg: AlgorithmConfig) -> None:
             f"replay.capacity: must be >= training.train_batch_groups and env_runners.max_ready_groups "
             f"({max(training.train_batch_groups, runners.max_ready_groups)}), got {cfg.replay.capacity}"
         )
-    if cfg.debugging.deterministic and runners.num_env_runners != 0:
-        raise ConfigError(
-            "debugging.deterministic: needs env_runners.num_env_runners=0 (local mode; Ray mode is not "
-            f"reproducible, docs/faults.md), got num_env_runners={runners.num_env_runners}"
-        )
     if runners.max_new_tokens >= runners.max_tokens:
         raise ConfigError(
             f"env_runners.max_new_tokens: must be < env_runners.max_tokens ({runners.max_tokens}), "
             f"got {runners.max_new_tokens}"
+        )
+
+
+def check_deterministic(cfg: AlgorithmConfig) -> None:
+    """``debugging.deterministic`` needs local mode, no wall-clock budget and an engine with state."""
+    if not cfg.debugging.deterministic:
+        return
+    runners = cfg.env_runners
+    if runners.num_env_runners != 0:
+        raise ConfigError(
+            "debugging.deterministic: needs env_runners.num_env_runners=0 (local mode; Ray mode is not "
+            f"reproducible, docs/faults.md), got num_env_runners={runners.num_env_runners}"
+        )
+    if cfg.training.time_budget_s is not None:
+        raise ConfigError(
+            "training.time_budget_s: must be null with debugging.deterministic=true (a wall-clock budget "
+            f"ends runs at different iterations), got {cfg.training.time_budget_s}"
+        )
+    from actorlearner.core.protocols import StatefulEngine  # only now: it imports no torch, the engine may
+    from actorlearner.rollout.engines import engine_class
+
+    engine = engine_class(runners.engine)
+    if not (isinstance(engine, type) and issubclass(engine, StatefulEngine)):
+        raise ConfigError(
+            f"env_runners.engine: {runners.engine!r} has no get_state/set_state for its sampling "
+            "generator, which debugging.deterministic needs for an exact resume; allowed: hf"
         )
 
 

@@ -222,22 +222,54 @@ def test_lockstep_batches_wait_for_every_joined_episode_and_sort_their_rows() ->
     fake = FakeEngine()
     jitter = random.Random()  # seeded by the OS: a different arrival order in every run
 
-    async def episode(front: AsyncBatchingEngine, first: int, turns: int) -> None:
+    async def episode(front: AsyncBatchingEngine, first: int, turns: int, last_step_s: float) -> None:
         try:
             for turn in range(turns):
                 await asyncio.sleep(jitter.uniform(0.0, 0.03))  # an env step of random length
                 await front.generate([first, turn], SamplingParams())
+            await asyncio.sleep(last_step_s)  # the final env step, after which the episode ends
         finally:
             front.leave()
 
     async def main() -> None:
         front = AsyncBatchingEngine(fake, lockstep=True)
         front.join(6)
-        await asyncio.gather(*(episode(front, i, 1 if i % 3 == 0 else 2) for i in reversed(range(6))))
+        # Episode 0 plays one turn, then a final step longer than every other episode's wait: the
+        # second batch may run only once it has left (the last event is its leave, not a request).
+        plays = [
+            episode(front, i, 1 if i % 3 == 0 else 2, 0.1 if i == 0 else 0.0) for i in reversed(range(6))
+        ]
+        await asyncio.wait_for(asyncio.gather(*plays), timeout=10)
         front.close()
 
     asyncio.run(main())
     assert fake.orders == [[0, 1, 2, 3, 4, 5], [1, 2, 4, 5]]  # episodes 0 and 3 left after one turn
+
+
+def test_lockstep_does_not_count_the_request_of_a_cancelled_episode() -> None:
+    """A cancelled episode leaves; its stale request must not stand in for a live one's."""
+    fake = FakeEngine()
+
+    async def main() -> None:
+        front = AsyncBatchingEngine(fake, lockstep=True)
+        front.join(3)
+        doomed = asyncio.ensure_future(front.generate([0], SamplingParams()))
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        front.leave()
+
+        async def late(first: int, delay: float) -> None:
+            try:
+                await asyncio.sleep(delay)
+                await front.generate([first], SamplingParams())
+            finally:
+                front.leave()
+
+        await asyncio.wait_for(asyncio.gather(late(1, 0.0), late(2, 0.1)), timeout=10)
+        front.close()
+
+    asyncio.run(main())
+    assert fake.orders == [[1, 2]]
 
 
 def test_async_engine_groups_by_params_and_splits_batches() -> None:

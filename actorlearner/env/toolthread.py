@@ -78,5 +78,6 @@ class ToolThread:
                 reply.put((True, fn()))
             except BaseException as err:  # handed to the caller's thread, re-raised there
                 reply.put((False, err))
+            del fn, reply  # an idle thread keeps no env or arguments alive
             if self.abandoned:
                 return

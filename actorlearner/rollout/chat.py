@@ -14,7 +14,6 @@ the ones the policy sampled.
 
 from __future__ import annotations
 
-import json
 import threading
 import weakref
 from collections import OrderedDict
@@ -40,12 +39,18 @@ _MEMO_LOCK = threading.Lock()
 def _memo(tokenizer: Any, kind: str, key: str, compute: Callable[[], _T]) -> _T:
     """``compute()``, remembered per tokenizer under ``(kind, key)``.
 
-    Rendering and tokenizing are pure functions of the tokenizer and the text, and the same texts
-    recur: a group's G episodes share their prompt, templates' fixed parts repeat every turn, tool
-    results repeat. A tokenizer whose chat template is changed starts afresh. Values are lists of
-    ids or strings; callers copy lists before handing them out.
+    Rendering and tokenizing are pure functions of the tokenizer and the text, and the same
+    texts recur: a group's G episodes share their prompt, templates' fixed parts repeat every
+    turn, tool results repeat. A tokenizer whose chat template, eos token or vocabulary size
+    changes starts afresh. Values are lists of ids or strings; callers copy lists before handing
+    them out. Keys are ``repr`` s, which tell a tuple from a list and ``1`` from ``"1"``, as the
+    template does.
     """
-    template = getattr(tokenizer, "chat_template", None)
+    template = (
+        getattr(tokenizer, "chat_template", None),
+        getattr(tokenizer, "eos_token", None),
+        len(tokenizer),
+    )
     with _MEMO_LOCK:
         seen, memo = _MEMOS.get(tokenizer, (None, None))
         if memo is None or seen != template:
@@ -118,7 +123,7 @@ def prompt_ids(
         )
         return _as_ids(out)
 
-    key = json.dumps([messages, tools], sort_keys=True, default=repr)
+    key = repr((messages, tools))
     return list(_memo(tokenizer, "prompt", key, compute))
 
 
@@ -168,7 +173,7 @@ def observation_ids(
     Raises:
         ValueError: If the template does not render conversations prefix-consistently.
     """
-    key = json.dumps([messages, after_eos], sort_keys=True, default=repr)
+    key = repr((messages, after_eos))
     return list(
         _memo(
             tokenizer,

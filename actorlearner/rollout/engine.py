@@ -518,7 +518,7 @@ class AsyncBatchingEngine:
     def leave(self) -> None:
         """Lockstep: an episode that joined has ended (or failed); batches stop waiting for it."""
         self._joined -= 1
-        if self._wakeup is not None:
+        if self.lockstep and self._wakeup is not None:
             self._wakeup.set()
 
     def stage_weights(self, weights: Mapping[str, Any], version: int) -> None:
@@ -564,6 +564,8 @@ class AsyncBatchingEngine:
             self._wakeup.clear()
             await asyncio.sleep(0)  # let requests scheduled in the same tick join the batch
             if self.lockstep:
+                # A cancelled episode has left: its request must not count for it.
+                self._pending = [r for r in self._pending if not r[3].done()]
                 if not self._pending or len(self._pending) < self._joined:
                     continue  # a joined episode is still in an env step: its request decides
                 self._pending.sort(key=lambda request: request[0])

@@ -405,8 +405,19 @@ class EnvRunner:
         params = SamplingParams(temperature, self.cfg.max_new_tokens, self.stops)
         policy = EnginePolicy(self.batcher, params, count=False)  # rollout/* counts training turns only
         pool = self.eval_pool if env_spec is None else EnvPool(env_spec, env_config or {})
+        # Deterministic: evaluating never moves the training sampling stream (exact resume from a
+        # checkpoint written after an evaluation).
+        saved = (
+            self.engine.get_state()
+            if self.deterministic and isinstance(self.engine, StatefulEngine)
+            else None
+        )
         self.batcher.join(len(seeds))
-        return list(await asyncio.gather(*(self._joined(self._episode(pool, policy, s)) for s in seeds)))
+        try:
+            return list(await asyncio.gather(*(self._joined(self._episode(pool, policy, s)) for s in seeds)))
+        finally:
+            if saved is not None and isinstance(self.engine, StatefulEngine):
+                self.engine.set_state(saved)
 
     async def demonstrations(self, num_episodes: int, seed: int) -> list[Trajectory]:
         """Episodes played by the env's demonstration policy (cold-start SFT data).
