@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 import threading
 import time
 import warnings
@@ -573,3 +575,12 @@ def test_tool_timeout_knob() -> None:
     for bad in (0, -1.0, "5", True, float("nan")):
         with pytest.raises(ValueError, match="tool_timeout_s"):
             Toy(tool_timeout_s=bad)
+
+
+def test_an_env_that_ran_a_tool_can_be_copied_and_pickled() -> None:
+    env = Sleepy()
+    env.reset(seed=0)
+    env.step(format_tool_call("nap", {"seconds": 0}))
+    for clone in (copy.deepcopy(env), pickle.loads(pickle.dumps(env))):
+        obs, *_ = clone.step(format_tool_call("nap", {"seconds": 0}))
+        assert obs[0]["content"] == "rested"  # in the clone's own tool thread

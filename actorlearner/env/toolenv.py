@@ -219,6 +219,12 @@ class ToolEnv(gym.Env[Messages, str]):
         self._done = True
         self._penalty_total = 0.0
 
+    def __getstate__(self) -> dict[str, Any]:
+        """For pickle and deepcopy: everything but the tool thread (the copy starts its own)."""
+        state = dict(self.__dict__)
+        state.pop("_tool_thread", None)
+        return state
+
     def _validate_knobs(self) -> None:
         check_int("max_turns", self.max_turns, 1)
         check_number("format_penalty", self.format_penalty, 0.0)
