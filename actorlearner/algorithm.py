@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 MAX_SKIPPED_ITERATIONS = 3
 """Consecutive iterations without a single group before ``train()`` raises."""
 RESTART_DEADLINE_S = 300.0
+PING_INTERVAL_S = 5.0
+"""During asynchronous RL each runner is pinged this often; one that does not answer within
+``env_runners.call_timeout_s`` is killed as hung and restarted."""
 """Longest a call waits for Ray to restart a runner whose process died."""
 
 MAX_PLAY_ROUNDS = 8
@@ -166,6 +169,7 @@ class Algorithm:
         self._run_refs: list[asyncio.Future[Any]] = []
         self.runner_restarts = [0] * max(1, self.config.env_runners.num_env_runners)
         self._restarting: set[int] = set()
+        self._pings: dict[int, tuple[float, asyncio.Future[Any]]] = {}
         self._stopped = False
         args = self._component_args()  # resolved once: the instances checked are the ones placed
         self.runtime: Runtime = LocalRuntime() if self.local else self._ray_runtime(args)
@@ -441,10 +445,38 @@ class Algorithm:
                     f"training.max_wait_s + training.update_timeout_s = {limit:g}s at iteration "
                     f"{self.iteration}: the learner or the buffer is hung; the run stops"
                 )
-            await asyncio.wait([ref, *self._run_refs], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            self._check_pings()
+            await asyncio.wait(
+                [ref, *self._run_refs],
+                timeout=min(left, PING_INTERVAL_S),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             for i, run in enumerate(self._run_refs):
                 if run.done():
                     self._run_refs[i] = self._restart_runner(i, run)
+
+    def _check_pings(self) -> None:
+        """Pings each runner every ``PING_INTERVAL_S``; one silent past ``call_timeout_s`` is hung.
+
+        A frozen process (SIGSTOP, a deadlock in native code) keeps its actor alive for Ray, so its
+        rollout loop never fails: without pings it would be found only at the next checkpoint or
+        evaluation. A hung runner is killed for Ray to restart it, as in :meth:`_runner_call`.
+        """
+        if self.local:
+            return
+        now, timeout = time.monotonic(), self.config.env_runners.call_timeout_s
+        for i, runner in enumerate(self.runners):
+            sent, ping = self._pings.get(i, (0.0, None))
+            if i in self._restarting:
+                self._pings.pop(i, None)  # a restarting runner loads its model: _relaunch waits for it
+            elif ping is None or (ping.done() and now - sent >= PING_INTERVAL_S):
+                if ping is not None and not ping.cancelled():
+                    ping.exception()  # retrieved: a death shows in the rollout loop's reference
+                self._pings[i] = (now, asyncio.ensure_future(runner.call(EnvRunnerProtocol.ping)))
+            elif not ping.done() and now - sent > timeout:
+                ping.cancel()
+                self._pings.pop(i)
+                self._kill_hung_runner(i, "a ping")
 
     def _death_message(self, err: BaseException) -> str:
         """One line: which part died, and where the run can resume from."""
@@ -795,6 +827,8 @@ class Algorithm:
         self.logger.close()
 
     async def _stop(self) -> None:
+        for _, ping in self._pings.values():
+            ping.cancel()
         await asyncio.wait_for(gather([r.call(EnvRunnerProtocol.stop) for r in self.runners]), 30)
         if self._run_refs:
             await asyncio.wait(self._run_refs, timeout=30)

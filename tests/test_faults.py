@@ -137,3 +137,30 @@ def test_a_frozen_runner_is_killed_as_hung_restarted_and_the_checkpoint_written(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         algo.stop()
+
+
+def test_a_runner_frozen_during_rl_is_found_by_its_ping_and_restarted(ray_session, tmp_path) -> None:
+    """No checkpoint and no evaluation call the runners here: only the pings can find the frozen one."""
+    algo = _config(tmp_path, num_iterations=200).reporting(checkpoint_interval=0).build()
+    algo.config.env_runners.call_timeout_s = 5.0
+    pid = 0
+    try:
+        algo.train()
+        pid = _pid(algo.runners[1])
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        metrics = []
+        while algo.runner_restarts == [0, 0] and time.monotonic() - started < 90:
+            metrics.append(algo.train())  # runner 0 feeds the learner meanwhile
+        found = time.monotonic() - started
+        assert algo.runner_restarts == [0, 1] and found < 60, found
+        assert all(m["learner/trajectories"] > 0 for m in metrics)
+        while 1 in algo._restarting and time.monotonic() - started < 240:
+            metrics.append(algo.train())
+        assert _pid(algo.runners[1]) != pid  # a new process answers
+        assert algo.train()["rollout/runner_restarts"] == 1.0
+    finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        algo.stop()

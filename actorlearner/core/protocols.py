@@ -218,6 +218,10 @@ class EnvRunner(Stateful, Protocol):
         """Stages new weights, loaded before the next generation step (phase boundaries)."""
         ...
 
+    async def ping(self) -> int:
+        """Answers at once with the runner's index (the driver's liveness check during RL)."""
+        ...
+
     async def pause(self, paused: bool = True) -> None:
         """Stops (or resumes) launching new groups; groups in flight finish."""
         ...

@@ -350,6 +350,10 @@ class EnvRunner:
         self.group_errors += 1
         logger.error("a group failed and was discarded", exc_info=err)
 
+    async def ping(self) -> int:
+        """Answers at once with the runner's index (the driver's liveness check during RL)."""
+        return self.index
+
     async def pause(self, paused: bool = True) -> None:
         """Stops (or resumes) launching new groups; groups in flight finish."""
         self._paused = paused
