@@ -413,16 +413,33 @@ class Algorithm:
     async def _play_batch(self) -> None:
         """The synchronous schedule: the runners play until one batch of groups is kept, then stop.
 
-        Groups the filters drop (or that fail) are replaced, up to ``MAX_PLAY_ROUNDS`` rounds.
+        Groups the filters drop (or that fail) are replaced, up to ``MAX_PLAY_ROUNDS`` rounds. A
+        runner that dies (or is found hung by its pings) is restarted as in the asynchronous
+        schedule; its share of the round is played again in the next round.
         """
         missing, k = self.config.training.train_batch_groups, len(self.runners)
         for _ in range(MAX_PLAY_ROUNDS):
             shares = [missing // k + (i < missing % k) for i in range(k)]
-            pairs = zip(self.runners, shares, strict=True)
-            kept = await gather([r.call(EnvRunnerProtocol.play, m, self.buffer) for r, m in pairs if m])
-            missing -= sum(kept)
+            plays = [asyncio.ensure_future(self._play_share(i, m)) for i, m in enumerate(shares) if m]
+            while not all(p.done() for p in plays):
+                self._check_pings()
+                await asyncio.wait(plays, timeout=PING_INTERVAL_S, return_when=asyncio.ALL_COMPLETED)
+            missing -= sum(p.result() for p in plays)
             if missing <= 0:
                 return
+
+    async def _play_share(self, index: int, num_groups: int) -> int:
+        """Runner ``index`` plays ``num_groups`` groups; 0 kept when it died and was restarted."""
+        try:
+            return int(await self.runners[index].call(EnvRunnerProtocol.play, num_groups, self.buffer))
+        except Exception as err:
+            own_id = getattr(self.runners[index], "actor_id", None)
+            if not is_part_death(err) or getattr(err, "actor_id", None) != own_id:
+                raise  # an error of its own, or of a part it called (the buffer): not its death
+            if index not in self._restarting:  # not already counted as hung by _check_pings
+                self._count_restart(index, "died", type(err).__name__, err)
+            await self._until_restarted(index)
+            return 0
 
     async def _watch_runners(self, ref: asyncio.Future[Any]) -> None:
         """Waits for ``ref`` (an update); a runner whose process died is restarted meanwhile.

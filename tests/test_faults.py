@@ -164,3 +164,20 @@ def test_a_runner_frozen_during_rl_is_found_by_its_ping_and_restarted(ray_sessio
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         algo.stop()
+
+
+def test_a_runner_killed_in_the_synchronous_schedule_is_restarted_and_its_share_replayed(
+    ray_session, tmp_path
+) -> None:
+    algo = _config(tmp_path, num_iterations=20, synchronous=True).reporting(checkpoint_interval=0).build()
+    try:
+        algo.train()
+        first = _pid(algo.runners[1])
+        os.kill(first, signal.SIGKILL)
+        metrics = [algo.train() for _ in range(3)]  # the first waits for the new process
+        assert algo.runner_restarts == [0, 1]
+        assert _pid(algo.runners[1]) != first
+        assert all(m["learner/trajectories"] == 8 for m in metrics)  # full batches: 2 groups of 4
+        assert metrics[-1]["rollout/runner_restarts"] == 1.0
+    finally:
+        algo.stop()
