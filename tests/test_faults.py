@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -119,11 +120,7 @@ def test_a_frozen_runner_is_killed_as_hung_restarted_and_the_checkpoint_written(
 ) -> None:
     algo = _config(tmp_path, num_iterations=6).build()
     algo.config.env_runners.call_timeout_s = 15.0  # the healthy runner answers well within it
-    pid = 0
-    try:
-        algo.train()
-        pid = _pid(algo.runners[1])
-        os.kill(pid, signal.SIGSTOP)
+    with _frozen_runner(algo, 1) as pid:
         started = time.monotonic()
         path = algo.checkpoint()  # asks every runner for its state: runner 1 does not answer
         assert time.monotonic() - started < 90
@@ -132,6 +129,17 @@ def test_a_frozen_runner_is_killed_as_hung_restarted_and_the_checkpoint_written(
         assert _pid(algo.runners[1]) != pid
         metrics = [algo.train() for _ in range(2)]  # both runners feed the learner again
         assert metrics[-1]["rollout/runner_restarts"] == 1.0
+
+
+@contextlib.contextmanager
+def _frozen_runner(algo: Any, index: int) -> Iterator[int]:
+    """After one iteration, freezes runner ``index`` (SIGSTOP); yields its pid; then stops the run."""
+    pid = 0
+    try:
+        algo.train()
+        pid = _pid(algo.runners[index])
+        os.kill(pid, signal.SIGSTOP)
+        yield pid
     finally:
         if pid:
             with contextlib.suppress(ProcessLookupError):
@@ -143,11 +151,7 @@ def test_a_runner_frozen_during_rl_is_found_by_its_ping_and_restarted(ray_sessio
     """No checkpoint and no evaluation call the runners here: only the pings can find the frozen one."""
     algo = _config(tmp_path, num_iterations=200).reporting(checkpoint_interval=0).build()
     algo.config.env_runners.call_timeout_s = 5.0
-    pid = 0
-    try:
-        algo.train()
-        pid = _pid(algo.runners[1])
-        os.kill(pid, signal.SIGSTOP)
+    with _frozen_runner(algo, 1) as pid:
         started = time.monotonic()
         metrics = []
         while algo.runner_restarts == [0, 0] and time.monotonic() - started < 90:
@@ -159,11 +163,6 @@ def test_a_runner_frozen_during_rl_is_found_by_its_ping_and_restarted(ray_sessio
             metrics.append(algo.train())
         assert _pid(algo.runners[1]) != pid  # a new process answers
         assert algo.train()["rollout/runner_restarts"] == 1.0
-    finally:
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        algo.stop()
 
 
 def test_a_runner_killed_in_the_synchronous_schedule_is_restarted_and_its_share_replayed(
