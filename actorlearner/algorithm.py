@@ -56,10 +56,10 @@ logger = logging.getLogger(__name__)
 MAX_SKIPPED_ITERATIONS = 3
 """Consecutive iterations without a single group before ``train()`` raises."""
 RESTART_DEADLINE_S = 300.0
-PING_INTERVAL_S = 5.0
-"""During asynchronous RL each runner is pinged this often; one that does not answer within
-``env_runners.call_timeout_s`` is killed as hung and restarted."""
 """Longest a call waits for Ray to restart a runner whose process died."""
+PING_INTERVAL_S = 5.0
+"""While the driver waits for an update or a synchronous batch it pings each runner this often; one
+that does not answer within ``env_runners.call_timeout_s`` is killed as hung and restarted."""
 
 MAX_PLAY_ROUNDS = 8
 """Synchronous schedule: rounds of play to replace dropped groups before training on fewer."""
@@ -433,9 +433,8 @@ class Algorithm:
         try:
             return int(await self.runners[index].call(EnvRunnerProtocol.play, num_groups, self.buffer))
         except Exception as err:
-            own_id = getattr(self.runners[index], "actor_id", None)
-            if not is_part_death(err) or getattr(err, "actor_id", None) != own_id:
-                raise  # an error of its own, or of a part it called (the buffer): not its death
+            if not self._own_death(index, err):
+                raise
             if index not in self._restarting:  # not already counted as hung by _check_pings
                 self._count_restart(index, "died", type(err).__name__, err)
             await self._until_restarted(index)
@@ -517,11 +516,15 @@ class Algorithm:
         err = run.exception()
         if err is None:
             raise RuntimeError(f"env runner {index}: its rollout loop ended unexpectedly")
-        own_id = getattr(self.runners[index], "actor_id", None)
-        if not is_part_death(err) or getattr(err, "actor_id", None) != own_id:
-            raise err  # an error of its own, or of a part it called (the buffer): not its death
+        if not self._own_death(index, err):
+            raise err
         self._count_restart(index, "died", type(err).__name__, err)
         return asyncio.ensure_future(self._relaunch(index))
+
+    def _own_death(self, index: int, err: BaseException) -> bool:
+        """Whether ``err`` is runner ``index``'s death (not its error, nor the buffer's it called)."""
+        own_id = getattr(self.runners[index], "actor_id", None)
+        return is_part_death(err) and getattr(err, "actor_id", None) == own_id
 
     def _count_restart(self, index: int, cause: str, detail: str, err: BaseException | None = None) -> None:
         """Counts one restart of runner ``index`` and logs it; raises when none is left.

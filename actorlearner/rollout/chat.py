@@ -77,11 +77,11 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     Returns:
         A new list of ids.
     """
+    return list(_memo(tokenizer, "encode", text, lambda: _tokenize(tokenizer, text)))
 
-    def compute() -> list[int]:
-        return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
 
-    return list(_memo(tokenizer, "encode", text, compute))
+def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 
 def _as_ids(out: Any) -> list[int]:
@@ -179,7 +179,7 @@ def observation_ids(
             tokenizer,
             "observation",
             key,
-            lambda: encode_text(tokenizer, observation_text(tokenizer, messages, after_eos)),
+            lambda: _tokenize(tokenizer, observation_text(tokenizer, messages, after_eos)),
         )
     )
 
