@@ -4,7 +4,8 @@ Starts ``actorlearner train configs/calculator.yaml`` (short SFT, then RL bounde
 ``--minutes`` of wall time, two Ray runners beside the learner and the buffer, as shipped) and
 samples the resident memory of the driver and of each Ray actor process every ``--every``
 seconds. Reported per process: RSS two minutes into RL, at the end, the largest, and the growth
-from minute 2 to the end (goal: under 5%; the buffer and its prompt histories are bounded).
+from minute 2 to the end, sample to sample and peak to peak (goal: under 5%; the buffer and its
+prompt histories are bounded).
 Writes ``benchmarks/results/soak.json``. Run: ``.venv/bin/python benchmarks/soak.py`` (about
 12 minutes with the default 10).
 """
@@ -59,17 +60,30 @@ def _rl_started(metrics: Path) -> bool:
     return any('"phase": "rl"' in line for line in metrics.read_text().splitlines())
 
 
+def _growth(before: float | None, after: float) -> float:
+    return (after - before) / before * 100 if before else float("nan")
+
+
 def _report(samples: list[tuple[float, dict[str, int]]], rl_start: float) -> list[dict[str, Any]]:
+    """Per process: RSS at minute 2 and at the end, and two growths from minute 2 to the end.
+
+    ``growth_pct`` compares two single samples. A process whose memory swings with its work (the
+    learner's batches, checkpoints) makes that a coin toss, so ``peak_growth_pct`` compares the
+    largest RSS of minute 2 (2-3 min) with the largest of the last minute: the high-water mark,
+    which is what runs a machine out of memory.
+    """
     base_t = rl_start + BASELINE_S
     rows = []
     for key in sorted({k for _, s in samples for k in s}):
         series = [(t, s[key]) for t, s in samples if key in s]
         base = next((v for t, v in series if t >= base_t), None)
-        end = series[-1][1]
-        growth = (end - base) / base * 100 if base else float("nan")
+        end_t, end = series[-1]
+        base_peak = max((v for t, v in series if base_t <= t < base_t + 60), default=None)
+        end_peak = max(v for t, v in series if t >= end_t - 60)
         rows.append(
             {"process": key, "rss_minute2_mb": (base or 0) / 2**20, "rss_end_mb": end / 2**20,
-             "rss_max_mb": max(v for _, v in series) / 2**20, "growth_pct": growth}
+             "rss_max_mb": max(v for _, v in series) / 2**20, "growth_pct": _growth(base, end),
+             "peak_growth_pct": _growth(base_peak, end_peak)}
         )  # fmt: skip
     return rows
 
@@ -122,11 +136,12 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"{len(rl)} RL iterations in {args.minutes:g} minutes; RSS sampled every {args.every:g} s")
-    print(f"{'process':<24}{'minute 2 (MB)':>14}{'end (MB)':>10}{'max (MB)':>10}{'growth':>9}")
+    head = f"{'process':<24}{'minute 2 (MB)':>14}{'end (MB)':>10}{'max (MB)':>10}"
+    print(f"{head}{'growth':>9}{'peak growth':>13}")
     for row in rows:
         print(
             f"{row['process']:<24}{row['rss_minute2_mb']:>14.0f}{row['rss_end_mb']:>10.0f}"
-            f"{row['rss_max_mb']:>10.0f}{row['growth_pct']:>8.1f}%"
+            f"{row['rss_max_mb']:>10.0f}{row['growth_pct']:>8.1f}%{row['peak_growth_pct']:>12.1f}%"
         )
 
 

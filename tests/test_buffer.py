@@ -1,9 +1,13 @@
 import asyncio
 import math
+import pickle
+import tracemalloc
+from collections import deque
 
 import numpy as np
 import pytest
 
+from actorlearner.core.history import PromptHistory
 from actorlearner.replay.buffer import GroupReplayBuffer, PriorityError, importance_weights
 from actorlearner.replay.filters import FilterChain, zero_variance
 from actorlearner.replay.priorities import uniform
@@ -441,3 +445,32 @@ def test_prompt_histories_are_bounded_least_recently_seen_first():
     restored = _buffer(max_histories=2)
     restored.set_state(buf.get_state())
     assert list(restored.histories) == ["p1", "p3"]
+
+
+def test_prompt_history_is_compact_and_keeps_its_window():
+    """A long run keeps up to max_histories of them: each must stay small (the deque layout took 1.8 KB)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        histories = {}
+        for i in range(2000):
+            history = PromptHistory(f"Calculator:{i:016x}")
+            history.record(np.arange(8.0))
+            histories[history.prompt_id] = history
+        per_history = (tracemalloc.get_traced_memory()[0] - before) / len(histories)
+    finally:
+        tracemalloc.stop()
+    assert per_history < 700, per_history
+    for k in range(10):
+        history.record(np.full(8, float(k)))
+    assert history.group_means == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0] and history.num_groups == 11
+    assert pickle.loads(pickle.dumps(history)) == history
+
+
+def test_prompt_history_unpickles_the_older_deque_layout():
+    old = {"prompt_id": "p", "window": 2, "group_means": deque([1.0, 2.0]), "group_vars": deque([0.5, 0.0])}
+    history = PromptHistory.__new__(PromptHistory)
+    history.__setstate__({**old, "num_groups": 5})
+    assert history == PromptHistory("p", 2, [1.0, 2.0], [0.5, 0.0], 5)
+    history.record(np.array([3.0, 3.0]))
+    assert history.group_means == [2.0, 3.0] and history.group_vars == [0.0, 0.0]

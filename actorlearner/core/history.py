@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 
-@dataclass
+@dataclass(slots=True)
 class PromptHistory:
     """What the buffer remembers about one prompt across the groups scored for it.
 
@@ -23,21 +23,32 @@ class PromptHistory:
         group_vars: Within-group reward variance of the same groups.
         num_groups: Groups seen for this prompt in total.
         window: How many groups the history keeps (DSCL's W, 8 by default: our choice).
+
+    Compact on purpose (slots, two short lists): the buffer keeps up to ``replay.max_histories``
+    of them, one per prompt seen, about 0.5 KB each (a deque-based version took 1.8 KB and was
+    most of the buffer's memory growth in a long run).
     """
 
     prompt_id: str
     window: int = 8
-    group_means: deque[float] = field(default_factory=deque)
-    group_vars: deque[float] = field(default_factory=deque)
+    group_means: list[float] = field(default_factory=list)
+    group_vars: list[float] = field(default_factory=list)
     num_groups: int = 0
+
+    def __setstate__(self, state: Any) -> None:
+        """Unpickles this layout or the older one (a ``__dict__`` holding deques)."""
+        if isinstance(state, tuple):  # (dict state, slot state) as pickle gives it for slots
+            state = {**(state[0] or {}), **(state[1] or {})}
+        for name in ("prompt_id", "window", "group_means", "group_vars", "num_groups"):
+            value = state[name]
+            setattr(self, name, list(value) if name.startswith("group_") else value)
 
     def record(self, rewards: np.ndarray) -> None:
         """Adds one scored group's rewards to the history."""
         self.group_means.append(float(np.mean(rewards)))
         self.group_vars.append(float(np.var(rewards)))
-        while len(self.group_means) > self.window:
-            self.group_means.popleft()
-            self.group_vars.popleft()
+        if len(self.group_means) > self.window:
+            del self.group_means[: -self.window], self.group_vars[: -self.window]
         self.num_groups += 1
 
     @property
