@@ -16,7 +16,7 @@ import os
 import pickle
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,7 @@ class Algorithm:
         self._run_refs: list[asyncio.Future[Any]] = []
         self.runner_restarts = [0] * max(1, self.config.env_runners.num_env_runners)
         self._restarting: set[int] = set()
+        self._evaluating = False  # the runners are paused for an evaluation (_episodes)
         self._pings: dict[int, tuple[float, asyncio.Future[Any]]] = {}
         self._stopped = False
         args = self._component_args()  # resolved once: the instances checked are the ones placed
@@ -371,11 +372,10 @@ class Algorithm:
         sft = self.config.sft
         per_runner = -(-sft.num_demos // len(self.runners))
         started = time.perf_counter()
-        chunks = await gather(
-            [
-                r.call(EnvRunnerProtocol.demonstrations, per_runner, self.config.debugging.seed + i)
-                for i, r in enumerate(self.runners)
-            ]
+        seed = self.config.debugging.seed
+        demos = EnvRunnerProtocol.demonstrations
+        chunks = await self._watched(
+            [self._runner_job(i, demos, per_runner, seed + i) for i in range(len(self.runners))]
         )
         await self.learner.call(LearnerProtocol.set_demonstrations, [t for c in chunks for t in c])
         demos_s = time.perf_counter() - started
@@ -433,12 +433,53 @@ class Algorithm:
         try:
             return int(await self.runners[index].call(EnvRunnerProtocol.play, num_groups, self.buffer))
         except Exception as err:
-            if not self._own_death(index, err):
-                raise
-            if index not in self._restarting:  # not already counted as hung by _check_pings
-                self._count_restart(index, "died", type(err).__name__, err)
-            await self._until_restarted(index)
+            await self._after_death(index, err)
             return 0
+
+    async def _after_death(self, index: int, err: Exception) -> None:
+        """Re-raises ``err`` unless it is runner ``index``'s death; else waits for its restart."""
+        if not self._own_death(index, err):
+            raise err
+        if index not in self._restarting:  # not already counted as hung by _check_pings
+            self._count_restart(index, "died", type(err).__name__, err)
+            if self._run_refs:  # its rollout loop died too: started again when it is back
+                self._run_refs[index].add_done_callback(lambda f: f.cancelled() or f.exception())
+                self._run_refs[index] = asyncio.ensure_future(self._relaunch(index))
+        await self._until_restarted(index)
+
+    async def _runner_job(self, index: int, method: Callable[..., Any], *args: Any) -> Any:
+        """A long call to runner ``index`` (an evaluation shard, demonstrations) that outlives it.
+
+        If the runner dies, or its pings find it hung (:meth:`_watched`), Ray restarts it; the new
+        process stages the learner's newest weights and the call is made again there. Each restart
+        counts against ``env_runners.max_restarts``.
+        """
+        while True:
+            try:
+                return await self.runners[index].call(method, *args)
+            except Exception as err:
+                await self._after_death(index, err)
+            weights = self.learner.call(LearnerProtocol.get_weights)
+            await self._runner_call(index, EnvRunnerProtocol.set_weights, weights, self.version)
+
+    async def _watched(self, jobs: Sequence[Awaitable[Any]]) -> list[Any]:
+        """Awaits ``jobs`` while the runners are pinged, so that a hung one is found and replaced.
+
+        Raises:
+            Exception: The first job's error; the other jobs are cancelled.
+        """
+        futures = [asyncio.ensure_future(job) for job in jobs]
+        try:
+            while not all(f.done() for f in futures):
+                self._check_pings()
+                await asyncio.wait(futures, timeout=PING_INTERVAL_S, return_when=asyncio.FIRST_EXCEPTION)
+                failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+                if failed is not None:
+                    failed.result()
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()
 
     async def _watch_runners(self, ref: asyncio.Future[Any]) -> None:
         """Waits for ``ref`` (an update); a runner whose process died is restarted meanwhile.
@@ -559,8 +600,8 @@ class Algorithm:
 
     async def _until_restarted(self, index: int) -> None:
         """Waits until Ray has restarted runner ``index`` (its constructor loads the model again)."""
-        try:  # un-pausing: cheap, idempotent, and the state of a runner during RL
-            await self._runner_call(index, EnvRunnerProtocol.pause, False)
+        try:  # cheap and idempotent; a runner comes back paused during an evaluation
+            await self._runner_call(index, EnvRunnerProtocol.pause, self._evaluating)
         except Exception as err:
             raise PartDiedError(f"env runner {index} died and did not come back: {err}") from err
 
@@ -713,16 +754,18 @@ class Algorithm:
         """Evaluation episodes sharded over the runners, which launch no training group meanwhile."""
         shards = [seeds[i :: len(self.runners)] for i in range(len(self.runners))]
         if self._rl_started:
+            self._evaluating = True
             await self._all_runners(EnvRunnerProtocol.pause, True)
         try:
-            refs = [
-                r.call(EnvRunnerProtocol.evaluate, s, temperature, spec, env_config)
-                for r, s in zip(self.runners, shards, strict=True)
+            jobs = [
+                self._runner_job(i, EnvRunnerProtocol.evaluate, s, temperature, spec, env_config)
+                for i, s in enumerate(shards)
                 if s
             ]
-            return [t for chunk in await gather(refs) for t in chunk]
+            return [t for chunk in await self._watched(jobs) for t in chunk]
         finally:
             if self._rl_started:
+                self._evaluating = False
                 await self._all_runners(EnvRunnerProtocol.pause, False)
 
     # ----------------------------------------------------------------------- save and restore

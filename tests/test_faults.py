@@ -132,11 +132,12 @@ def test_a_frozen_runner_is_killed_as_hung_restarted_and_the_checkpoint_written(
 
 
 @contextlib.contextmanager
-def _frozen_runner(algo: Any, index: int) -> Iterator[int]:
-    """After one iteration, freezes runner ``index`` (SIGSTOP); yields its pid; then stops the run."""
+def _frozen_runner(algo: Any, index: int, train_first: bool = True) -> Iterator[int]:
+    """After one iteration (or none), freezes runner ``index`` (SIGSTOP); yields its pid; stops the run."""
     pid = 0
     try:
-        algo.train()
+        if train_first:
+            algo.train()
         pid = _pid(algo.runners[index])
         os.kill(pid, signal.SIGSTOP)
         yield pid
@@ -180,3 +181,38 @@ def test_a_runner_killed_in_the_synchronous_schedule_is_restarted_and_its_share_
         assert metrics[-1]["rollout/runner_restarts"] == 1.0
     finally:
         algo.stop()
+
+
+def test_a_runner_frozen_during_an_evaluation_is_replaced_and_its_episodes_played(
+    ray_session, tmp_path
+) -> None:
+    """Before RL the evaluation's call is the only one the frozen runner gets: its pings must find it."""
+    algo = _config(tmp_path).build()
+    algo.config.env_runners.call_timeout_s = 5.0
+    with _frozen_runner(algo, 1, train_first=False) as pid:
+        started = time.monotonic()
+        metrics = algo.evaluate(8, modes=("greedy",))
+        assert time.monotonic() - started < 120
+        assert algo.runner_restarts == [0, 1] and _pid(algo.runners[1]) != pid
+        assert metrics["eval/greedy/episodes"] == 8.0  # the frozen runner's shard was played again
+
+
+def test_a_runner_killed_before_its_demonstrations_is_restarted_and_sft_goes_on(
+    ray_session, tmp_path
+) -> None:
+    algo = _config(tmp_path).build()
+    try:
+        first = _pid(algo.runners[0])
+        os.kill(first, signal.SIGKILL)
+        metrics = algo.pretrain()
+        assert algo.runner_restarts == [1, 0] and _pid(algo.runners[0]) != first
+        assert metrics["sft/loss"] > 0
+        assert len(ray_get_demos(algo)) == 32  # both runners' shares of sft.num_demos
+    finally:
+        algo.stop()
+
+
+def ray_get_demos(algo: Any) -> list[Any]:
+    import ray
+
+    return ray.get(algo.learner.actor.__ray_call__.remote(lambda self: list(self.demos)), timeout=60)
