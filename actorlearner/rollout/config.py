@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from actorlearner.core.config import ClassSpec, Section
-from actorlearner.rollout.engines import ENGINES, check_engine_options, engine_class
+from actorlearner.rollout.engines import ENGINES, check_engine_available, check_engine_options, engine_class
 
 
 class EnvRunnersConfig(Section):
@@ -63,6 +63,7 @@ class EnvRunnersConfig(Section):
     def _known_engine(cls, value: Any) -> Any:
         if not (isinstance(value, str) and value in ENGINES):  # a known name is not imported here
             engine_class(value)
+        check_engine_available(value)
         return value
 
     @field_validator("engine_options")

