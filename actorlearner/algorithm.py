@@ -165,6 +165,7 @@ class Algorithm:
         self._rl_started = False
         self._optimizer_restored = False
         self._skipped = 0
+        self._skipped_totals: dict[str, float] = {}  # group errors and drops over the skipped iterations
         self._warned_empty = False
         self._run_refs: list[asyncio.Future[Any]] = []
         self.runner_restarts = [0] * max(1, self.config.env_runners.num_env_runners)
@@ -691,6 +692,8 @@ class Algorithm:
         updated = time.perf_counter()
         self.version = int(learner_metrics.get("version", self.version))
         self._skipped = self._skipped + 1 if learner_metrics.get("skipped") else 0
+        if not self._skipped:
+            self._skipped_totals = {}
         metrics: dict[str, float] = {f"learner/{k}": v for k, v in learner_metrics.items()}
         metrics.update(await (self._sync_weights() if self.synchronous else self._publish()))
         self._check_progress(metrics)
@@ -706,13 +709,21 @@ class Algorithm:
         if self._skipped and not self._warned_empty:
             self._warned_empty = True
             logger.warning(empty_update_message(metrics, self.config.training.max_wait_s))
+        if not self._skipped:
+            return
+        totals = self._skipped_totals
+        for key, value in metrics.items():  # summed: a runner may fail early and then fall silent
+            if key == "rollout/group_errors" or (
+                key.startswith("filter/") and key.endswith("groups_dropped")
+            ):
+                totals[key] = totals.get(key, 0.0) + value
         if self._skipped >= MAX_SKIPPED_ITERATIONS:
+            drops = {k: v for k, v in totals.items() if k.endswith("groups_dropped")}
             raise RuntimeError(
                 f"no group reached the learner in {self._skipped} iterations of up to "
                 f"{self.config.training.max_wait_s:g}s: rollout/group_errors="
-                f"{metrics.get('rollout/group_errors', 0):g}, filter drops="
-                f"{ {k: v for k, v in metrics.items() if k.endswith('groups_dropped')} }; "
-                "check the runner logs, the env, and replay.filters"
+                f"{totals.get('rollout/group_errors', 0):g} and filter drops {drops} in those "
+                "iterations; check the runner logs, the env, and replay.filters"
             )
 
     def evaluate(

@@ -44,3 +44,42 @@ def test_train_warns_once_when_the_filters_drop_everything(tmp_path, caplog: pyt
     warnings = [r.getMessage() for r in caplog.records if "trained on nothing" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert "drop_all" in warnings[0]
+
+
+class FailsThenRepeats:
+    """An engine whose first generations raise; afterwards every turn is the same (no reward spread)."""
+
+    failures = 0
+
+    def __init__(self, model_path, seed: int = 0) -> None:
+        self.version = 0
+
+    def generate(self, prompts, params):
+        from actorlearner.core.protocols import Generation
+
+        if FailsThenRepeats.failures < 6:
+            FailsThenRepeats.failures += 1
+            raise RuntimeError("engine broke")
+        return [
+            Generation([5, *params.stop_token_ids[:1]], [-0.1, -0.1], "stop", self.version) for _ in prompts
+        ]
+
+    def load_weights(self, weights, version: int) -> None:
+        self.version = version
+
+
+def test_a_stalled_run_names_the_group_errors_of_all_its_empty_iterations(tmp_path) -> None:
+    """Errors early, then only drops: the message sums every empty iteration (was: the last one's)."""
+    config = small_config(tmp_path, max_wait_s=1.0).env_runners(
+        engine="tests.test_empty_update:FailsThenRepeats"
+    )
+    algo = config.replay(filters=["zero_variance"]).build()
+    try:
+        with pytest.raises(RuntimeError, match="no group reached the learner in 3 iterations") as caught:
+            for _ in range(3):
+                algo.train()
+    finally:
+        algo.stop()
+    message = str(caught.value)
+    assert "rollout/group_errors=" in message and "rollout/group_errors=0 " not in message, message
+    assert "zero_variance" in message, message
