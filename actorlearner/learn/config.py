@@ -134,6 +134,16 @@ class LearnerConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for the learner.")
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: Ray's per-actor share.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass: less memory, about a third more "
+        "compute; shared-prefix forwards (training.shared_prefix) are off with it.",
+    )
+    autocast: Literal["none", "bf16"] = Field(
+        "none",
+        description="Mixed precision: forward passes under torch.autocast in bfloat16; weights, "
+        "gradients, optimizer and the loss stay float32.",
+    )
     learner_cls: ClassSpec = Field(
         None,
         description="A Learner subclass or 'pkg.mod:Class' path to run instead of the built-in (null).",

@@ -187,6 +187,10 @@ class Learner:
         self.model.train()
         self.pad_id = int(self.model.config.pad_token_id or 0)
         self._prefix_ok = supports_prefix(self.model)
+        if learner.gradient_checkpointing:  # a cached prefix needs use_cache, which checkpointing turns off
+            _enable_checkpointing(self.model)
+            self._prefix_ok = False
+        self._autocast = learner.autocast == "bf16"
         self.optimizer = self._make_optimizer(training.lr)
         self.ref_model: torch.nn.Module | None = None
         self.version = 0
@@ -209,6 +213,9 @@ class Learner:
         Dropout is switched off for RL updates, so that the ratio pi_theta / pi_old is not noise.
         """
         self.model.eval()
+        for module in self.model.modules():  # transformers checkpoints only layers in training mode:
+            if getattr(module, "gradient_checkpointing", False):  # the layers themselves (no dropout of
+                module.training = True  # their own) stay in it; their dropout submodules do not
         if reset_optimizer:
             self.optimizer = self._make_optimizer(self.cfg.lr)
         if self.cfg.kl_beta > 0 and self.ref_model is None:  # a restored reference is kept
@@ -224,11 +231,22 @@ class Learner:
             return None
         return plan_prefix(mb.input_ids, mb.mask, mb.attention_mask)
 
+    def _logits(self, model: torch.nn.Module, mb: Batch, plan: PrefixPlan | None) -> torch.Tensor:
+        """The forward pass (:func:`prefix_logits`), in bfloat16 autocast with ``learners.autocast``.
+
+        Autocast logits come back as float32, so the loss is computed in float32 either way.
+        """
+        if not self._autocast:
+            return prefix_logits(model, mb.input_ids, mb.attention_mask, plan)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            logits = prefix_logits(model, mb.input_ids, mb.attention_mask, plan)
+        return logits.float()
+
     def _logprobs(
         self, model: torch.nn.Module, mb: Batch, entropy_grad: bool = False, plan: PrefixPlan | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and entropies of the targets from column ``plan.length`` on (all without a plan)."""
-        logits = prefix_logits(model, mb.input_ids, mb.attention_mask, plan)
+        logits = self._logits(model, mb, plan)
         logp = losses.token_logprobs(logits, mb.tail(plan.length if plan else 0).targets, self.temperature)
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             dist = torch.log_softmax(logits.float() / self.temperature, dim=-1)
@@ -415,7 +433,7 @@ class Learner:
         for lo in range(0, n_rows, self.cfg.micro_batch_size):
             mb = batch.slice(lo, min(lo + self.cfg.micro_batch_size, n_rows))
             plan = self._plan(mb)
-            logits = prefix_logits(self.model, mb.input_ids, mb.attention_mask, plan)
+            logits = self._logits(self.model, mb, plan)
             mb = mb.tail(plan.length if plan else 0)  # the shared columns carry no loss
             nll = torch.nn.functional.cross_entropy(
                 logits.float().transpose(1, 2), mb.targets, reduction="none"
@@ -483,3 +501,16 @@ class Learner:
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """CPU copies of a module's ``state_dict`` tensors."""
     return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
+
+
+def _enable_checkpointing(model: PreTrainedModel) -> None:
+    """Activation (gradient) checkpointing, non-reentrant, under the installed transformers' name.
+
+    transformers 5.24 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``
+    (the old name warns); older 5.x releases (vLLM's venv) have only the old one.
+    """
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,0 +1,89 @@
+"""Memory knobs of the learner for real models: gradient checkpointing and bfloat16 autocast."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from actorlearner.learn.config import LearnerConfig, TrainingConfig
+from actorlearner.learn.learner import Learner
+from tests import test_learner
+from tests.conftest import small_config
+
+TEMPERATURE = test_learner.TEMPERATURE
+model_dir = test_learner.model_dir  # the fixtures: a tiny model, and groups it played
+groups = test_learner.groups
+
+
+def _learner(model_dir: str, **learner) -> Learner:
+    training = TrainingConfig(lr=1e-3, shared_prefix=False)  # one forward per micro-batch in both arms
+    return Learner(
+        model_dir, training, LearnerConfig(device="cpu", **learner), temperature=TEMPERATURE, seed=0
+    )
+
+
+def _updated(learner: Learner, groups) -> tuple[dict[str, torch.Tensor], int]:
+    """Parameters after one update, and the elements of the tensors autograd saved for backward."""
+    saved = [0]
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved[0] += tensor.numel()
+        return tensor
+
+    learner.start_rl()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        learner.update(groups)
+    return {k: v.detach().clone() for k, v in learner.model.named_parameters()}, saved[0]
+
+
+def test_gradient_checkpointing_saves_fewer_activations_and_keeps_the_update(model_dir, groups) -> None:
+    plain, plain_saved = _updated(_learner(model_dir), groups)
+    checked, checked_saved = _updated(_learner(model_dir, gradient_checkpointing=True), groups)
+    assert checked_saved < 0.5 * plain_saved, (checked_saved, plain_saved)  # layers are recomputed instead
+    for name, value in plain.items():
+        torch.testing.assert_close(checked[name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_float32_weights(model_dir, groups) -> None:
+    before = {k: v.detach().clone() for k, v in _learner(model_dir).model.named_parameters()}
+    plain, _ = _updated(_learner(model_dir), groups)
+    learner = _learner(model_dir, autocast="bf16")
+    dtypes = []
+    learner.model.model.layers[0].mlp.down_proj.register_forward_hook(
+        lambda m, i, out: dtypes.append(out.dtype)
+    )
+    mixed, _ = _updated(learner, groups)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in learner.model.parameters())
+    step = torch.cat([(plain[k] - before[k]).flatten() for k in before])
+    step_bf16 = torch.cat([(mixed[k] - before[k]).flatten() for k in before])
+    assert float(torch.nn.functional.cosine_similarity(step, step_bf16, dim=0)) > 0.9  # the same direction
+
+
+@pytest.mark.parametrize("knobs", [{"gradient_checkpointing": True}, {"autocast": "bf16"}])
+def test_a_run_with_the_knob_learns_reaches_the_runner_and_round_trips(tmp_path, knobs) -> None:
+    config = small_config(tmp_path, num_iterations=2).sft(steps=40, num_demos=64, batch_size=16, lr=3e-3)
+    algo = config.learners(**knobs).build()
+    try:
+        algo.pretrain()
+        algo.train()
+        algo.evaluate(2, modes=("greedy",))  # sends the weights; the engine loads them before its next step
+        learner = algo.learner.obj
+        engine_weights = algo.runners[0].obj.engine.state_dict()
+        for name, value in learner.get_weights().items():  # the runner generates with the learner's weights
+            torch.testing.assert_close(engine_weights[name], value, msg=name)
+        path = algo.save()
+        restored = config.learners(**knobs).build()
+        try:
+            restored.restore(path)
+            for name, value in learner.get_weights().items():
+                torch.testing.assert_close(restored.learner.obj.get_weights()[name], value, msg=name)
+        finally:
+            restored.stop()
+    finally:
+        algo.stop()
+    records = [json.loads(line) for line in (algo.run_dir / "metrics.jsonl").read_text().splitlines()]
+    sft = [r["sft/loss"] for r in records if r.get("phase") == "sft"]
+    assert len(sft) == 40 and sum(sft[-5:]) < 0.8 * sum(sft[:5])  # the loss falls
