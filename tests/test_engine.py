@@ -19,6 +19,7 @@ from actorlearner.core.registry import RegistryError
 from actorlearner.models.tiny import build_tiny_model
 from actorlearner.rollout.engine import AsyncBatchingEngine, HFEngine, PrefixStore
 from actorlearner.rollout.engines import make_engine
+from tests.engine_contract import check_generate_shapes, check_stops_at_stop_ids, random_prompts
 
 CORPUS = ["What is 37 * 52? Use the calculator tool.", "<tool_call></tool_call><answer></answer>"]
 
@@ -33,9 +34,7 @@ def engine(model_dir: Path) -> HFEngine:
     return HFEngine(model_dir, seed=0)
 
 
-def _prompts(n: int, seed: int = 0, lo: int = 3, hi: int = 25) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(4, 300, size=int(rng.integers(lo, hi))).tolist() for _ in range(n)]
+_prompts = random_prompts
 
 
 def _recomputed_logprobs(engine: HFEngine, prompts: list[list[int]], gens: list[Generation], temp: float):
@@ -57,30 +56,13 @@ def _recomputed_logprobs(engine: HFEngine, prompts: list[list[int]], gens: list[
 
 
 def test_generate_shapes_and_lengths(engine: HFEngine) -> None:
-    gens = engine.generate(_prompts(6), SamplingParams(temperature=1.0, max_new_tokens=7))
-    assert len(gens) == 6
-    for g in gens:
-        assert len(g.token_ids) == len(g.logprobs) == 7
-        assert g.finish_reason == "length" and g.version == engine.version
-        assert all(lp <= 0.0 for lp in g.logprobs)
+    check_generate_shapes(engine)
     assert engine.generate([], SamplingParams()) == []
 
 
 def test_stops_at_stop_ids(engine: HFEngine) -> None:
-    prompts = _prompts(8, seed=1)
-    free = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=6))
-    stop = free[0].token_ids[2]
-    stopped = engine.generate(
-        prompts, SamplingParams(temperature=0.0, max_new_tokens=6, stop_token_ids=(stop,))
-    )
-    for f, s in zip(free, stopped, strict=True):
-        if stop in f.token_ids:
-            cut = f.token_ids.index(stop) + 1
-            assert s.token_ids == f.token_ids[:cut] and s.finish_reason == "stop"
-            assert s.logprobs == pytest.approx(f.logprobs[:cut], abs=1e-5)
-        else:
-            assert s.token_ids == f.token_ids and s.finish_reason == "length"
-    assert len(stopped[0].token_ids) <= 3
+    prompts = random_prompts(8, seed=1)
+    check_stops_at_stop_ids(engine, tolerance=1e-5)
     every = tuple(range(engine.model.config.vocab_size))
     for g in engine.generate(prompts, SamplingParams(1.0, 5, every)):
         assert len(g.token_ids) == 1 and g.finish_reason == "stop"

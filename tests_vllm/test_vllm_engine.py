@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,6 +17,7 @@ from actorlearner.models.tiny import build_tiny_model
 from actorlearner.rollout.engine import HFEngine
 from actorlearner.rollout.engines import make_engine
 from actorlearner.rollout.vllm_engine import VLLMEngine
+from tests.engine_contract import check_generate_shapes, check_stops_at_stop_ids, random_prompts
 
 CORPUS = ["What is 37 * 52? Use the calculator tool.", "<tool_call></tool_call><answer></answer>"]
 TOLERANCE = 1e-4
@@ -39,9 +39,7 @@ def hf(model_dir: Path) -> HFEngine:
     return HFEngine(model_dir, seed=0)
 
 
-def _prompts(n: int, seed: int = 0, lo: int = 3, hi: int = 25) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(4, 300, size=int(rng.integers(lo, hi))).tolist() for _ in range(n)]
+_prompts = random_prompts
 
 
 def _recomputed(model: torch.nn.Module, prompts, gens, temperature: float) -> list[list[float]]:
@@ -62,28 +60,11 @@ def test_make_engine_builds_the_registered_vllm_engine(engine: VLLMEngine) -> No
 
 
 def test_generate_shapes_and_lengths(engine: VLLMEngine) -> None:
-    gens = engine.generate(_prompts(6), SamplingParams(temperature=1.0, max_new_tokens=7))
-    assert len(gens) == 6
-    for g in gens:
-        assert len(g.token_ids) == len(g.logprobs) == 7
-        assert g.finish_reason == "length" and g.version == engine.version
-        assert all(lp <= 0.0 for lp in g.logprobs)
+    check_generate_shapes(engine)
 
 
 def test_stops_at_stop_ids_and_keeps_the_stop_id(engine: VLLMEngine) -> None:
-    prompts = _prompts(8, seed=1)
-    free = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=6))
-    stop = free[0].token_ids[2]
-    stopped = engine.generate(
-        prompts, SamplingParams(temperature=0.0, max_new_tokens=6, stop_token_ids=(stop,))
-    )
-    for f, s in zip(free, stopped, strict=True):
-        if stop in f.token_ids:
-            cut = f.token_ids.index(stop) + 1
-            assert s.token_ids == f.token_ids[:cut] and s.finish_reason == "stop"
-            assert s.logprobs == pytest.approx(f.logprobs[:cut], abs=TOLERANCE)
-        else:
-            assert s.token_ids == f.token_ids and s.finish_reason == "length"
+    check_stops_at_stop_ids(engine, tolerance=TOLERANCE)
 
 
 def test_greedy_matches_the_hf_engine_ids_and_logprobs(engine: VLLMEngine, hf: HFEngine) -> None:
