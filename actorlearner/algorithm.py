@@ -455,13 +455,16 @@ class Algorithm:
         process stages the learner's newest weights and the call is made again there. Each restart
         counts against ``env_runners.max_restarts``.
         """
+        restarted = False
         while True:
             try:
+                if restarted and method is not EnvRunnerProtocol.demonstrations:  # scripted: no weights
+                    weights = self.learner.call(LearnerProtocol.get_weights)
+                    await self._runner_call(index, EnvRunnerProtocol.set_weights, weights, self.version)
                 return await self.runners[index].call(method, *args)
             except Exception as err:
                 await self._after_death(index, err)
-            weights = self.learner.call(LearnerProtocol.get_weights)
-            await self._runner_call(index, EnvRunnerProtocol.set_weights, weights, self.version)
+                restarted = True
 
     async def _watched(self, jobs: Sequence[Awaitable[Any]]) -> list[Any]:
         """Awaits ``jobs`` while the runners are pinged, so that a hung one is found and replaced.
@@ -481,6 +484,7 @@ class Algorithm:
         finally:
             for f in futures:
                 f.cancel()
+            await asyncio.gather(*futures, return_exceptions=True)
 
     async def _watch_runners(self, ref: asyncio.Future[Any]) -> None:
         """Waits for ``ref`` (an update); a runner whose process died is restarted meanwhile.
@@ -602,7 +606,11 @@ class Algorithm:
     async def _until_restarted(self, index: int) -> None:
         """Waits until Ray has restarted runner ``index`` (its constructor loads the model again)."""
         try:  # cheap and idempotent; a runner comes back paused during an evaluation
-            await self._runner_call(index, EnvRunnerProtocol.pause, self._evaluating)
+            while True:  # an evaluation may have begun or ended while the call was retried
+                paused = self._evaluating
+                await self._runner_call(index, EnvRunnerProtocol.pause, paused)
+                if paused == self._evaluating:
+                    return
         except Exception as err:
             raise PartDiedError(f"env runner {index} died and did not come back: {err}") from err
 
@@ -640,6 +648,7 @@ class Algorithm:
         self._count_restart(index, f"did not answer {what}", f"hung: env_runners.call_timeout_s={timeout:g}s")
         self.runners[index].kill(restart=True)
         if self._run_refs:  # its rollout loop ends with the process: start it again when it is back
+            self._run_refs[index].add_done_callback(lambda f: f.cancelled() or f.exception())
             self._run_refs[index] = asyncio.ensure_future(self._relaunch(index))
 
     async def _relaunch(self, index: int) -> Any:

@@ -1,3 +1,4 @@
+import importlib.util
 import subprocess
 import sys
 
@@ -54,6 +55,7 @@ def test_shipped_configs_load():
         AlgorithmConfig.from_yaml(name)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_the_vllm_config_names_the_missing_package_in_the_base_install():
     """It validates in .venv-vllm (tests_vllm); here, without vllm, it fails with one line."""
     with pytest.raises(ConfigError, match=r"^env_runners\.engine: engine 'vllm' needs the vllm package"):

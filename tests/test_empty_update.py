@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -70,6 +71,7 @@ class FailsThenRepeats:
 
 def test_a_stalled_run_names_the_group_errors_of_all_its_empty_iterations(tmp_path) -> None:
     """Errors early, then only drops: the message sums every empty iteration (was: the last one's)."""
+    FailsThenRepeats.failures = 0
     config = small_config(tmp_path, max_wait_s=1.0).env_runners(
         engine="tests.test_empty_update:FailsThenRepeats"
     )
@@ -81,5 +83,6 @@ def test_a_stalled_run_names_the_group_errors_of_all_its_empty_iterations(tmp_pa
     finally:
         algo.stop()
     message = str(caught.value)
-    assert "rollout/group_errors=" in message and "rollout/group_errors=0 " not in message, message
+    errors = re.search(r"rollout/group_errors=(\d+)", message)
+    assert errors is not None and int(errors.group(1)) > 0, message  # the first iteration's failures
     assert "zero_variance" in message, message

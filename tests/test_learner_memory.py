@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 
 from actorlearner.learn.config import LearnerConfig, TrainingConfig
-from actorlearner.learn.learner import Learner
+from actorlearner.learn.learner import Learner, collate
 from tests import test_learner
 from tests.conftest import small_config
 
@@ -56,6 +57,17 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_float32_weights(mo
     )
     mixed, _ = _updated(learner, groups)
     assert dtypes and set(dtypes) == {torch.bfloat16}
+    # The head runs in float32: logprobs stay close to float32's on the same weights (bf16 head: ~0.1).
+    fresh, mixed_learner = _learner(model_dir), _learner(model_dir, autocast="bf16")
+    batch = collate([t for g in groups for t in g.trajectories])
+    with torch.no_grad():
+        exact, _ = fresh._logprobs(fresh.model, batch)
+        rounded, _ = mixed_learner._logprobs(mixed_learner.model, batch)
+        copied, _ = mixed_learner._logprobs(mixed_learner._frozen_copy(), batch)  # the KL reference's path
+    on = batch.mask > 0
+    assert rounded.dtype == torch.float32
+    assert float((rounded - exact)[on].abs().max()) < 0.05
+    torch.testing.assert_close(copied, rounded)
     assert all(p.dtype == torch.float32 for p in learner.model.parameters())
     step = torch.cat([(plain[k] - before[k]).flatten() for k in before])
     step_bf16 = torch.cat([(mixed[k] - before[k]).flatten() for k in before])
@@ -87,3 +99,44 @@ def test_a_run_with_the_knob_learns_reaches_the_runner_and_round_trips(tmp_path,
     records = [json.loads(line) for line in (algo.run_dir / "metrics.jsonl").read_text().splitlines()]
     sft = [r["sft/loss"] for r in records if r.get("phase") == "sft"]
     assert len(sft) == 40 and sum(sft[-5:]) < 0.8 * sum(sft[:5])  # the loss falls
+
+
+def test_gradient_checkpointing_refuses_a_model_with_dropout(model_dir, tmp_path) -> None:
+    """Checkpointed layers stay in training mode in RL updates: dropout inside them would act."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dropped = tmp_path / "dropout-model"
+    config = AutoConfig.from_pretrained(model_dir)
+    config.attention_dropout = 0.1
+    AutoModelForCausalLM.from_pretrained(model_dir, config=config).save_pretrained(dropped)
+    with pytest.raises(
+        ValueError, match=r"gradient_checkpointing: the model has dropout \{'attention_dropout': 0.1\}"
+    ):
+        _learner(str(dropped), gradient_checkpointing=True)
+
+
+def test_the_output_head_runs_in_float32_under_autocast_and_in_a_deep_copy() -> None:
+    """Logits near 30 (a trained model's): a bfloat16 head rounds them by ~0.1, a float32 one does not."""
+    from actorlearner.learn.learner import _head_in_float32
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm_head = torch.nn.Linear(64, 500, bias=False)
+            torch.nn.init.normal_(self.lm_head.weight, std=4.0)
+
+        def get_output_embeddings(self) -> torch.nn.Module:
+            return self.lm_head
+
+    model, hidden = Tiny(), torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    exact = model.lm_head(hidden)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = model.lm_head(hidden).float()
+    assert float((rounded - exact).abs().max()) > 0.05  # what autocast alone does to the head
+    _head_in_float32(model)  # type: ignore[arg-type]
+    twin = copy.deepcopy(model)
+    torch.nn.init.zeros_(twin.lm_head.weight)  # the copy must use its own weights, not the original's
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kept, copied = model.lm_head(hidden), twin.lm_head(hidden)
+    assert kept.dtype == torch.float32 and float((kept - exact).abs().max()) < 1e-4
+    assert float(copied.abs().max()) == 0.0

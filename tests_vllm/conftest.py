@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
+import vllm  # noqa: F401  (no skip: without vllm this suite must fail, not pass empty)
 
 from tests.conftest import _isolated_model_cache, ray_session  # noqa: F401 (fixtures)
-
-pytest.importorskip("vllm", reason="the vLLM suite runs in .venv-vllm: make test-vllm")

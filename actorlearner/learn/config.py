@@ -137,12 +137,13 @@ class LearnerConfig(Section):
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass: less memory, about a third more "
-        "compute; shared-prefix forwards (training.shared_prefix) are off with it.",
+        "compute; shared-prefix forwards (training.shared_prefix) are off with it; models with "
+        "dropout are refused.",
     )
     autocast: Literal["none", "bf16"] = Field(
         "none",
-        description="Mixed precision: forward passes under torch.autocast in bfloat16; weights, "
-        "gradients, optimizer and the loss stay float32.",
+        description="Mixed precision: the backbone under torch.autocast in bfloat16, the output head, "
+        "logprobs, loss, weights, gradients and optimizer in float32.",
     )
     learner_cls: ClassSpec = Field(
         None,

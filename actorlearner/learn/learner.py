@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import types
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -191,6 +192,8 @@ class Learner:
             _enable_checkpointing(self.model)
             self._prefix_ok = False
         self._autocast = learner.autocast == "bf16"
+        if self._autocast:
+            _head_in_float32(self.model)
         self.optimizer = self._make_optimizer(training.lr)
         self.ref_model: torch.nn.Module | None = None
         self.version = 0
@@ -234,13 +237,14 @@ class Learner:
     def _logits(self, model: torch.nn.Module, mb: Batch, plan: PrefixPlan | None) -> torch.Tensor:
         """The forward pass (:func:`prefix_logits`), in bfloat16 autocast with ``learners.autocast``.
 
-        Autocast logits come back as float32, so the loss is computed in float32 either way.
+        Under autocast the backbone runs in bfloat16 and the output head in float32
+        (:func:`_head_in_float32`), so the logits, logprobs and loss are float32 computed from
+        bfloat16-rounded hidden states.
         """
         if not self._autocast:
             return prefix_logits(model, mb.input_ids, mb.attention_mask, plan)
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            logits = prefix_logits(model, mb.input_ids, mb.attention_mask, plan)
-        return logits.float()
+            return prefix_logits(model, mb.input_ids, mb.attention_mask, plan)
 
     def _logprobs(
         self, model: torch.nn.Module, mb: Batch, entropy_grad: bool = False, plan: PrefixPlan | None = None
@@ -503,12 +507,49 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
 
 
+DROPOUT_KEYS = (
+    "dropout", "attention_dropout", "hidden_dropout", "activation_dropout", "layerdrop",
+    "resid_pdrop", "attn_pdrop", "embd_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
+)  # fmt: skip
+"""Config keys of dropout and LayerDrop rates in ``transformers`` model configs."""
+
+
+def _head_in_float32(model: PreTrainedModel) -> None:
+    """Runs the output head outside autocast, in float32, so logits (and logprobs) keep full precision.
+
+    The backbone's hidden states are rounded to bfloat16 under autocast; the head's matmul in
+    bfloat16 would round the logits too (about 0.1 nats at logits near 30).
+    """
+    head = model.get_output_embeddings()
+    # A bound method, not a closure: copy.deepcopy (the KL reference) rebinds it to the copy's head.
+    head.forward = types.MethodType(_float32_forward, head)  # type: ignore[method-assign]
+
+
+def _float32_forward(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The head's own class forward, outside autocast, on float32 inputs."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return type(head).forward(head, hidden.float())  # type: ignore[no-any-return]
+
+
 def _enable_checkpointing(model: PreTrainedModel) -> None:
     """Activation (gradient) checkpointing, non-reentrant, under the installed transformers' name.
+
+    RL updates run the model in eval mode and transformers checkpoints only layers in training mode,
+    so the learner keeps the layers in training mode: a model with dropout inside its layers would
+    then drop out in RL updates. Such a model is refused.
+
+    Raises:
+        ValueError: If the model's config has a nonzero dropout or LayerDrop rate.
 
     transformers 5.24 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``
     (the old name warns); older 5.x releases (vLLM's venv) have only the old one.
     """
+    rates = {k: getattr(model.config, k) for k in DROPOUT_KEYS if getattr(model.config, k, 0) or 0}
+    if rates:
+        raise ValueError(
+            f"learners.gradient_checkpointing: the model has dropout {rates}, which would act in RL "
+            "updates (checkpointed layers stay in training mode); set those rates to 0 in its config.json"
+        )
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -31,12 +31,15 @@ if importlib.util.find_spec("vllm") is None:
     )
 
 ENV_DEFAULTS = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine in this process: weights loaded in place
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache on CPU (vLLM's default takes a share of RAM)
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # runners share cores: do not pin threads to them
     "VLLM_LOGGING_LEVEL": "WARNING",
 }
-"""Environment vLLM reads, set where the user has not set it (before vLLM is imported)."""
+"""Environment vLLM reads, set where the user has not set it (before vLLM is imported).
+
+``VLLM_ENABLE_V1_MULTIPROCESSING`` is always set to 0: the engine must live in this process for
+weights to be loaded in place (with 1, every load would pickle the whole state dict).
+"""
 
 
 class VLLMEngine:
@@ -68,6 +71,7 @@ class VLLMEngine:
     ) -> None:
         for key, value in ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # not a default: in-place loads depend on it
         from vllm import LLM
 
         self.llm = LLM(
@@ -119,7 +123,8 @@ class VLLMEngine:
         missing = self.llm.collective_rpc(_reload_in_place, args=(items,))[0]
         if missing:
             raise RuntimeError(f"load_weights: vLLM's model got no value for {missing}")
-        self.llm.reset_prefix_cache()
+        if not self.llm.reset_prefix_cache():  # vLLM refuses while requests hold blocks
+            raise RuntimeError("load_weights: vLLM kept its prefix cache (requests still running)")
         self.version = int(version)
 
 
@@ -139,6 +144,8 @@ def _reload_in_place(worker: Any, items: list[tuple[str, torch.Tensor]]) -> list
     expected = {name for name, _ in model.named_parameters()}
     with set_current_vllm_config(worker.vllm_config), torch.no_grad():
         initialize_layerwise_reload(model)
-        loaded = model.load_weights(iter(items))
-        finalize_layerwise_reload(model, worker.vllm_config.model_config)
+        try:
+            loaded = model.load_weights(iter(items))
+        finally:  # a failed load must not leave the layers in their reloading state
+            finalize_layerwise_reload(model, worker.vllm_config.model_config)
     return sorted(expected - set(loaded or ()))
