@@ -54,6 +54,12 @@ def check_cross_fields(cfg: AlgorithmConfig) -> None:
             f"env_runners.max_new_tokens: must be < env_runners.max_tokens ({runners.max_tokens}), "
             f"got {runners.max_new_tokens}"
         )
+    context = runners.engine_options.get("max_model_len")  # vllm's context cap
+    if context is not None and context < runners.max_tokens:
+        raise ConfigError(
+            f"env_runners.engine_options.max_model_len: must be >= env_runners.max_tokens "
+            f"({runners.max_tokens}), or the engine rejects an episode's last turns; got {context}"
+        )
 
 
 def check_deterministic(cfg: AlgorithmConfig) -> None:

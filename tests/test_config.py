@@ -102,6 +102,24 @@ def test_cross_field_checks_fail_fast_at_build(tmp_path):
         small_config(tmp_path).env_runners(max_tokens=20, max_new_tokens=8).build()
 
 
+class ContextCappedEngine:
+    """An engine class with a context cap (as vllm's ``max_model_len``); only its signature is used."""
+
+    def __init__(self, model_path, seed: int = 0, max_model_len: int | None = None) -> None: ...
+
+
+def test_an_engine_context_cap_below_max_tokens_fails_at_build(tmp_path):
+    from tests.conftest import small_config
+
+    config = small_config(tmp_path).env_runners(
+        engine="tests.test_config:ContextCappedEngine", engine_options={"max_model_len": 64}, max_tokens=96
+    )
+    with pytest.raises(
+        ConfigError, match=r"^env_runners\.engine_options\.max_model_len: must be >= .*\(96\).*got 64$"
+    ):
+        config.build()
+
+
 def test_env_given_as_import_path(tmp_path):
     cfg = AlgorithmConfig().environment("envs.calculator:Calculator")
     assert cfg.environment.env == "envs.calculator:Calculator"
