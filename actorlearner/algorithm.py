@@ -443,9 +443,7 @@ class Algorithm:
             raise err
         if index not in self._restarting:  # not already counted as hung by _check_pings
             self._count_restart(index, "died", type(err).__name__, err)
-            if self._run_refs:  # its rollout loop died too: started again when it is back
-                self._run_refs[index].add_done_callback(lambda f: f.cancelled() or f.exception())
-                self._run_refs[index] = asyncio.ensure_future(self._relaunch(index))
+            self._replace_run_ref(index)  # its rollout loop died too
         await self._until_restarted(index)
 
     async def _runner_job(self, index: int, method: Callable[..., Any], *args: Any) -> Any:
@@ -647,7 +645,14 @@ class Algorithm:
         timeout = self.config.env_runners.call_timeout_s
         self._count_restart(index, f"did not answer {what}", f"hung: env_runners.call_timeout_s={timeout:g}s")
         self.runners[index].kill(restart=True)
-        if self._run_refs:  # its rollout loop ends with the process: start it again when it is back
+        self._replace_run_ref(index)  # its rollout loop ends with the process
+
+    def _replace_run_ref(self, index: int) -> None:
+        """During asynchronous RL: runner ``index``'s rollout loop, started again once it is back.
+
+        The old loop's reference is dropped; its error (the death) is retrieved, not logged.
+        """
+        if self._run_refs:
             self._run_refs[index].add_done_callback(lambda f: f.cancelled() or f.exception())
             self._run_refs[index] = asyncio.ensure_future(self._relaunch(index))
 
@@ -701,8 +706,6 @@ class Algorithm:
         updated = time.perf_counter()
         self.version = int(learner_metrics.get("version", self.version))
         self._skipped = self._skipped + 1 if learner_metrics.get("skipped") else 0
-        if not self._skipped:
-            self._skipped_totals = {}
         metrics: dict[str, float] = {f"learner/{k}": v for k, v in learner_metrics.items()}
         metrics.update(await (self._sync_weights() if self.synchronous else self._publish()))
         self._check_progress(metrics)
@@ -719,6 +722,7 @@ class Algorithm:
             self._warned_empty = True
             logger.warning(empty_update_message(metrics, self.config.training.max_wait_s))
         if not self._skipped:
+            self._skipped_totals = {}
             return
         totals = self._skipped_totals
         for key, value in metrics.items():  # summed: a runner may fail early and then fall silent
