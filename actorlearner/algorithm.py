@@ -48,6 +48,7 @@ from actorlearner.runtime.checkpoint import (
     write_checkpoint,
     write_manifest,
 )
+from actorlearner.runtime.group import LearnerGroup
 from actorlearner.runtime.handles import gather, is_part_death, is_part_unavailable
 from actorlearner.runtime.placement import LocalRuntime, RayRuntime, Runtime
 
@@ -292,18 +293,15 @@ class Algorithm:
         return runtime
 
     def _place_parts(self, args: dict[str, Any]) -> None:
-        """Places the buffer, the learner and the runners (one in-process runner in local mode)."""
+        """Places the buffer, the learner(s) and the runners (one in-process runner in local mode)."""
         cfg = self.config
-        gpus = 1 if torch.cuda.is_available() and cfg.learners.device != "cpu" else 0
         # Each runner may hold a push open (back-pressure) while the learner awaits a sample: the
         # cap on concurrent calls must not be what limits the number of runners.
         self.buffer: Handle[ReplayBufferActor] = self.runtime.place(
-            BufferActor, args["buffer"], num_cpus=0, max_concurrency=1000
+            BufferActor, args["buffer"], num_cpus=0, max_concurrency=1000, resources=cfg.replay.resources
         )
-        learner_cls, runner_cls = self._classes
-        self.learner: Handle[LearnerProtocol] = self.runtime.place(
-            learner_cls, args["learner"], threaded=True, num_cpus=cfg.learners.num_cpus, num_gpus=gpus
-        )
+        self.learner: Handle[LearnerProtocol] = self._place_learners(args["learner"])
+        _, runner_cls = self._classes
         num_runners = max(1, cfg.env_runners.num_env_runners)
         self.runners: list[Handle[EnvRunnerProtocol]] = [
             self.runtime.place(
@@ -312,19 +310,45 @@ class Algorithm:
                 num_cpus=cfg.env_runners.num_cpus_per_runner,
                 max_concurrency=1000,
                 max_restarts=cfg.env_runners.max_restarts,
+                resources=cfg.env_runners.resources,
+                scheduling=None if self.local else "SPREAD",
             )
             for i in range(num_runners)
         ]
 
+    def _place_learners(self, kwargs: dict[str, Any]) -> Handle[LearnerProtocol]:
+        """One learner, or ``learners.num_learners`` packed together and joined as one group."""
+        cfg = self.config.learners
+        gpus = 1 if torch.cuda.is_available() and cfg.device != "cpu" else 0
+        slots = self.runtime.pack(cfg.num_learners, cfg.num_cpus, gpus, cfg.resources)
+        members: list[Handle[LearnerProtocol]] = [
+            self.runtime.place(
+                self._classes[0],
+                kwargs,
+                threaded=True,
+                num_cpus=cfg.num_cpus,
+                num_gpus=gpus,
+                resources=cfg.resources,
+                scheduling=slot,
+            )
+            for slot in slots
+        ]
+        if len(members) == 1:
+            return members[0]
+        group = LearnerGroup(members)
+        self.runtime.run(group.join(cfg.backend))
+        return group
+
     def _check_resources(self, resources: dict[str, float]) -> None:
         r = self.config.env_runners
-        need = r.num_env_runners * r.num_cpus_per_runner + self.config.learners.num_cpus
+        learners = self.config.learners
+        need = r.num_env_runners * r.num_cpus_per_runner + learners.num_learners * learners.num_cpus
         have = resources.get("CPU", 0.0)
         if need > have:
             raise ConfigError(
                 f"env_runners.num_env_runners: {r.num_env_runners} runners x {r.num_cpus_per_runner} CPUs "
-                f"+ learners.num_cpus {self.config.learners.num_cpus} needs {need:g} CPUs, Ray has {have:g}; "
-                "lower num_env_runners or num_cpus_per_runner"
+                f"+ {learners.num_learners} learners x learners.num_cpus {learners.num_cpus} needs {need:g} "
+                f"CPUs, Ray has {have:g}; lower num_env_runners, num_cpus_per_runner or learners.num_cpus"
             )
 
     # ---------------------------------------------------------------------------- the phases
@@ -397,9 +421,9 @@ class Algorithm:
         return {**last, "sft/demos_s": demos_s, "sft/steps_s": time.perf_counter() - started - demos_s}
 
     def _cpu_threads(self) -> int:
-        """Cores of this machine the learner may use while the runners are idle (SFT)."""
+        """Cores of this machine each learner may use while the runners are idle (SFT)."""
         cpus = self.config.debugging.ray_num_cpus or os.cpu_count() or 1
-        return max(1, min(cpus, os.cpu_count() or 1))
+        return max(1, min(cpus, os.cpu_count() or 1) // self.config.learners.num_learners)
 
     async def _start_rl(self) -> None:
         await self.learner.call(LearnerProtocol.start_rl, reset_optimizer=not self._optimizer_restored)
@@ -543,8 +567,8 @@ class Algorithm:
         actor_id = getattr(err, "actor_id", None)
         parts = {"the learner": self.learner, "the replay buffer": self.buffer}
         parts.update({f"env runner {i}": r for i, r in enumerate(self.runners)})
-        ids = {n: getattr(h, "actor_id", None) for n, h in parts.items()}
-        name = next((n for n, i in ids.items() if actor_id and i == actor_id), "a part of the run")
+        ids = {n: getattr(h, "actor_ids", [getattr(h, "actor_id", None)]) for n, h in parts.items()}
+        name = next((n for n, i in ids.items() if actor_id and actor_id in i), "a part of the run")
         found = list_checkpoints(self.run_dir)
         resume = "no checkpoint yet"
         if found:

@@ -54,11 +54,26 @@ def check_cross_fields(cfg: AlgorithmConfig) -> None:
             f"env_runners.max_new_tokens: must be < env_runners.max_tokens ({runners.max_tokens}), "
             f"got {runners.max_new_tokens}"
         )
+    check_learner_group(cfg)
     context = runners.engine_options.get("max_model_len")  # vllm's context cap
     if context is not None and context < runners.max_tokens:
         raise ConfigError(
             f"env_runners.engine_options.max_model_len: must be >= env_runners.max_tokens "
             f"({runners.max_tokens}), or the engine rejects an episode's last turns; got {context}"
+        )
+
+
+def check_learner_group(cfg: AlgorithmConfig) -> None:
+    """A learner group needs Ray (its members are processes); NCCL needs CUDA learners."""
+    learners = cfg.learners
+    if learners.num_learners > 1 and cfg.env_runners.num_env_runners == 0:
+        raise ConfigError(
+            f"learners.num_learners: {learners.num_learners} learners need Ray (env_runners.num_env_runners "
+            "> 0); local mode has one learner in this process"
+        )
+    if learners.backend == "nccl" and learners.device == "cpu":
+        raise ConfigError(
+            "learners.backend: nccl needs CUDA learners; allowed with learners.device=cpu: auto, gloo"
         )
 
 

@@ -110,17 +110,26 @@ def test_weights_are_updated_in_place_and_agree_with_the_hf_engine(
 
 
 @pytest.mark.ray
-def test_a_short_training_run_on_ray_with_the_vllm_engine(ray_session, tmp_path: Path) -> None:
-    """Two runners on Ray generate with vLLM; the learner's weights reach them in their push replies."""
-    from tests.conftest import small_config
+def test_the_shipped_vllm_config_trains_on_ray_with_two_learners(ray_session, tmp_path: Path) -> None:
+    """configs/calculator_vllm.yaml on a smoke budget: two runners generate with vLLM, two learners
+    train as one group; the group's weights reach the runners in their push replies."""
+    from actorlearner.config import AlgorithmConfig
+    from actorlearner.runtime.group import LearnerGroup
+    from tests.conftest import SMALL_MODEL
 
     algo = (
-        small_config(tmp_path, num_env_runners=2, num_iterations=6)
-        .env_runners(engine="vllm", engine_options={"max_model_len": 256}, num_cpus_per_runner=0.5)
-        .model(hidden_size=64, num_heads=2, num_kv_heads=1)  # vLLM's CPU attention: head_dim 32, not 16
+        AlgorithmConfig.from_yaml("configs/calculator_vllm.yaml")
+        .env_runners(groups_in_flight=4, group_size=4, max_new_tokens=16, max_tokens=96)
+        .training(num_iterations=6, train_batch_groups=2, lr=1e-3)
+        .sft(enabled=False)
+        .replay(filters=[])
+        .evaluation(num_episodes=8)
+        .model(**{**SMALL_MODEL, "hidden_size": 64})  # vLLM's CPU attention: head_dim 32, not 16
+        .reporting(run_dir=str(tmp_path / "runs"), progress=False)
         .build()
     )
     try:
+        assert isinstance(algo.learner, LearnerGroup) and len(algo.learner.members) == 2
         metrics = [algo.train() for _ in range(6)]
         assert all(m["learner/trajectories"] > 0 for m in metrics)
         # vLLM's logprobs are the learner's on the same weights (k3 KL ~0 before any update) ...
@@ -138,3 +147,4 @@ def test_the_shipped_vllm_config_validates() -> None:
 
     config = AlgorithmConfig.from_yaml("configs/calculator_vllm.yaml").validate()
     assert config.env_runners.engine == "vllm" and config.env_runners.num_env_runners == 2
+    assert config.learners.num_learners == 2

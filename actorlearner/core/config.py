@@ -34,6 +34,22 @@ def _importable_class(value: Any) -> Any:
 ClassSpec = Annotated[Any, AfterValidator(_importable_class)]
 """A config field naming a class to use instead of a built-in: None, a class or ``"pkg.mod:Class"``."""
 
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _custom_resources(value: dict[str, float]) -> dict[str, float]:
+    builtin = sorted(set(value) & set(RAY_BUILTIN_RESOURCES))
+    if builtin:
+        raise ValueError(f"{builtin} are set by num_cpus/num_gpus; only custom resource names are allowed")
+    negative = {k: v for k, v in value.items() if v < 0}
+    if negative:
+        raise ValueError(f"amounts must be >= 0, got {negative}")
+    return value
+
+
+CustomResources = Annotated[dict[str, float], AfterValidator(_custom_resources)]
+"""Ray custom resources a part needs: names other than CPU/GPU/memory, amounts >= 0."""
+
 
 class SectionOwner(Protocol):
     """What a section updates when called: ``AlgorithmConfig``, seen from below."""

@@ -288,6 +288,14 @@ class Learner(Stateful, Protocol):
         """Exports the policy as a model directory ``from_pretrained`` loads (checkpoints, eval)."""
         ...
 
+    def rendezvous_address(self) -> str:
+        """``ip:port`` on this learner's node where a learner group can form."""
+        ...
+
+    def join_group(self, address: str, rank: int, world_size: int, backend: str, timeout_s: float) -> int:
+        """Joins a data-parallel learner group at ``address`` as ``rank``; returns the rank."""
+        ...
+
 
 class Trainer(Protocol):
     """What ``AlgorithmConfig.build()`` returns: the phases of a run (RLlib's ``Algorithm`` API)."""

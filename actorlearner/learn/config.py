@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from actorlearner.core.config import ClassSpec, Section
+from actorlearner.core.config import ClassSpec, CustomResources, Section
 from actorlearner.core.registry import Registry
 from actorlearner.learn.registry import (
     ADVANTAGE_ESTIMATORS,
@@ -132,7 +132,22 @@ class LearnerConfig(Section):
     """The learner actor."""
 
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
-    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for the learner.")
+    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for each learner.")
+    num_learners: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel learners (torch.distributed): each trains on its share of every "
+        "batch and gradients are summed, so N learners step like one at the same batch; needs Ray "
+        "(env_runners.num_env_runners > 0). Packed onto as few nodes as possible.",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend of a learner group: auto = NCCL on CUDA, else gloo."
+    )
+    resources: CustomResources = Field(
+        default_factory=dict,
+        description="Ray custom resources each learner needs (e.g. {'learn': 1}: only on nodes started "
+        "with that resource).",
+    )
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: Ray's per-actor share.")
     gradient_checkpointing: bool = Field(
         False,

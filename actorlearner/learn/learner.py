@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from actorlearner.core.trajectory import Group, Trajectory
-from actorlearner.learn import losses
+from actorlearner.learn import distributed, losses
 from actorlearner.learn.config import LearnerConfig, TrainingConfig
 from actorlearner.learn.prefix import PrefixPlan, dropout_active, plan_prefix, prefix_logits, supports_prefix
 from actorlearner.learn.registry import (
@@ -80,6 +80,10 @@ class Batch:
             return self
         cols = {k: v if k == "attention_mask" else v[:, start:] for k, v in vars(self).items()}
         return Batch(**cols)
+
+    def rows(self, index: torch.Tensor) -> Batch:
+        """The rows at ``index`` (a learner's share of the batch), full width."""
+        return Batch(**{k: v[index] for k, v in vars(self).items()})
 
     def slice(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop``, trimmed to their longest sequence."""
@@ -197,6 +201,7 @@ class Learner:
         self.optimizer = self._make_optimizer(training.lr)
         self.ref_model: torch.nn.Module | None = None
         self.version = 0
+        self.rank, self.world_size = 0, 1  # a learner group's member after join_group
 
     def _resolve_math(self, training: TrainingConfig) -> None:
         """Looks up the registered advantage estimator, policy loss, KL estimator and aggregation."""
@@ -269,6 +274,8 @@ class Learner:
         batch = group_batch(groups, self.advantage_fn, self.pad_id).sorted_by_length().to(self.device)
         total_tokens = float(batch.mask.sum().item())
         n_rows = batch.input_ids.shape[0]
+        max_len = self.max_tokens or batch.input_ids.shape[1]  # Dr. GRPO's constant
+        share = self._share(batch)
         keys = (
             "loss",
             "clip_frac",
@@ -281,13 +288,14 @@ class Learner:
         )
         sums: dict[str, float] = dict.fromkeys(keys, 0.0)
         self.optimizer.zero_grad(set_to_none=True)
-        for lo in range(0, n_rows, self.cfg.micro_batch_size):
-            mb = batch.slice(lo, min(lo + self.cfg.micro_batch_size, n_rows))
-            max_len = self.max_tokens or batch.input_ids.shape[1]  # Dr. GRPO's constant
+        share_rows = share.input_ids.shape[0]
+        for lo in range(0, share_rows, self.cfg.micro_batch_size):
+            mb = share.slice(lo, min(lo + self.cfg.micro_batch_size, share_rows))
             loss, stats = self._micro_loss(mb, n_rows, total_tokens, max_len)
             loss.backward()
             for key, value in stats.items():
                 sums[key] += value
+        sums = self._reduce(sums)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.version += 1
@@ -310,6 +318,35 @@ class Learner:
             version=float(self.version),
         )
         return metrics
+
+    def _share(self, batch: Batch) -> Batch:
+        """This learner's rows of a length-sorted batch (all of it outside a learner group)."""
+        if self.world_size == 1:
+            return batch
+        return batch.rows(distributed.shard_rows(batch.input_ids.shape[0], self.rank, self.world_size))
+
+    def _reduce(self, sums: dict[str, float]) -> dict[str, float]:
+        """In a learner group: sums the gradients and ``sums`` over the group (identity otherwise)."""
+        if self.world_size == 1:
+            return sums
+        distributed.all_reduce_grads(self.model.parameters())
+        return distributed.all_reduce_sums(sums, self.device)
+
+    def rendezvous_address(self) -> str:
+        """``ip:port`` on this learner's node where a learner group can form (rank 0 gives it)."""
+        return distributed.node_address()
+
+    def join_group(self, address: str, rank: int, world_size: int, backend: str, timeout_s: float) -> int:
+        """Joins a data-parallel learner group (torch.distributed); returns ``rank``.
+
+        Every member collates the whole batch and trains on its share of the rows; gradients and
+        metrics are summed over the group before the (identical) optimizer steps, so the weights
+        of all members stay equal (:mod:`actorlearner.learn.distributed`). Blocks until all
+        ``world_size`` members have joined, at most ``timeout_s``.
+        """
+        distributed.join(address, rank, world_size, distributed.backend_for(self.device, backend), timeout_s)
+        self.rank, self.world_size = rank, world_size
+        return rank
 
     def _micro_loss(
         self, mb: Batch, n_rows: int, total_tokens: float, max_len: int
@@ -432,7 +469,8 @@ class Learner:
             The batch's mean cross-entropy and token accuracy on loss tokens.
         """
         total = max(float(batch.mask.sum().item()), 1.0)
-        loss_sum = correct = 0.0
+        sums = {"loss": 0.0, "correct": 0.0}
+        batch = self._share(batch)
         n_rows = batch.input_ids.shape[0]
         for lo in range(0, n_rows, self.cfg.micro_batch_size):
             mb = batch.slice(lo, min(lo + self.cfg.micro_batch_size, n_rows))
@@ -444,10 +482,11 @@ class Learner:
             )
             part = (nll * mb.mask).sum()
             (part / total).backward()
-            loss_sum += float(part.item())
+            sums["loss"] += float(part.item())
             with torch.no_grad():
-                correct += float(((logits.argmax(-1) == mb.targets).float() * mb.mask).sum().item())
-        return loss_sum / total, correct / total
+                sums["correct"] += float(((logits.argmax(-1) == mb.targets).float() * mb.mask).sum().item())
+        sums = self._reduce(sums)
+        return sums["loss"] / total, sums["correct"] / total
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         """CPU copies of the parameters, keyed like ``state_dict``."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from actorlearner.core.config import Section
+from actorlearner.core.config import CustomResources, Section
 from actorlearner.core.registry import FILTERS, PRIORITIES
 
 
@@ -17,6 +17,11 @@ class ReplayConfig(Section):
     filters: list[Any] = Field(
         default_factory=lambda: ["zero_variance"],
         description="Filter chain: names, {'name': ..., **options} or callables, in order.",
+    )
+    resources: CustomResources = Field(
+        default_factory=dict,
+        description="Ray custom resources the buffer actor needs (e.g. {'learn': 1}: places it on the "
+        "nodes started with that resource).",
     )
     capacity: int = Field(1024, ge=1, description="Groups the buffer holds; the oldest go first.")
     max_reuse: int = Field(1, ge=1, description="Times a group may be sampled.")

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from actorlearner.core.config import ClassSpec, Section
+from actorlearner.core.config import ClassSpec, CustomResources, Section
 from actorlearner.rollout.engines import ENGINES, check_engine_available, check_engine_options, engine_class
 
 
@@ -33,6 +33,11 @@ class EnvRunnersConfig(Section):
         64, ge=1, description="Runners pause while the buffer holds this many unconsumed groups."
     )
     num_cpus_per_runner: float = Field(1.0, ge=0, description="Ray CPUs reserved per runner.")
+    resources: CustomResources = Field(
+        default_factory=dict,
+        description="Ray custom resources each runner needs (e.g. {'rollout': 1}: only on nodes started "
+        "with that resource); runners are spread over the nodes that have them.",
+    )
     call_timeout_s: float = Field(
         120.0,
         gt=0,

@@ -22,6 +22,9 @@ T = TypeVar("T")
 RAY_CONNECT_TIMEOUT_S = 5.0
 """How long :func:`check_ray_address` waits for a cluster to answer (``ray.init`` retries for minutes)."""
 
+PLACEMENT_TIMEOUT_S = 60.0
+"""Longest :meth:`RayRuntime.pack` waits for the cluster to reserve a placement group."""
+
 RAY_ADDRESS_FORMS = "null (start a local Ray), 'auto' or 'host:port' / 'ray://host:port' of a running cluster"
 
 
@@ -64,12 +67,20 @@ class Runtime(Protocol):
         num_gpus: float = 0,
         max_concurrency: int | None = None,
         max_restarts: int = 0,
+        resources: dict[str, float] | None = None,
+        scheduling: Any = None,
     ) -> Handle[T]:
         """Creates ``cls(**kwargs)`` somewhere and returns its handle (typed by what ``cls`` makes).
 
         ``max_restarts``: times the runtime restarts the part (its constructor run again) after
         its process dies; in-process parts cannot die apart from the driver and ignore it.
+        ``resources`` (custom resources) and ``scheduling`` (a slot from :meth:`pack`, or
+        ``"SPREAD"``) say where on a cluster; in-process parts ignore them.
         """
+        ...
+
+    def pack(self, n: int, num_cpus: float, num_gpus: float, resources: dict[str, float]) -> list[Any]:
+        """``n`` slots, packed onto as few nodes as possible, to pass as ``scheduling`` to :meth:`place`."""
         ...
 
     def run(self, coro: Coroutine[Any, Any, R]) -> R:
@@ -94,6 +105,10 @@ class LocalRuntime:
     ) -> Handle[T]:
         """Instantiates the part here; ``threaded`` parts run plain methods in their own thread."""
         return LocalHandle(cls(**kwargs), self.loop, threaded=threaded)
+
+    def pack(self, n: int, num_cpus: float, num_gpus: float, resources: dict[str, float]) -> list[Any]:
+        """In-process parts have no placement: ``n`` empty slots."""
+        return [None] * n
 
     def run(self, coro: Coroutine[Any, Any, R]) -> R:
         """Runs ``coro`` (and, meanwhile, every task of the parts) until it completes."""
@@ -126,6 +141,7 @@ class RayRuntime:
 
         self.loop = asyncio.new_event_loop()
         self.owns_ray = False
+        self.groups: list[Any] = []  # placement groups this runtime made
         if not ray.is_initialized():
             ray.init(
                 address=address,
@@ -153,14 +169,47 @@ class RayRuntime:
         num_gpus: float = 0,
         max_concurrency: int | None = None,
         max_restarts: int = 0,
+        resources: dict[str, float] | None = None,
+        scheduling: Any = None,
     ) -> Handle[T]:
-        """Starts ``cls`` as a Ray actor with the given resources and restart budget."""
+        """Starts ``cls`` as a Ray actor with the given resources, placement and restart budget."""
         import ray
 
         options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
         if max_concurrency is not None:
             options["max_concurrency"] = max_concurrency
+        if resources:
+            options["resources"] = dict(resources)
+        if scheduling is not None:
+            options["scheduling_strategy"] = scheduling
         return RayHandle(ray.remote(cls).options(**options).remote(**kwargs))
+
+    def pack(self, n: int, num_cpus: float, num_gpus: float, resources: dict[str, float]) -> list[Any]:
+        """A ``PACK`` placement group of ``n`` bundles; one slot per bundle.
+
+        Learners are packed: their all-reduce is on the critical path of every update.
+
+        Raises:
+            ConfigError: If the cluster cannot hold the bundles within ``PLACEMENT_TIMEOUT_S``.
+        """
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundle = {"CPU": num_cpus, "GPU": num_gpus, **resources}
+        bundle = {k: v for k, v in bundle.items() if v > 0}
+        if n == 1 or not bundle:  # one part needs no group; Ray refuses empty bundles
+            return [None] * n
+        group = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
+        ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:
+            ray.util.remove_placement_group(group)
+            raise ConfigError(
+                f"learners.num_learners: {n} bundles of {bundle} could not be placed within "
+                f"{PLACEMENT_TIMEOUT_S:g}s; the cluster has {ray.available_resources()}"
+            )
+        self.groups.append(group)
+        return [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i) for i in range(n)]
 
     def run(self, coro: Coroutine[Any, Any, R]) -> R:
         """Runs a driver coroutine (awaiting ``ObjectRef`` s) on the driver's loop."""
@@ -173,6 +222,8 @@ class RayRuntime:
         try:
             if not self.loop.is_closed():
                 self.loop.close()
+            for group in self.groups:
+                ray.util.remove_placement_group(group)
             if self.owns_ray:
                 ray.shutdown()
         except Exception:  # shutting down must not mask the error that led here

@@ -1,0 +1,89 @@
+"""A learner group behind one handle: ``learners.num_learners`` data-parallel learners.
+
+The algorithm holds one ``Handle[Learner]`` whatever the number of learners. Calls that change
+the learners' state (an update, SFT steps, the RL start, demonstrations, a restored state) go to
+every member, which train together (:mod:`actorlearner.learn.distributed`); calls that read it
+(weights, version, state, export) go to rank 0 only, since every member holds the same weights:
+the runners have one weights source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from actorlearner.core.protocols import Handle
+from actorlearner.core.protocols import Learner as LearnerProtocol
+
+BROADCAST = frozenset(
+    {
+        LearnerProtocol.update.__name__,
+        LearnerProtocol.sft_steps.__name__,
+        LearnerProtocol.start_rl.__name__,
+        LearnerProtocol.set_demonstrations.__name__,
+        LearnerProtocol.set_state.__name__,
+    }
+)
+"""Methods every member runs (the rest run on rank 0)."""
+
+JOIN_TIMEOUT_S = 120.0
+"""Longest the members wait for each other when the group forms."""
+
+
+class LearnerGroup:
+    """Handles of ``N`` learners that act as one.
+
+    Args:
+        members: The learners' handles, rank 0 first.
+    """
+
+    def __init__(self, members: Sequence[Handle[LearnerProtocol]]) -> None:
+        if not members:
+            raise ValueError("a learner group needs at least one member")
+        self.members = list(members)
+
+    def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Starts ``method`` on rank 0 (a reading call) or on every member (a broadcast one).
+
+        Returns:
+            Rank 0's reference, or for a broadcast call an awaitable of rank 0's result once every
+            member has finished (the first member error is raised).
+        """
+        if method.__name__ not in BROADCAST:
+            return self.members[0].call(method, *args, **kwargs)
+        refs = [m.call(method, *args, **kwargs) for m in self.members]  # started here, awaited below
+        return _first_of_all(refs)
+
+    @property
+    def actor_ids(self) -> list[str]:
+        """The members' Ray actor ids (for naming a dead member)."""
+        return [str(getattr(m, "actor_id", "")) for m in self.members]
+
+    @property
+    def actor_id(self) -> str:
+        """Rank 0's actor id."""
+        return self.actor_ids[0]
+
+    def kill(self, restart: bool = False) -> None:
+        """Ends every member (never raises)."""
+        for member in self.members:
+            member.kill(restart)
+
+    async def join(self, backend: str = "auto", timeout_s: float = JOIN_TIMEOUT_S) -> None:
+        """Forms the torch.distributed group: rank 0 picks the address, all members join it.
+
+        Raises:
+            TimeoutError: If the group has not formed within ``timeout_s`` (plus a margin).
+        """
+        address = await self.members[0].call(LearnerProtocol.rendezvous_address)
+        world = len(self.members)
+        join = LearnerProtocol.join_group
+        joins = [m.call(join, address, r, world, backend, timeout_s) for r, m in enumerate(self.members)]
+        await asyncio.wait_for(_first_of_all(joins), timeout_s + 30)
+
+
+async def _first_of_all(refs: list[Awaitable[Any]]) -> Any:
+    """Awaits every reference; returns the first's result."""
+    results = await asyncio.gather(*refs)
+    return results[0]
