@@ -940,6 +940,13 @@ class Algorithm:
     async def _stop(self) -> None:
         for _, ping in self._pings.values():
             ping.cancel()
-        await asyncio.wait_for(gather([r.call(EnvRunnerProtocol.stop) for r in self.runners]), 30)
+        stops = [r.call(EnvRunnerProtocol.stop) for r in self.runners]
+        answers = await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True), 30)
+        for index, answer in enumerate(answers):  # a dead or restarting runner: the others still stop
+            if isinstance(answer, BaseException):
+                logger.warning("env runner %d did not stop cleanly: %r", index, answer)
         if self._run_refs:
-            await asyncio.wait(self._run_refs, timeout=30)
+            done, _ = await asyncio.wait(self._run_refs, timeout=30)
+            for run in done:  # retrieved: a dead runner's loop ended with its death, already reported
+                if not run.cancelled():
+                    run.exception()
