@@ -155,6 +155,29 @@ def test_load_weights(model_dir: Path) -> None:
     assert engine.version == 4
 
 
+def test_published_numpy_weights_become_the_parameters_without_a_copy(model_dir: Path) -> None:
+    shared, copied = HFEngine(model_dir), HFEngine(model_dir)
+    gen = torch.Generator().manual_seed(1)
+    tensors = {k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in shared.state_dict().items()}
+    if shared.model.config.tie_word_embeddings:  # one tensor under two names, as in the state dict
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    arrays = {k: v.numpy().copy() for k, v in tensors.items() if k != "lm_head.weight"}  # as published
+    for array in arrays.values():
+        array.flags.writeable = False  # as Ray's object store maps them
+    shared.load_weights(arrays, version=1)
+    copied.load_weights(tensors, version=1)
+    for name, array in arrays.items():  # the parameters are the arrays themselves
+        assert np.shares_memory(shared.model.get_parameter(name).detach().numpy(), array), name
+    if shared.model.config.tie_word_embeddings:  # the head follows the assigned embedding
+        assert shared.model.get_output_embeddings().weight is shared.model.get_input_embeddings().weight
+    prompts, params = _prompts(4, seed=7), SamplingParams(temperature=0.0, max_new_tokens=8)
+    assert [g.token_ids for g in shared.generate(prompts, params)] == [
+        g.token_ids for g in copied.generate(prompts, params)
+    ]
+    tensors["model.norm.weight"].fill_(3.0)  # tensors are copied in: the caller's dict is not the model
+    assert not torch.equal(copied.state_dict()["model.norm.weight"], tensors["model.norm.weight"])
+
+
 class FakeEngine:
     """Records batches; the first id of a prompt is echoed back as the turn."""
 

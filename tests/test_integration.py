@@ -17,7 +17,8 @@ from tests.conftest import small_config
 
 
 def _weights(algo) -> dict[str, torch.Tensor]:
-    return algo.runtime.run(algo.learner.call(Learner.get_weights))
+    weights = algo.runtime.run(algo.learner.call(Learner.get_weights))
+    return {k: torch.tensor(v) for k, v in weights.items()}
 
 
 def _buffer_state(algo) -> dict:

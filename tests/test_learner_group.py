@@ -49,6 +49,11 @@ def _params(state: dict) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
+def _tensors(weights: dict) -> dict[str, torch.Tensor]:
+    """Published weights (numpy) as tensors."""
+    return {k: torch.tensor(v) for k, v in weights.items()}
+
+
 @pytest.mark.ray
 def test_two_learners_step_like_one_learner_at_the_same_global_batch(group, model_dir, groups) -> None:
     runtime, learners = group
@@ -69,12 +74,12 @@ def test_two_learners_step_like_one_learner_at_the_same_global_batch(group, mode
     # with micro_batch_size 32 instead of 4 (the same sums regrouped) differs by up to 3.5e-6, and
     # the steps moved every parameter by about 3e-3 (Adam, lr 1e-3). A member that trained on its
     # share alone would be off by about lr.
-    for name, value in one.get_weights().items():
+    for name, value in _tensors(one.get_weights()).items():
         torch.testing.assert_close(_params(rank0)[name], _params(rank1)[name], atol=0, rtol=0, msg=name)
         torch.testing.assert_close(_params(rank0)[name], value, atol=TOLERANCE, rtol=0, msg=name)
     assert rank0["version"] == STEPS
     # Weights did move: the comparison is not between two untouched models.
-    start = Learner(**_kwargs(model_dir)).get_weights()
+    start = _tensors(Learner(**_kwargs(model_dir)).get_weights())
     assert any(not torch.equal(start[k], _params(rank0)[k]) for k in start)
 
 
@@ -90,8 +95,8 @@ def test_two_learners_do_sft_like_one_learner(group, model_dir, groups) -> None:
     for e, g in zip(expected, got, strict=True):
         assert g["sft/loss"] == pytest.approx(e["sft/loss"], rel=1e-5)
         assert g["sft/token_accuracy"] == pytest.approx(e["sft/token_accuracy"], abs=1e-9)
-    weights = runtime.run(learners.call(Learner.get_weights))
-    for name, value in one.get_weights().items():
+    weights = _tensors(runtime.run(learners.call(Learner.get_weights)))
+    for name, value in _tensors(one.get_weights()).items():
         torch.testing.assert_close(weights[name], value, atol=TOLERANCE, rtol=0, msg=name)
     assert runtime.run(learners.call(Learner.get_version)) == 1
 
@@ -109,7 +114,7 @@ def test_a_group_restores_a_checkpointed_state_on_every_member(group, model_dir,
     for member in learners.members:
         state = runtime.run(member.call(Learner.get_state))
         assert state["version"] == 2
-        for name, value in one.get_weights().items():
+        for name, value in _tensors(one.get_weights()).items():
             torch.testing.assert_close(state["model"][name], value, atol=TOLERANCE, rtol=0, msg=name)
 
 
@@ -123,7 +128,7 @@ def test_training_with_two_learners_on_ray_reaches_the_runners(ray_session, tmp_
         metrics = [algo.train() for _ in range(2)]
         algo.sync_weights()
         group = algo.runtime.run(algo.runners[0].call(EnvRunner.run_group, 3))
-        weights = [algo.runtime.run(m.call(Learner.get_weights)) for m in algo.learner.members]
+        weights = [_tensors(algo.runtime.run(m.call(Learner.get_weights))) for m in algo.learner.members]
     finally:
         algo.stop()
     assert algo.version == 3  # SFT, then two RL updates

@@ -488,9 +488,17 @@ class Learner:
         sums = self._reduce(sums)
         return sums["loss"] / total, sums["correct"] / total
 
-    def get_weights(self) -> dict[str, torch.Tensor]:
-        """CPU copies of the parameters, keyed like ``state_dict``."""
-        return _cpu_state(self.model)
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """The parameters as numpy arrays, keyed like ``state_dict``, for publication to the runners.
+
+        Numpy, not torch: Ray writes numpy arrays into its object store with one copy and every
+        runner on a node reads them there without one (torch tensors are pickled: about 10x slower
+        for a 400 MB model, ``benchmarks/weight_sync.py``). In a Ray actor they are views of the live
+        parameters, serialized when this method returns, before the learner runs another call; in
+        this process (local mode) they are copies, since a runner holds them until it loads them.
+        """
+        copy = not _in_ray_actor()
+        return {k: _to_numpy(v, copy) for k, v in self.model.state_dict().items()}
 
     def get_version(self) -> int:
         """The weights version (number of updates so far)."""
@@ -516,7 +524,7 @@ class Learner:
         if "optimizer" in parts:
             state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
         if "model" in parts:
-            state["model"] = self.get_weights()
+            state["model"] = _cpu_state(self.model)
         if "ref_model" in parts:
             state["ref_model"] = None if self.ref_model is None else _cpu_state(self.ref_model)
         return state
@@ -539,6 +547,25 @@ class Learner:
             self.optimizer.load_state_dict(state["optimizer"])
         if "version" in state:
             self.version = int(state["version"])
+
+
+def _in_ray_actor() -> bool:
+    """Whether this code runs in a Ray actor (whose return values Ray serializes at once)."""
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
+def _to_numpy(tensor: torch.Tensor, copy: bool) -> np.ndarray:
+    """A CPU numpy array of ``tensor`` (a view unless ``copy``).
+
+    Raises:
+        TypeError: For a dtype numpy lacks (bfloat16): the learner keeps float32 weights.
+    """
+    cpu = tensor.detach().to("cpu")
+    return (cpu.clone() if copy and cpu.device == tensor.device else cpu).numpy()
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
@@ -68,3 +70,15 @@ def load_model_and_tokenizer(
         ``(model, tokenizer)``, the model in eval mode.
     """
     return load_model(path, device, dtype), AutoTokenizer.from_pretrained(str(path))
+
+
+def weight_tensors(weights: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
+    """Published weights as tensors, without copying.
+
+    Weights from a Ray learner are numpy views of Ray's object store, which are read-only; they are
+    only read here (``load_state_dict`` copies them into the model), so torch's warning about
+    non-writable arrays is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return {k: torch.as_tensor(v) for k, v in weights.items()}

@@ -31,7 +31,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
 from actorlearner.core.protocols import Engine, Generation, SamplingParams
-from actorlearner.models.loading import cache_keyword, load_model
+from actorlearner.models.loading import cache_keyword, load_model, weight_tensors
 
 T = TypeVar("T")
 
@@ -270,6 +270,11 @@ class HFEngine:
     def load_weights(self, weights: Mapping[str, torch.Tensor | np.ndarray], version: int) -> None:
         """Loads a full state dict (strict; a tied ``lm_head.weight`` may be left out).
 
+        Numpy arrays of the model's dtypes (what the learner publishes) become the parameters
+        themselves, without a copy: on Ray they are read-only views of the object store, which the
+        runners of a node then share, and generation only reads them. Tensors are copied in, so a
+        caller's state dict never aliases the model.
+
         Args:
             weights: Parameter name to tensor or array.
             version: Weights version recorded on later generations.
@@ -278,8 +283,14 @@ class HFEngine:
             RuntimeError: On missing or unexpected keys, or shape mismatches.
         """
         self.prefixes.clear()  # keys and values of the old weights (cleared first: a failed load is partial)
-        state = {k: torch.as_tensor(v) for k, v in weights.items()}
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        state = weight_tensors(weights)
+        current = self.model.state_dict()
+        share = all(isinstance(v, np.ndarray) for v in weights.values()) and all(
+            k not in current or v.dtype == current[k].dtype for k, v in state.items()
+        )
+        missing, unexpected = self.model.load_state_dict(state, strict=False, assign=share)
+        if share and self.model.config.tie_word_embeddings:
+            self.model.tie_weights()  # an assigned embedding: the output head points at it again
         tied = set(getattr(self.model, "_tied_weights_keys", None) or ())
         missing = [k for k in missing if not (k in tied and self.model.config.tie_word_embeddings)]
         if missing or unexpected:

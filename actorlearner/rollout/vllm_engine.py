@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from actorlearner.core.protocols import Generation, SamplingParams
+from actorlearner.models.loading import weight_tensors
 
 if importlib.util.find_spec("vllm") is None:
     raise ImportError(
@@ -119,7 +120,7 @@ class VLLMEngine:
         Raises:
             RuntimeError: If vLLM's model does not take every parameter it has from ``weights``.
         """
-        items = [(name, torch.as_tensor(value)) for name, value in weights.items()]
+        items = list(weight_tensors(weights).items())
         missing = self.llm.collective_rpc(_reload_in_place, args=(items,))[0]
         if missing:
             raise RuntimeError(f"load_weights: vLLM's model got no value for {missing}")
