@@ -264,6 +264,7 @@ class Algorithm:
             temperature=cfg.env_runners.temperature,
             seed=cfg.debugging.seed,
             max_tokens=cfg.env_runners.max_tokens,
+            publish_views=not self.local,  # a Ray actor: its return values are serialized at once
         )
         return {"buffer": buffer_kwargs, "learner": learner_kwargs}
 
@@ -350,6 +351,16 @@ class Algorithm:
                 f"+ {learners.num_learners} learners x learners.num_cpus {learners.num_cpus} needs {need:g} "
                 f"CPUs, Ray has {have:g}; lower num_env_runners, num_cpus_per_runner or learners.num_cpus"
             )
+        cfg = self.config
+        custom = {"env_runners": r.resources, "learners": learners.resources, "replay": cfg.replay.resources}
+        for section, wanted in custom.items():
+            short = {k: v for k, v in wanted.items() if v > resources.get(k, 0.0)}
+            if short:  # Ray would wait forever for a node that has them
+                raise ConfigError(
+                    f"{section}.resources: {short} exceeds what the cluster has "
+                    f"({ {k: resources.get(k, 0.0) for k in short} }); start nodes with "
+                    "`ray start --resources=...` or change the resources"
+                )
 
     # ---------------------------------------------------------------------------- the phases
     async def _publish(self, metrics: bool = True, weights: Any = None) -> dict[str, Any]:

@@ -104,16 +104,24 @@ def check_deterministic(cfg: AlgorithmConfig) -> None:
 
 
 def check_device(cfg: AlgorithmConfig) -> None:
-    """``learners.device=cuda`` needs CUDA here, unless the learner may run on a Ray cluster's GPU node."""
+    """``learners.device=cuda`` and ``learners.backend=nccl`` need CUDA here.
+
+    Not checked when the learners may run on a Ray cluster's GPU nodes.
+    """
     on_a_cluster = cfg.debugging.ray_address is not None and cfg.env_runners.num_env_runners > 0
-    if cfg.learners.device != "cuda" or on_a_cluster:
+    wants = (
+        "device" if cfg.learners.device == "cuda" else "backend" if cfg.learners.backend == "nccl" else None
+    )
+    if wants is None or on_a_cluster:
         return
     import torch  # only now: validating a config imports no torch otherwise
 
     if not torch.cuda.is_available():
+        value = getattr(cfg.learners, wants)
+        allowed = "auto, cpu" if wants == "device" else "auto, gloo"
         raise ConfigError(
-            "learners.device: 'cuda' but torch.cuda.is_available() is False on this machine "
-            f"(torch {torch.__version__}); allowed here: auto, cpu"
+            f"learners.{wants}: {value!r} but torch.cuda.is_available() is False on this machine "
+            f"(torch {torch.__version__}); allowed here: {allowed}"
         )
 
 

@@ -13,6 +13,11 @@ ENVS: dict[str, str] = {
 }
 """Gymnasium id -> entry point of each built-in env."""
 
+BENCHMARK_ENVS: dict[str, str] = {
+    "actorlearner/SlowToolCalculator-v0": "envs.latency:SlowToolCalculator",
+}
+"""Envs for benchmarks: the Calculator with tools that wait like remote ones (``envs/latency.py``)."""
+
 SPLITS = ("train", "test")
 """Values of the ``split`` knob of the built-in envs (the held-out set is ``"test"``)."""
 
@@ -25,7 +30,7 @@ def register_envs() -> None:
     """Registers the built-in envs with gymnasium and their evaluation suites; safe to call again."""
     from actorlearner.env.suites import register_eval_suite  # not at import: actorlearner imports envs
 
-    for env_id, entry_point in ENVS.items():
+    for env_id, entry_point in {**ENVS, **BENCHMARK_ENVS}.items():
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point=entry_point)
     for name, path in EVAL_SUITES.items():

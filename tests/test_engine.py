@@ -176,6 +176,12 @@ def test_published_numpy_weights_become_the_parameters_without_a_copy(model_dir:
     ]
     tensors["model.norm.weight"].fill_(3.0)  # tensors are copied in: the caller's dict is not the model
     assert not torch.equal(copied.state_dict()["model.norm.weight"], tensors["model.norm.weight"])
+    # A later load replaces the shared arrays; it never writes into them (on Ray: others' memory).
+    kept = {k: v.copy() for k, v in arrays.items()}
+    shared.load_weights(tensors, version=2)
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(array, kept[name], err_msg=name)
+    assert shared.state_dict()["model.norm.weight"].eq(3.0).all()
 
 
 class FakeEngine:

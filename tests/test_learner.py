@@ -139,6 +139,9 @@ def test_update_changes_weights_and_bumps_version(model_dir, groups) -> None:
     before["model.norm.weight"][:] = 7.0  # copies in this process: the runner may hold them until it loads
     assert not np.array_equal(learner.get_weights()["model.norm.weight"], before["model.norm.weight"])
     assert learner.update([])["skipped"] == 1.0
+    learner.publish_views = True  # a Ray actor's: views, serialized by Ray when the call returns
+    view = learner.get_weights()["model.norm.weight"]
+    assert np.shares_memory(view, learner.model.get_parameter("model.norm.weight").detach().numpy())
 
 
 def test_restore_before_rl_keeps_the_optimizer_moments(model_dir, groups, tmp_path) -> None:

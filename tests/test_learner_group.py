@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -22,7 +25,7 @@ TOLERANCE = 1e-5
 """Weights of a group vs one learner after a few steps (see the first test for the measurements)."""
 
 
-def _kwargs(model_dir: str, **training) -> dict:
+def _kwargs(model_dir: str, max_tokens: int | None = None, **training) -> dict:
     # micro-batches of 4: each member runs several, with shared prompts, as a real update does
     cfg = TrainingConfig(**{"lr": 1e-3, "micro_batch_size": 4, **training})
     return dict(
@@ -31,18 +34,27 @@ def _kwargs(model_dir: str, **training) -> dict:
         learner=LearnerConfig(device="cpu", num_threads=1),
         temperature=TEMPERATURE,
         seed=0,
+        max_tokens=max_tokens,
     )
+
+
+@contextlib.contextmanager
+def _group(model_dir: str, **kwargs) -> Iterator[tuple[RayRuntime, LearnerGroup]]:
+    """Two learner actors on the session's Ray, joined as one group (gloo)."""
+    runtime = RayRuntime()
+    group = LearnerGroup([runtime.place(Learner, _kwargs(model_dir, **kwargs), num_cpus=0) for _ in range(2)])
+    try:
+        runtime.run(group.join("gloo", timeout_s=60))
+        yield runtime, group
+    finally:
+        group.kill()
+        runtime.shutdown()
 
 
 @pytest.fixture
 def group(ray_session, model_dir):
-    """Two learner actors on the session's Ray, joined as one group (gloo)."""
-    runtime = RayRuntime()
-    group = LearnerGroup([runtime.place(Learner, _kwargs(model_dir), num_cpus=0) for _ in range(2)])
-    runtime.run(group.join("gloo", timeout_s=60))
-    yield runtime, group
-    group.kill()
-    runtime.shutdown()
+    with _group(model_dir) as made:
+        yield made
 
 
 def _params(state: dict) -> dict[str, torch.Tensor]:
@@ -81,6 +93,24 @@ def test_two_learners_step_like_one_learner_at_the_same_global_batch(group, mode
     # Weights did move: the comparison is not between two untouched models.
     start = _tensors(Learner(**_kwargs(model_dir)).get_weights())
     assert any(not torch.equal(start[k], _params(rank0)[k]) for k in start)
+
+
+@pytest.mark.ray
+def test_two_learners_match_one_with_a_per_sequence_loss_a_token_cap_and_kl(ray_session, model_dir, groups):
+    """The other totals a share must take from the whole batch: rows, Dr. GRPO's constant, the KL."""
+    kw = dict(loss_aggregation="seq_mean_token_sum_norm", kl_beta=0.1, max_tokens=200)
+    one = Learner(**_kwargs(model_dir, **kw))
+    one.start_rl()
+    with _group(model_dir, **kw) as (runtime, learners):
+        runtime.run(learners.call(Learner.start_rl))
+        for _ in range(2):
+            expected = one.update(groups)
+            got = runtime.run(learners.call(Learner.update, groups))
+            for key in ("loss", "kl", "grad_norm"):
+                assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+        weights = _tensors(runtime.run(learners.call(Learner.get_weights)))
+    for name, value in _tensors(one.get_weights()).items():
+        torch.testing.assert_close(weights[name], value, atol=TOLERANCE, rtol=0, msg=name)
 
 
 @pytest.mark.ray
@@ -147,6 +177,17 @@ def test_nccl_needs_cuda_learners(tmp_path) -> None:
     config = small_config(tmp_path, num_env_runners=1).learners(backend="nccl", device="cpu")
     with pytest.raises(ConfigError, match=r"^learners.backend: nccl needs CUDA"):
         config.validate()
+    if not torch.cuda.is_available():  # device auto: CUDA must be here
+        config = small_config(tmp_path, num_env_runners=1).learners(backend="nccl")
+        with pytest.raises(ConfigError, match=r"^learners.backend: 'nccl' but torch.cuda.is_available"):
+            config.validate()
+
+
+@pytest.mark.ray
+def test_custom_resources_the_cluster_lacks_fail_before_anything_is_placed(ray_session, tmp_path) -> None:
+    config = small_config(tmp_path, num_env_runners=1).learners(resources={"learn": 1})
+    with pytest.raises(ConfigError, match=r"^learners.resources: \{'learn': 1.0\} exceeds what the cluster"):
+        config.build()
 
 
 def test_custom_resources_may_not_name_cpus(tmp_path) -> None:

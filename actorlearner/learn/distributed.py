@@ -96,8 +96,11 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
     present = flat[-len(params) :]
     for i, p in enumerate(params):
         size = p.numel()
-        if present[i] > 0:
-            p.grad = flat[offset : offset + size].view_as(p).to(p.dtype).clone()
+        summed = flat[offset : offset + size].view_as(p)
+        if p.grad is not None:
+            p.grad.copy_(summed)  # in place: the flat buffer is the only extra memory
+        elif present[i] > 0:
+            p.grad = summed.to(p.dtype).clone()
         offset += size
 
 

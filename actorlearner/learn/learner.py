@@ -163,6 +163,8 @@ class Learner:
         temperature: Sampling temperature of the rollouts (log-probs are computed at it).
         seed: Seeds torch.
         max_tokens: Episode token cap: the constant Dr. GRPO divides token sums by.
+        publish_views: :meth:`get_weights` returns views of the live parameters, not copies: only
+            for a learner that is a Ray actor, whose return values Ray serializes at once.
     """
 
     def __init__(
@@ -173,8 +175,10 @@ class Learner:
         temperature: float = 1.0,
         seed: int = 0,
         max_tokens: int | None = None,
+        publish_views: bool = False,
     ) -> None:
         hf_logging.disable_progress_bar()
+        self.publish_views = publish_views
         self.max_tokens = max_tokens
         torch.manual_seed(seed)
         self.seed = seed
@@ -346,6 +350,7 @@ class Learner:
         """
         distributed.join(address, rank, world_size, distributed.backend_for(self.device, backend), timeout_s)
         self.rank, self.world_size = rank, world_size
+        torch.manual_seed(self.seed + rank)  # dropout masks differ between members' rows
         return rank
 
     def _micro_loss(
@@ -493,12 +498,12 @@ class Learner:
 
         Numpy, not torch: Ray writes numpy arrays into its object store with one copy and every
         runner on a node reads them there without one (torch tensors are pickled: about 10x slower
-        for a 400 MB model, ``benchmarks/weight_sync.py``). In a Ray actor they are views of the live
-        parameters, serialized when this method returns, before the learner runs another call; in
-        this process (local mode) they are copies, since a runner holds them until it loads them.
+        for a 400 MB model, ``benchmarks/weight_sync.py``). With ``publish_views`` (a learner placed
+        as a Ray actor) they are views of the live parameters, which Ray serializes when this method
+        returns, before the learner runs another call; otherwise copies, since a runner in this
+        process holds them until it loads them.
         """
-        copy = not _in_ray_actor()
-        return {k: _to_numpy(v, copy) for k, v in self.model.state_dict().items()}
+        return {k: _to_numpy(v, not self.publish_views) for k, v in self.model.state_dict().items()}
 
     def get_version(self) -> int:
         """The weights version (number of updates so far)."""
@@ -547,15 +552,6 @@ class Learner:
             self.optimizer.load_state_dict(state["optimizer"])
         if "version" in state:
             self.version = int(state["version"])
-
-
-def _in_ray_actor() -> bool:
-    """Whether this code runs in a Ray actor (whose return values Ray serializes at once)."""
-    try:
-        import ray
-    except ImportError:  # pragma: no cover - ray is a dependency
-        return False
-    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 def _to_numpy(tensor: torch.Tensor, copy: bool) -> np.ndarray:

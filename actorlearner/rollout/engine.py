@@ -270,10 +270,11 @@ class HFEngine:
     def load_weights(self, weights: Mapping[str, torch.Tensor | np.ndarray], version: int) -> None:
         """Loads a full state dict (strict; a tied ``lm_head.weight`` may be left out).
 
-        Numpy arrays of the model's dtypes (what the learner publishes) become the parameters
-        themselves, without a copy: on Ray they are read-only views of the object store, which the
-        runners of a node then share, and generation only reads them. Tensors are copied in, so a
-        caller's state dict never aliases the model.
+        The given values become the model's parameters (``load_state_dict(assign=True)``), so the
+        old parameters are never written in place: numpy arrays of the model's dtype on a CPU model
+        (what the learner publishes) without a copy (on Ray, read-only views of the object store,
+        which the runners of a node then share; generation only reads them); anything else as a
+        converted copy, so a caller's tensors never alias the model.
 
         Args:
             weights: Parameter name to tensor or array.
@@ -283,19 +284,24 @@ class HFEngine:
             RuntimeError: On missing or unexpected keys, or shape mismatches.
         """
         self.prefixes.clear()  # keys and values of the old weights (cleared first: a failed load is partial)
-        state = weight_tensors(weights)
         current = self.model.state_dict()
-        share = all(isinstance(v, np.ndarray) for v in weights.values()) and all(
-            k not in current or v.dtype == current[k].dtype for k, v in state.items()
-        )
-        missing, unexpected = self.model.load_state_dict(state, strict=False, assign=share)
-        if share and self.model.config.tie_word_embeddings:
+        state = {k: self._owned(v, current.get(k)) for k, v in weights.items()}
+        missing, unexpected = self.model.load_state_dict(state, strict=False, assign=True)
+        if self.model.config.tie_word_embeddings:
             self.model.tie_weights()  # an assigned embedding: the output head points at it again
         tied = set(getattr(self.model, "_tied_weights_keys", None) or ())
         missing = [k for k in missing if not (k in tied and self.model.config.tie_word_embeddings)]
         if missing or unexpected:
             raise RuntimeError(f"load_weights: missing keys {missing}, unexpected keys {unexpected}")
         self.version = int(version)
+
+    def _owned(self, value: torch.Tensor | np.ndarray, like: torch.Tensor | None) -> torch.Tensor:
+        """``value`` as a parameter of the model: the array itself when it fits, else a converted copy."""
+        tensor = weight_tensors({"": value})[""]
+        if like is None:
+            return tensor  # an unexpected key: load_state_dict reports it
+        fits = isinstance(value, np.ndarray) and tensor.dtype == like.dtype and like.device.type == "cpu"
+        return tensor if fits else tensor.to(device=like.device, dtype=like.dtype, copy=True)
 
     def _sample(self, logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampled ids and their log-probabilities under ``softmax(logits / temperature)``."""

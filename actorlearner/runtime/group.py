@@ -16,16 +16,17 @@ from typing import Any
 from actorlearner.core.protocols import Handle
 from actorlearner.core.protocols import Learner as LearnerProtocol
 
-BROADCAST = frozenset(
+READS = frozenset(
     {
-        LearnerProtocol.update.__name__,
-        LearnerProtocol.sft_steps.__name__,
-        LearnerProtocol.start_rl.__name__,
-        LearnerProtocol.set_demonstrations.__name__,
-        LearnerProtocol.set_state.__name__,
+        LearnerProtocol.get_weights.__name__,
+        LearnerProtocol.get_version.__name__,
+        LearnerProtocol.get_state.__name__,
+        LearnerProtocol.save_pretrained.__name__,
+        LearnerProtocol.rendezvous_address.__name__,
     }
 )
-"""Methods every member runs (the rest run on rank 0)."""
+"""Methods that only read a learner's state: rank 0 answers. Every other method (a custom learner
+class's too) runs on every member, so that no member's state drifts from the others'."""
 
 JOIN_TIMEOUT_S = 120.0
 """Longest the members wait for each other when the group forms."""
@@ -44,13 +45,15 @@ class LearnerGroup:
         self.members = list(members)
 
     def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        """Starts ``method`` on rank 0 (a reading call) or on every member (a broadcast one).
+        """Starts ``method`` on rank 0 (a reading call, :data:`READS`) or on every member.
 
         Returns:
-            Rank 0's reference, or for a broadcast call an awaitable of rank 0's result once every
-            member has finished (the first member error is raised).
+            Rank 0's reference, or for a call on every member an awaitable of rank 0's result once
+            every member has finished. A member's error is raised as soon as it occurs; the other
+            members may then wait in a collective (up to the group's timeout): the run stops, and
+            stopping kills every member.
         """
-        if method.__name__ not in BROADCAST:
+        if method.__name__ in READS:
             return self.members[0].call(method, *args, **kwargs)
         refs = [m.call(method, *args, **kwargs) for m in self.members]  # started here, awaited below
         return _first_of_all(refs)

@@ -7,6 +7,7 @@ everything through the returned handles with :meth:`run`; nothing else differs b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
@@ -223,7 +224,8 @@ class RayRuntime:
             if not self.loop.is_closed():
                 self.loop.close()
             for group in self.groups:
-                ray.util.remove_placement_group(group)
+                with contextlib.suppress(Exception):  # one group's failure must not keep Ray running
+                    ray.util.remove_placement_group(group)
             if self.owns_ray:
                 ray.shutdown()
         except Exception:  # shutting down must not mask the error that led here
