@@ -75,8 +75,17 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_float32_weights(mo
     assert float(torch.nn.functional.cosine_similarity(step, step_bf16, dim=0)) > 0.9  # the same direction
 
 
-@pytest.mark.parametrize("knobs", [{"gradient_checkpointing": True}, {"autocast": "bf16"}])
-def test_a_run_with_the_knob_learns_reaches_the_runner_and_round_trips(tmp_path, knobs) -> None:
+@pytest.mark.parametrize(
+    ("knobs", "drop"),
+    [
+        ({"gradient_checkpointing": True}, 0.2),
+        ({"autocast": "bf16"}, 0.2),
+        # Adapters on the layers cannot move the embedding or the output head, where this random tiny
+        # model learns fastest: measured 5.80 -> 5.53 nats over the 40 steps (full: about -25%).
+        ({"lora_rank": 8, "lora_alpha": 32}, 0.03),
+    ],
+)
+def test_a_run_with_the_knob_learns_reaches_the_runner_and_round_trips(tmp_path, knobs, drop) -> None:
     config = small_config(tmp_path, num_iterations=2).sft(steps=40, num_demos=64, batch_size=16, lr=3e-3)
     algo = config.learners(**knobs).build()
     try:
@@ -99,7 +108,7 @@ def test_a_run_with_the_knob_learns_reaches_the_runner_and_round_trips(tmp_path,
         algo.stop()
     records = [json.loads(line) for line in (algo.run_dir / "metrics.jsonl").read_text().splitlines()]
     sft = [r["sft/loss"] for r in records if r.get("phase") == "sft"]
-    assert len(sft) == 40 and sum(sft[-5:]) < 0.8 * sum(sft[:5])  # the loss falls
+    assert len(sft) == 40 and sum(sft[-5:]) < (1 - drop) * sum(sft[:5])  # the loss falls
 
 
 def test_gradient_checkpointing_refuses_a_model_with_dropout(model_dir, tmp_path) -> None:

@@ -160,6 +160,18 @@ class LearnerConfig(Section):
         description="Mixed precision: the backbone under torch.autocast in bfloat16, the output head, "
         "logprobs, loss, weights, gradients and optimizer in float32.",
     )
+    lora_rank: int = Field(
+        0,
+        ge=0,
+        description="LoRA adapters of this rank (peft) on lora_target_modules: only they train (SFT and "
+        "RL), the runners get merged weights, checkpoints keep the adapters (0: full fine-tuning).",
+    )
+    lora_alpha: int = Field(16, gt=0, description="LoRA scale: adapters add alpha / rank * B @ A.")
+    lora_target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Layers that get adapters: peft's 'all-linear' (every linear layer but the output "
+        "head) or module names such as [q_proj, v_proj].",
+    )
     learner_cls: ClassSpec = Field(
         None,
         description="A Learner subclass or 'pkg.mod:Class' path to run instead of the built-in (null).",

@@ -18,8 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from actorlearner.core.errors import CheckpointError
 from actorlearner.core.trajectory import Group, Trajectory
-from actorlearner.learn import distributed, losses
+from actorlearner.learn import distributed, lora, losses
 from actorlearner.learn.config import LearnerConfig, TrainingConfig
 from actorlearner.learn.prefix import PrefixPlan, dropout_active, plan_prefix, prefix_logits, supports_prefix
 from actorlearner.learn.registry import (
@@ -202,6 +203,9 @@ class Learner:
         self._autocast = learner.autocast == "bf16"
         if self._autocast:
             _head_in_float32(self.model)
+        if learner.lora_rank:  # after the knobs above, which act on the base model's layers
+            rank, alpha, targets = learner.lora_rank, learner.lora_alpha, learner.lora_target_modules
+            self.model = lora.add_lora(self.model, rank, alpha, targets)  # type: ignore[assignment]
         self.optimizer = self._make_optimizer(training.lr)
         self.ref_model: torch.nn.Module | None = None
         self.version = 0
@@ -215,9 +219,9 @@ class Learner:
         self.aggregate_fn: LossAggregation = LOSS_AGGREGATIONS.resolve(training.loss_aggregation)
 
     def _make_optimizer(self, lr: float) -> torch.optim.AdamW:
-        return torch.optim.AdamW(
-            self.model.parameters(), lr=lr, betas=self.cfg.adam_betas, weight_decay=self.cfg.weight_decay
-        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters
+        cfg = self.cfg
+        return torch.optim.AdamW(trainable, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
 
     def start_rl(self, reset_optimizer: bool = True) -> None:
         """Starts the RL phase: a fresh optimizer (unless resuming), the reference model if KL is on.
@@ -503,15 +507,19 @@ class Learner:
         returns, before the learner runs another call; otherwise copies, since a runner in this
         process holds them until it loads them.
         """
-        return {k: _to_numpy(v, not self.publish_views) for k, v in self.model.state_dict().items()}
+        return {k: _to_numpy(v, not self.publish_views) for k, v in lora.merged_state(self.model).items()}
 
     def get_version(self) -> int:
         """The weights version (number of updates so far)."""
         return self.version
 
     def save_pretrained(self, path: str) -> None:
-        """Exports the policy as a model directory ``from_pretrained`` loads (safetensors)."""
-        self.model.save_pretrained(path)
+        """Exports the policy as a model directory ``from_pretrained`` loads (safetensors).
+
+        With LoRA, a copy with the adapters merged in (a plain model, as the runners get it).
+        """
+        model: Any = lora.merged_copy(self.model) if lora.is_lora(self.model) else self.model
+        model.save_pretrained(path)
 
     def get_state(self, components: Collection[str] | None = None) -> dict[str, Any]:
         """The version, the optimizer's ``state_dict``, the model and KL reference weights (CPU copies).
@@ -532,6 +540,8 @@ class Learner:
             state["model"] = _cpu_state(self.model)
         if "ref_model" in parts:
             state["ref_model"] = None if self.ref_model is None else _cpu_state(self.ref_model)
+        if lora.is_lora(self.model):  # small; the frozen base comes from the model directory
+            state["adapters"] = lora.adapter_state(self.model)
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -545,9 +555,14 @@ class Learner:
             self.ref_model.load_state_dict(state["ref_model"])
         if "model" in state:
             self.model.load_state_dict(state["model"])
+        elif lora.is_lora(self.model):  # the frozen base is the model directory's; the adapters follow
+            if "adapters" not in state:
+                raise CheckpointError("learners.lora_rank: the checkpoint has no LoRA adapters to resume")
         elif "model_dir" in state:
             loaded = AutoModelForCausalLM.from_pretrained(state["model_dir"], dtype=torch.float32)
             self.model.load_state_dict(loaded.state_dict())
+        if "adapters" in state:
+            lora.load_adapters(self.model, state["adapters"])
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
         if "version" in state:

@@ -64,7 +64,8 @@ def write_checkpoint(out: Path, states: dict[str, Any], model_path: str) -> None
 
     Args:
         out: The checkpoint directory.
-        states: ``{"learner": {"version", "optimizer", "ref_model"}, "buffer": ..., "runners": [...]}``.
+        states: ``{"learner": {"version", "optimizer", "ref_model", "adapters"?}, "buffer": ...,
+            "runners": [...]}`` (``adapters``: a LoRA learner's, written next to the merged model).
         model_path: The policy's source directory, whose tokenizer is copied next to the weights.
     """
     AutoTokenizer.from_pretrained(model_path).save_pretrained(out / "model")
@@ -72,10 +73,9 @@ def write_checkpoint(out: Path, states: dict[str, Any], model_path: str) -> None
     tensors, meta = flatten_optimizer(learner["optimizer"])
     save_file(tensors, str(out / "optimizer.safetensors"))
     (out / "learner.json").write_text(json.dumps({"version": learner["version"], "optimizer": meta}))
-    if learner.get("ref_model") is not None:
-        save_file(
-            {k: v.contiguous() for k, v in learner["ref_model"].items()}, str(out / "ref_model.safetensors")
-        )
+    for key in ("ref_model", "adapters"):
+        if learner.get(key) is not None:
+            save_file({k: v.contiguous() for k, v in learner[key].items()}, str(out / f"{key}.safetensors"))
     (out / "buffer.pkl").write_bytes(pickle.dumps(states["buffer"]))
     (out / "runners.pkl").write_bytes(pickle.dumps(states["runners"]))
 
@@ -84,8 +84,9 @@ def read_checkpoint(src: Path) -> dict[str, Any]:
     """Reads what :func:`write_checkpoint` wrote; parts whose file is absent come back as ``None``.
 
     Returns:
-        ``{"learner": {"version", "optimizer", "model_dir", "ref_model"}, "buffer": ..., "runners": ...}``
-        (``ref_model`` is None when the checkpoint has no KL reference).
+        ``{"learner": {"version", "optimizer", "model_dir", "ref_model", "adapters"?}, "buffer": ...,
+        "runners": ...}`` (``ref_model`` is None when the checkpoint has no KL reference;
+        ``adapters`` is there for a LoRA learner's).
     """
     meta = json.loads((src / "learner.json").read_text())
     tensors = load_file(str(src / "optimizer.safetensors"))
@@ -95,6 +96,8 @@ def read_checkpoint(src: Path) -> dict[str, Any]:
         "model_dir": str(src / "model"),
         "ref_model": load_file(str(ref)) if (ref := src / "ref_model.safetensors").exists() else None,
     }
+    if (adapters := src / "adapters.safetensors").exists():
+        learner["adapters"] = load_file(str(adapters))
     return {
         "learner": learner,
         "buffer": _unpickle(src / "buffer.pkl"),
