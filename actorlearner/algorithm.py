@@ -309,6 +309,7 @@ class Algorithm:
                 runner_cls,
                 self._runner_kwargs(i),
                 num_cpus=cfg.env_runners.num_cpus_per_runner,
+                num_gpus=cfg.env_runners.num_gpus_per_runner,
                 max_concurrency=1000,
                 max_restarts=cfg.env_runners.max_restarts,
                 resources=cfg.env_runners.resources,
@@ -350,6 +351,12 @@ class Algorithm:
                 f"env_runners.num_env_runners: {r.num_env_runners} runners x {r.num_cpus_per_runner} CPUs "
                 f"+ {learners.num_learners} learners x learners.num_cpus {learners.num_cpus} needs {need:g} "
                 f"CPUs, Ray has {have:g}; lower num_env_runners, num_cpus_per_runner or learners.num_cpus"
+            )
+        gpus = r.num_env_runners * r.num_gpus_per_runner
+        if gpus > resources.get("GPU", 0.0):
+            raise ConfigError(
+                f"env_runners.num_gpus_per_runner: {r.num_env_runners} runners x {r.num_gpus_per_runner} "
+                f"GPUs needs {gpus:g} GPUs, Ray has {resources.get('GPU', 0.0):g}"
             )
         cfg = self.config
         custom = {"env_runners": r.resources, "learners": learners.resources, "replay": cfg.replay.resources}

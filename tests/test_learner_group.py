@@ -210,3 +210,10 @@ def test_a_dead_member_stops_the_run_with_a_message_naming_the_learner(ray_sessi
             algo.train()
     finally:
         algo.stop()  # rank 0 may wait in an all-reduce for the dead member: stop must still end it
+
+
+@pytest.mark.ray
+def test_runner_gpus_the_cluster_lacks_fail_before_anything_is_placed(ray_session, tmp_path) -> None:
+    config = small_config(tmp_path, num_env_runners=1).env_runners(num_gpus_per_runner=1)
+    with pytest.raises(ConfigError, match=r"^env_runners.num_gpus_per_runner: 1 runners x 1.0 GPUs needs 1"):
+        config.build()

@@ -33,6 +33,12 @@ class EnvRunnersConfig(Section):
         64, ge=1, description="Runners pause while the buffer holds this many unconsumed groups."
     )
     num_cpus_per_runner: float = Field(1.0, ge=0, description="Ray CPUs reserved per runner.")
+    num_gpus_per_runner: float = Field(
+        0.0,
+        ge=0,
+        description="Ray GPUs reserved per runner (a GPU engine on Ray: Ray shows a runner only the GPUs "
+        "it reserved; fractions share one GPU).",
+    )
     resources: CustomResources = Field(
         default_factory=dict,
         description="Ray custom resources each runner needs (e.g. {'rollout': 1}: only on nodes started "
