@@ -28,7 +28,7 @@ RUNS=$(mktemp -d)
 SMOKE=(
   "reporting.run_dir=$RUNS" "reporting.progress=false"
   "training.num_iterations=3" "training.time_budget_s=null" "training.train_batch_groups=4"
-  "sft.steps=20" "sft.num_demos=256" "evaluation.num_episodes=16" "evaluation.initial_episodes=0"
+  "sft.steps=20" "sft.num_demos=256" "evaluation.num_episodes=16" "evaluation.initial_episodes=8"
 )
 failed=0
 job() {  # name, then the actorlearner train arguments
@@ -49,7 +49,8 @@ else
   echo "SKIP nccl-group (needs 2 GPUs)"
 fi
 job vllm-gpu configs/calculator_vllm.yaml "${SMOKE[@]}" env_runners.num_env_runners=0 \
-  learners.num_learners=1 learners.device=cuda reporting.name=vllm-gpu
+  learners.num_learners=1 learners.device=cuda reporting.name=vllm-gpu \
+  "env_runners.engine_options={max_model_len: 256, dtype: bfloat16}"
 if "$VENV/bin/python" benchmarks/weight_sync.py --out "$RUNS/weight_sync.json" >"$RUNS/weight_sync.log" 2>&1; then
   echo "PASS weight-sync"; grep '^|' "$RUNS/weight_sync.log"
 else

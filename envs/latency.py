@@ -3,10 +3,10 @@
 Real tools (a web search, a code runner, a database) answer in hundreds of milliseconds, a few in
 seconds. Each step of this env first waits ``latency_median_s * exp(latency_sigma * z)`` seconds,
 ``z`` standard normal (a lognormal: median ``latency_median_s``, a long tail), capped at
-``latency_cap_s``; then it is the Calculator. The wait is drawn from the env's own RNG (seeded by
-``reset``), so a seeded run waits the same. Episodes wait in their env's step thread, not on the
-runner's event loop: the rollout-scaling and async-vs-sync benchmarks use it to show what
-overlapping generation with tool waits buys.
+``latency_cap_s``; then it is the Calculator. The waits come from a generator of the env instance,
+not from the task's seed: the episodes of a group play one task, and real tools do not answer them
+in the same times. Episodes wait in their env's step thread, not on the runner's event loop; the
+rollout-scaling benchmark (``benchmarks/scaling.py``) uses it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import time
 from typing import Any
+
+import numpy as np
 
 from actorlearner.core.knobs import check_non_negative, check_positive
 from envs.calculator import Calculator
@@ -41,10 +43,11 @@ class SlowToolCalculator(Calculator):
         self.latency_sigma = check_non_negative("latency_sigma", latency_sigma)
         self.latency_cap_s = check_positive("latency_cap_s", latency_cap_s)
         super().__init__(**kwargs)
+        self._waits = np.random.default_rng()  # unseeded: see the module's docstring
 
     def latency(self) -> float:
-        """The next step's wait, from the env's RNG."""
-        z = float(self.np_random.standard_normal())
+        """The next step's wait."""
+        z = float(self._waits.standard_normal())
         return min(self.latency_median_s * math.exp(self.latency_sigma * z), self.latency_cap_s)
 
     def step(self, action: Any) -> Any:

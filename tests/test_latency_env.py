@@ -1,4 +1,4 @@
-"""The slow-tool Calculator (benchmarks): lognormal waits per step, seeded and capped."""
+"""The slow-tool Calculator (benchmarks): lognormal waits per step, capped, independent per env."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ def _waits(seed: int, n: int, **knobs: float) -> list[float]:
     return [env.latency() for _ in range(n)]
 
 
-def test_waits_are_lognormal_around_the_median_capped_and_seeded() -> None:
+def test_waits_are_lognormal_around_the_median_capped_and_independent_per_env() -> None:
     waits = np.array(_waits(0, 4000, latency_median_s=0.3, latency_sigma=1.0, latency_cap_s=5.0))
     assert np.median(waits) == pytest.approx(0.3, rel=0.08)
     assert waits.max() == 5.0 and (waits == 5.0).mean() < 0.01  # the tail is cut at the cap
     assert np.quantile(waits, 0.99) > 6 * np.median(waits)  # a long tail
-    assert _waits(3, 20) == _waits(3, 20) and _waits(3, 20) != _waits(4, 20)
+    assert _waits(3, 20) != _waits(3, 20)  # one task's episodes (one seed) wait different times
 
 
 def test_a_step_waits_then_is_the_calculator() -> None:

@@ -67,3 +67,26 @@ def test_adapters_round_trip_through_a_checkpoint_and_refuse_a_mismatch(model_di
         np.testing.assert_array_equal(fresh.get_weights()[name], value, err_msg=name)
     with pytest.raises(RuntimeError, match="lora_rank or lora_target_modules changed"):
         _learner(model_dir, lora_rank=8).set_state(state)
+
+
+def test_targets_one_name_or_refuse_the_embedding_and_the_head(model_dir) -> None:
+    one = _learner(model_dir, lora_rank=4, lora_target_modules="q_proj")  # a name, not a regex
+    assert {n.split(".")[-4] for n, p in one.model.named_parameters() if p.requires_grad} == {"q_proj"}
+    for target in (["embed_tokens"], ["lm_head"]):  # tied in many models: the runners would lose the delta
+        with pytest.raises(ValueError, match="is the embedding or the output head"):
+            _learner(model_dir, lora_rank=4, lora_target_modules=target)
+    with pytest.raises(ValueError, match=r"^learners.lora_target_modules: \['nothing_here'\]"):
+        _learner(model_dir, lora_rank=4, lora_target_modules=["nothing_here"])
+
+
+def test_a_checkpoint_without_adapters_is_refused_before_anything_changes(model_dir) -> None:
+    from actorlearner.core.errors import CheckpointError
+
+    plain = _learner(model_dir)
+    plain.start_rl()
+    state = {**plain.get_state(components=("version", "optimizer")), "model_dir": model_dir}
+    state["ref_model"] = plain.get_state(components=("model",))["model"]
+    adapted = _learner(model_dir, lora_rank=4)
+    with pytest.raises(CheckpointError, match="the checkpoint has no LoRA adapters"):
+        adapted.set_state(state)
+    assert adapted.ref_model is None

@@ -550,14 +550,15 @@ class Learner:
         A ``ref_model`` restores the KL reference as it was, instead of one rebuilt from the
         restored policy when the RL phase starts.
         """
+        if lora.is_lora(self.model) and "model" not in state and "adapters" not in state:
+            raise CheckpointError("learners.lora_rank: the checkpoint has no LoRA adapters to resume")
         if state.get("ref_model") is not None:
             self.ref_model = self._frozen_copy()
             self.ref_model.load_state_dict(state["ref_model"])
         if "model" in state:
             self.model.load_state_dict(state["model"])
-        elif lora.is_lora(self.model):  # the frozen base is the model directory's; the adapters follow
-            if "adapters" not in state:
-                raise CheckpointError("learners.lora_rank: the checkpoint has no LoRA adapters to resume")
+        elif lora.is_lora(self.model):
+            pass  # the frozen base is the model directory the learner was built from; adapters below
         elif "model_dir" in state:
             loaded = AutoModelForCausalLM.from_pretrained(state["model_dir"], dtype=torch.float32)
             self.model.load_state_dict(loaded.state_dict())

@@ -28,9 +28,38 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: int, targets: str | Seque
     """
     from peft import LoraConfig, get_peft_model
 
-    target = targets if isinstance(targets, str) else list(targets)
+    # peft reads a string other than "all-linear" as a regex over module names: one name is a list
+    target = targets if targets == "all-linear" else [targets] if isinstance(targets, str) else list(targets)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target, lora_dropout=0.0, bias="none")
-    return get_peft_model(model, config, adapter_name=ADAPTER)  # type: ignore[no-any-return]
+    embeddings = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    try:
+        adapted = get_peft_model(model, config, adapter_name=ADAPTER)
+    except ValueError as err:  # peft's "no module matched"
+        raise ValueError(f"learners.lora_target_modules: {targets!r}: {err}") from None
+    _check_adapted(adapted, embeddings)
+    return adapted  # type: ignore[no-any-return]
+
+
+def _check_adapted(model: torch.nn.Module, embeddings: set[int]) -> None:
+    """Only linear layers inside the model get adapters (what :func:`merged_state` merges).
+
+    Raises:
+        ValueError: For an adapter on the embedding or the output head (tied in many models: the
+            runners would re-tie them and lose the delta) or on a non-linear layer.
+    """
+    from peft.tuners.lora import Linear, LoraLayer
+
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if id(module.get_base_layer()) in embeddings:
+            raise ValueError(
+                f"learners.lora_target_modules: {name} is the embedding or the output head; adapters "
+                "there are not supported (allowed: linear layers inside the model, e.g. all-linear)"
+            )
+        if not isinstance(module, Linear):
+            kind = type(module).__name__
+            raise ValueError(f"learners.lora_target_modules: {name} is a {kind}; only linear layers")
 
 
 def is_lora(model: torch.nn.Module) -> bool:

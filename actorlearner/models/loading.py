@@ -7,7 +7,7 @@ import inspect
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,7 +33,9 @@ def cache_keyword(model: torch.nn.Module) -> str:
     transformers >= 5.24 names it ``cache`` (``past_key_values`` warns and goes in 5.40); a model
     whose forward predates that still takes ``past_key_values``.
     """
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    get_base = getattr(model, "get_base_model", None)  # a peft model's forward takes **kwargs
+    base: Any = get_base() if get_base is not None else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def load_model(

@@ -48,6 +48,7 @@ CHECKPOINT_ENTRIES = (
     "optimizer.safetensors",
     "learner.json",
     "ref_model.safetensors",
+    "adapters.safetensors",
     "buffer.pkl",
     "runners.pkl",
     "algorithm.json",
