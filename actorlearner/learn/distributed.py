@@ -19,8 +19,6 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.distributed as dist
 
-BACKENDS = ("gloo", "nccl")
-
 
 def backend_for(device: torch.device, backend: str = "auto") -> str:
     """``auto``: NCCL for CUDA learners, gloo for CPU ones."""
@@ -58,15 +56,6 @@ def join(address: str, rank: int, world_size: int, backend: str, timeout_s: floa
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
-
-
-def leave() -> None:
-    """Leaves the process group, if any (never raises)."""
-    try:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    except Exception:  # a peer already gone must not stop this process's shutdown
-        pass
 
 
 def shard_rows(n_rows: int, rank: int, world_size: int) -> torch.Tensor:

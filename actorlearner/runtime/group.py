@@ -15,6 +15,7 @@ from typing import Any
 
 from actorlearner.core.protocols import Handle
 from actorlearner.core.protocols import Learner as LearnerProtocol
+from actorlearner.runtime.handles import gather
 
 READS = frozenset(
     {
@@ -56,7 +57,7 @@ class LearnerGroup:
         if method.__name__ in READS:
             return self.members[0].call(method, *args, **kwargs)
         refs = [m.call(method, *args, **kwargs) for m in self.members]  # started here, awaited below
-        return _first_of_all(refs)
+        return _rank0(gather(refs))
 
     @property
     def actor_ids(self) -> list[str]:
@@ -83,10 +84,9 @@ class LearnerGroup:
         world = len(self.members)
         join = LearnerProtocol.join_group
         joins = [m.call(join, address, r, world, backend, timeout_s) for r, m in enumerate(self.members)]
-        await asyncio.wait_for(_first_of_all(joins), timeout_s + 30)
+        await asyncio.wait_for(gather(joins), timeout_s + 30)
 
 
-async def _first_of_all(refs: list[Awaitable[Any]]) -> Any:
-    """Awaits every reference; returns the first's result."""
-    results = await asyncio.gather(*refs)
-    return results[0]
+async def _rank0(results: Awaitable[list[Any]]) -> Any:
+    """Rank 0's result, once every member's call has returned."""
+    return (await results)[0]
