@@ -10,10 +10,18 @@ Compared with tokenizing the full rendered chat, the ids can differ in two docum
 letter by letter stays spelled); (2) with a BPE tokenizer, merges across the boundary between a
 sampled turn and the template's closing text do not happen. Both are what PPO needs: the ids are
 the ones the policy sampled.
+
+Text that comes from outside the template (message contents: the task, tool results, env replies)
+is tokenized with special-token splitting on, so a tool that prints ``<|im_end|>`` yields the ids
+of those characters, never the control token: the chat's control tokens come only from the
+template. Each message's content is rendered as a placeholder, the template's text around the
+placeholders is tokenized as usual and each content on its own (docs/algorithms.md §1). Tokens do
+not merge across a content's edges, a third documented difference from tokenizing the whole chat.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections import OrderedDict
@@ -23,6 +31,8 @@ from typing import Any, TypeVar
 from transformers import PreTrainedTokenizerBase
 
 _SENTINEL = "SENTINEL7f3a9c"
+_HOLE = "HOLE7f3a9c{}X"
+_HOLES = re.compile(r"HOLE7f3a9c(\d+)X")
 _DUMMY_USER = {"role": "user", "content": "hi"}
 STOP_TAGS = ("</tool_call>", "</answer>")
 """Closing tags that end an assistant turn when each is a single token."""
@@ -80,21 +90,12 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(_memo(tokenizer, "encode", text, lambda: _tokenize(tokenizer, text)))
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
-
-
-def _as_ids(out: Any) -> list[int]:
-    """Normalizes ``apply_chat_template``'s result (a list, or a dict/BatchEncoding in transformers 5)."""
-    if isinstance(out, Mapping) or hasattr(out, "input_ids"):
-        out = out["input_ids"]
-    if hasattr(out, "tolist"):
-        out = out.tolist()
-    if out and isinstance(out[0], list):
-        if len(out) != 1:
-            raise ValueError("expected one conversation, got a batch")
-        out = out[0]
-    return [int(i) for i in out]
+def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str, plain: bool = False) -> list[int]:
+    """Ids of ``text``; with ``plain``, special-token text is split into ordinary tokens."""
+    if not text:
+        return []
+    out = tokenizer(text, add_special_tokens=False, split_special_tokens=plain)
+    return [int(i) for i in out["input_ids"]]
 
 
 def prompt_ids(
@@ -115,13 +116,15 @@ def prompt_ids(
     """
 
     def compute() -> list[int]:
-        out = tokenizer.apply_chat_template(
-            [dict(m) for m in messages],
+        holed, contents = _with_holes(messages)
+        text = tokenizer.apply_chat_template(
+            holed,
             tools=[dict(t) for t in tools] if tools else None,
             add_generation_prompt=True,
-            tokenize=True,
+            tokenize=False,
         )
-        return _as_ids(out)
+        assert isinstance(text, str)
+        return _fill_holes(tokenizer, text, contents)
 
     key = repr((messages, tools))
     return list(_memo(tokenizer, "prompt", key, compute))
@@ -179,9 +182,43 @@ def observation_ids(
             tokenizer,
             "observation",
             key,
-            lambda: _tokenize(tokenizer, observation_text(tokenizer, messages, after_eos)),
+            lambda: _observation_ids(tokenizer, messages, after_eos),
         )
     )
+
+
+def _observation_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, Any]], after_eos: bool
+) -> list[int]:
+    holed, contents = _with_holes(messages)
+    return _fill_holes(tokenizer, observation_text(tokenizer, holed, after_eos), contents)
+
+
+def _with_holes(messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Copies of ``messages`` whose string contents are numbered placeholders; the contents."""
+    holed: list[dict[str, Any]] = []
+    contents: list[str] = []
+    for message in messages:
+        copy = dict(message)
+        if isinstance(copy.get("content"), str):
+            copy["content"] = _HOLE.format(len(contents))
+            contents.append(message["content"])
+        holed.append(copy)
+    return holed, contents
+
+
+def _fill_holes(tokenizer: PreTrainedTokenizerBase, text: str, contents: Sequence[str]) -> list[int]:
+    """Ids of ``text``: template text tokenized as usual, each placeholder's content plainly.
+
+    Contents are tokenized with special-token splitting on, so none can become a control token.
+    """
+    ids: list[int] = []
+    start = 0
+    for hole in _HOLES.finditer(text):
+        ids += _tokenize(tokenizer, text[start : hole.start()])
+        ids += _tokenize(tokenizer, contents[int(hole.group(1))], plain=True)
+        start = hole.end()
+    return ids + _tokenize(tokenizer, text[start:])
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
