@@ -104,14 +104,16 @@ import select
 import selectors
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
+
+from envs import isolation
 
 NAMESPACE_FLAGS: tuple[tuple[str, ...], ...] = (
     ("--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"),
@@ -199,6 +201,7 @@ class _Status:
     exit_code: int | None
     signal: int | None
     cpu_time_s: float
+    file_at_limit: bool = False
 
 
 def run_python(
@@ -211,6 +214,9 @@ def run_python(
     max_file_mb: int = 16,
     max_output_chars: int = 20_000,
     allow_processes: bool = False,
+    disk_mb: int = 64,
+    isolator: bool = True,
+    allow_weak_sandbox: bool = False,
     use_namespaces: bool = True,
 ) -> SandboxResult:
     """Runs ``code`` as a Python program in the sandbox (see the module docstring) and waits for it.
@@ -229,9 +235,13 @@ def run_python(
             writes more.
         allow_processes: Let the program fork and run subprocesses (still confined to the
             namespaces, the read-only file system and the limits, and killed with the call).
-        use_namespaces: Use the ``unshare`` wrapper when the machine has one; False runs with the
-            rlimits, the dropped capabilities and the audit hook only (what a machine without
-            ``unshare`` gets).
+        disk_mb: Size of the working directory's tmpfs (all files together) under the isolator.
+        isolator: Run under the isolator (:mod:`envs.isolation`: bubblewrap and seccomp). False
+            runs the weak built-in layers, which needs ``allow_weak_sandbox``.
+        allow_weak_sandbox: Where the isolator cannot run, run the weak built-in layers with a
+            loud warning instead of refusing (the result's ``error`` then names the problem).
+        use_namespaces: In the weak layers, use the ``unshare`` wrapper when the machine has one;
+            False runs with the rlimits, the dropped capabilities and the audit hook only.
 
     Returns:
         The result; a program's failure or a limit is reported in it, never raised.
@@ -241,6 +251,17 @@ def run_python(
     """
     limits = _Limits(cpu_time_s, wall_time_s, memory_mb, max_processes, max_file_mb, max_output_chars)
     _check_limits(limits)
+    _check_limits(_Limits(1, 1, disk_mb, 1, 1, 1))
+    if isolator:
+        problem = isolation.isolator_problem()
+        if problem is None:
+            with _SLOTS:
+                return _run_isolated(code, limits, allow_processes, disk_mb)
+        if not allow_weak_sandbox:
+            return _refused(f"{REFUSAL}: {problem}")
+        _warn_weak(problem)
+    elif not allow_weak_sandbox:
+        raise ValueError("isolator=False runs the weak built-in layers and needs allow_weak_sandbox=True")
     wrapper = namespace_wrapper() if use_namespaces else ()
     with _SLOTS:
         workdir = _make_workdir(code)
@@ -248,6 +269,45 @@ def run_python(
             return _supervise(workdir, limits, allow_processes, wrapper)
         finally:
             _remove_tree(workdir)
+
+
+REFUSAL = (
+    "refused: the sandbox's isolator cannot run on this machine (set allow_weak_sandbox to run weaker layers)"
+)
+"""The start of the error of a call refused because the isolator cannot run (fail closed)."""
+
+
+def _refused(error: str) -> SandboxResult:
+    return SandboxResult(False, "", "", None, None, error, False, 0.0, None)
+
+
+@functools.cache
+def _warn_weak(problem: str) -> None:
+    """Warns once per process and problem that code runs without the isolator."""
+    warnings.warn(
+        f"UNTRUSTED CODE RUNS WITHOUT THE ISOLATOR ({problem}): allow_weak_sandbox is set, so the "
+        "weak built-in layers (namespaces where unshare works, rlimits, an audit hook) are all that "
+        "contains it; see docs/sandbox.md",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _run_isolated(code: str, limits: _Limits, allow_processes: bool, disk_mb: int) -> SandboxResult:
+    """Runs ``code`` under the isolator; nothing is written to the host's file system."""
+    code_fd = isolation.data_fd(code.encode("utf-8", errors="surrogatepass"))
+    try:
+        seccomp_fd = isolation.data_fd(isolation.seccomp_filter())
+    except BaseException:
+        os.close(code_fd)
+        raise
+    try:
+        wrapper = (*isolation.bwrap_argv(code_fd, seccomp_fd, disk_mb), isolation.interpreter())
+        fds = (code_fd, seccomp_fd)
+        return _supervise(isolation.WORKDIR, limits, allow_processes, wrapper, fds=fds, isolated=True)
+    finally:
+        os.close(code_fd)
+        os.close(seccomp_fd)
 
 
 _PROBE_LOCK = threading.Lock()
@@ -302,42 +362,62 @@ def _make_workdir(code: str) -> str:
 
 
 def _remove_tree(workdir: str) -> None:
-    """Deletes the working directory, first giving its directories back ``u+rwx``.
+    """Deletes the weak layers' working directory; iterative, and never raises.
 
-    A program may ``chmod 0500 .``; ``rmtree`` would then fail (silently) for a non-root caller.
+    Directories get ``u+rwx`` back first (a program may ``chmod 0500 .``), and a deep chain of
+    directories cannot exhaust the recursion limit. The isolator has no host working directory.
     """
-
-    def writable(path: str) -> None:
+    stack, done = [workdir], []
+    while stack:
+        path = stack.pop()
         with contextlib.suppress(OSError):
-            if stat.S_ISDIR(os.lstat(path).st_mode):  # never chmod through a symlink
-                os.chmod(path, 0o700)
-
-    writable(workdir)
-    for root, dirs, _ in os.walk(workdir):
-        for name in dirs:
-            writable(os.path.join(root, name))
-    shutil.rmtree(workdir, ignore_errors=True)
+            os.chmod(path, 0o700)
+        done.append(path)
+        try:
+            with os.scandir(path) as entries:
+                for entry in list(entries):
+                    with contextlib.suppress(OSError):
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        else:
+                            os.unlink(entry.path)
+        except OSError:
+            continue
+    for path in reversed(done):  # children before their parents
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 def _supervise(
-    workdir: str, limits: _Limits, allow_processes: bool, wrapper: tuple[str, ...]
+    workdir: str,
+    limits: _Limits,
+    allow_processes: bool,
+    wrapper: tuple[str, ...],
+    fds: tuple[int, ...] = (),
+    isolated: bool = False,
 ) -> SandboxResult:
-    """Starts the sandbox, collects its output and status, stops it and reaps everything."""
+    """Starts the sandbox, collects its output and status, stops it and reaps everything.
+
+    ``wrapper`` is the command prefix: ``unshare`` and its flags, or (``isolated``) the isolator's
+    ``bwrap`` command and interpreter; ``workdir`` is the program's working directory as the
+    sandbox sees it; ``fds`` are more descriptors the wrapper reads.
+    """
     status_r, status_w = os.pipe()  # the supervisor's report channel
     stop_r, stop_w = os.pipe()  # closing stop_w asks the supervisor to end the program
     mounts = "--mount" in wrapper or "--mount-proc" in wrapper
     args = [str(status_w), str(stop_r), workdir, str(int(allow_processes)), str(int(mounts))]
     args += [str(v) for v in vars(limits).values()]
     start = time.monotonic()
+    python = () if isolated else (sys.executable,)
     try:
         proc = subprocess.Popen(
-            [*wrapper, sys.executable, "-I", "-S", "-B", "-c", _BOOTSTRAP_STUB, _bootstrap_code(), *args],
-            cwd=workdir,
+            [*wrapper, *python, "-I", "-S", "-B", "-c", _BOOTSTRAP_STUB, _bootstrap_code(), *args],
+            cwd="/" if isolated else workdir,
             env=_scrubbed_env(workdir),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=(status_w, stop_r),
+            pass_fds=(status_w, stop_r, *fds),
             start_new_session=True,
         )
     except BaseException:
@@ -352,13 +432,13 @@ def _supervise(
             out, err, raw_status, stop = _collect(proc, status_pipe.fileno(), start, limits)
         finally:
             os.close(stop_w)
-            _end(proc, "--pid" in wrapper, workdir)
+            _end(proc, isolated or "--pid" in wrapper, workdir)
     status = _parse_status(raw_status)
     file_at_limit = (
         status is not None
         and status.exit_code == 1
+        and status.file_at_limit
         and "[Errno 27]" in _last_line(err)  # EFBIG (Python ignores SIGXFSZ)
-        and _has_file_of_size(workdir, limits.max_file_mb << 20)
     )
     error = _diagnose(status, stop, err, limits, file_at_limit)
     return SandboxResult(
@@ -504,11 +584,15 @@ def _cwd(pid: int) -> str:
 
 
 def _parse_status(raw: bytes) -> _Status | None:
-    """Reads ``b"exit 0 0.012"`` or ``b"signal 24 2.001"``; None when the supervisor did not report."""
+    """Reads ``b"exit 1 0.012 1"`` or ``b"signal 24 2.001 0"``; None when the supervisor did not report.
+
+    The last field is 1 when a file in the working directory reached the file size limit.
+    """
     try:
-        kind, number, cpu = raw.decode().split()
+        kind, number, cpu, big = raw.decode().split()
         value = int(number)
-        return _Status(value if kind == "exit" else None, value if kind == "signal" else None, float(cpu))
+        exit_code, signal_number = (value, None) if kind == "exit" else (None, value)
+        return _Status(exit_code, signal_number, float(cpu), big == "1")
     except ValueError:
         return None
 
@@ -543,16 +627,6 @@ def _diagnose(
     if status.exit_code:
         return f"exit code {status.exit_code}"
     return None
-
-
-def _has_file_of_size(workdir: str, size: int) -> bool:
-    """Whether a file under ``workdir`` has at least ``size`` bytes."""
-    for root, _, files in os.walk(workdir):
-        for name in files:
-            with contextlib.suppress(OSError):
-                if os.lstat(os.path.join(root, name)).st_size >= size:
-                    return True
-    return False
 
 
 def _last_line(data: bytes) -> str:
@@ -629,8 +703,9 @@ def _sandbox_main(argv: list[str]) -> None:
         sys.exit(0)
     exit_code, signal_number, cpu = _wait_program(pid, stop_fd, float(limits[1]) + 1.0)
     kind, number = ("signal", signal_number) if signal_number else ("exit", exit_code)
+    big = exit_code == 1 and _has_file_of_size(workdir, int(limits[4]) << 20)
     try:  # noqa: SIM105  (no contextlib in the sandbox: it starts faster)
-        os.write(status_fd, f"{kind} {number} {cpu:.6f}".encode())
+        os.write(status_fd, f"{kind} {number} {cpu:.6f} {int(big)}".encode())
     except OSError:
         pass
     os.close(status_fd)
@@ -804,6 +879,33 @@ def _wait_program(pid: int, stop_fd: int, timeout_s: float) -> tuple[int, int, f
     return os.WEXITSTATUS(status), 0, cpu
 
 
+def _has_file_of_size(workdir: str, size: int, max_entries: int = 10_000) -> bool:
+    """Whether a file under ``workdir`` has at least ``size`` bytes (the first ``max_entries`` looked at).
+
+    Iterative: a program's deep directory chain cannot exhaust the recursion limit.
+    """
+    import os
+
+    stack, seen = [workdir], 0
+    while stack and seen < max_entries:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif (
+                    entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_size >= size
+                ):  # noqa: E501
+                    return True
+            except OSError:
+                pass
+    return False
+
+
 def _kill_descendants() -> None:
     """SIGKILLs and reaps every process left below the supervisor (a subreaper: orphans come back)."""
     import os
@@ -864,6 +966,7 @@ def _run_program(workdir: str, allow_processes: bool, limits: list[str]) -> None
         (resource.RLIMIT_CORE, 0, 0),
     ):
         resource.setrlimit(kind, (soft, hard))
+    os.environ.pop("PWD", None)  # set by bwrap's --chdir; the program's environment is the scrubbed one
     sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")  # type: ignore[union-attr]
     sys.stderr.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     with open(os.path.join(workdir, "main.py"), encoding="utf-8", errors="surrogateescape") as f:
@@ -1112,6 +1215,7 @@ def _make_guard(
 
 
 _SANDBOX_FUNCTIONS = (
+    _has_file_of_size,
     _sandbox_main,
     _harden,
     _lock_mounts,

@@ -1,7 +1,8 @@
 """The Python sandbox against real attacks: each runs in a real subprocess and must be contained AND reported.
 
-Where a protection has two layers (the Linux namespaces and the in-process audit hook), the test
-runs with and without the namespaces, so each layer is shown to hold on its own where it can.
+Calls run under the isolator (bubblewrap + seccomp) by default. Where a protection has layers, the
+test also runs the weak built-in layers (``allow_weak_sandbox``) with and without their ``unshare``
+namespaces, so each is shown to hold where it can. tests/test_isolation.py attacks the isolator.
 """
 
 from __future__ import annotations
@@ -23,10 +24,19 @@ import pytest
 from envs.sandbox import namespace_wrapper, run_python
 
 HAS_NAMESPACES = bool(namespace_wrapper())
+WEAK_NAMESPACES = {"isolator": False, "allow_weak_sandbox": True, "use_namespaces": True}
+HOOK_ONLY = {"isolator": False, "allow_weak_sandbox": True, "use_namespaces": False}
 MODES = [
-    pytest.param(True, id="namespaces", marks=pytest.mark.skipif(not HAS_NAMESPACES, reason="no unshare")),
-    pytest.param(False, id="hook-only"),
+    pytest.param({}, id="isolator"),
+    pytest.param(
+        WEAK_NAMESPACES,
+        id="weak-namespaces",
+        marks=pytest.mark.skipif(not HAS_NAMESPACES, reason="no unshare"),
+    ),
+    pytest.param(HOOK_ONLY, id="hook-only"),
 ]
+STUB = "marshal.loads(bytes.fromhex"
+"""In the command line of every sandboxed interpreter (the supervisor and the program)."""
 FAST = {"cpu_time_s": 2, "wall_time_s": 5, "memory_mb": 256}
 
 
@@ -44,7 +54,7 @@ def _processes_mentioning(text: str) -> list[int]:
             cwd = os.readlink(f"/proc/{name}/cwd")
         except OSError:
             continue
-        if state != "Z" and (text in cmdline or text in cwd):
+        if state != "Z" and (text in cmdline or text == cwd):
             found.append(int(name))
     return found
 
@@ -92,13 +102,16 @@ def test_the_working_directory_is_private_fresh_and_removed() -> None:
         "import os\nprint(os.getcwd())\nprint(oct(os.stat('.').st_mode & 0o777), sorted(os.listdir('.')))\n"
     )
     code += "open('scratch.txt', 'w').write('ok')\nprint(open('scratch.txt').read())"
+    tmp = os.path.realpath(tempfile.gettempdir())
+    before = {n for n in os.listdir(tmp) if n.startswith("actorlearner-sandbox-")}
     first, second = run_python(code, **FAST), run_python(code, **FAST)
     assert first.ok and second.ok, first.stderr
-    workdir, listing, content = first.stdout.splitlines()
-    assert os.path.dirname(workdir) == os.path.realpath(tempfile.gettempdir())
-    assert os.path.basename(workdir).startswith("actorlearner-sandbox-")
+    assert first.stdout == second.stdout == "/work\n0o700 ['main.py']\nok\n"  # a fresh tmpfs each time
+    assert {n for n in os.listdir(tmp) if n.startswith("actorlearner-sandbox-")} == before  # none on the host
+    weak = run_python(code, **HOOK_ONLY, **FAST)
+    workdir, listing, content = weak.stdout.splitlines()
+    assert os.path.dirname(workdir) == tmp and os.path.basename(workdir).startswith("actorlearner-sandbox-")
     assert listing == "0o700 ['main.py']" and content == "ok"
-    assert second.stdout.splitlines()[0] != workdir
     assert not os.path.exists(workdir)
 
 
@@ -194,37 +207,36 @@ def test_rlimits_cannot_be_raised() -> None:
 def test_fork_bombs_and_subprocesses_are_denied_and_leave_nothing_behind(code: str) -> None:
     result = run_python("import os\nprint(os.getcwd(), flush=True)\n" + code, **FAST)
     assert _denied(result), result
-    workdir = result.stdout.split()[0]
-    assert _processes_mentioning(workdir) == []
+    assert _processes_mentioning(STUB) == []
 
 
-@pytest.mark.parametrize("use_namespaces", MODES)
-def test_processes_that_escape_the_session_are_killed(use_namespaces: bool) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_processes_that_escape_the_session_are_killed(mode: dict) -> None:
     """With processes allowed: a fork tree and exec'd sleeps in new sessions all die with the call."""
     marker = f"{uuid.uuid4().int % 10**6}.25"
     code = f"""
-import os, subprocess, time
+import os, subprocess, sys, time
 print(os.getcwd(), flush=True)
 for _ in range(3):
-    subprocess.Popen(['sleep', '{marker}'], start_new_session=True)
+    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep({marker})'], start_new_session=True)
 for _ in range(4):  # a bounded fork bomb: 16 processes, each in its own session
     if os.fork() == 0:
         os.setsid()
 time.sleep(600)
 """
-    result = run_python(
-        code, allow_processes=True, use_namespaces=use_namespaces, cpu_time_s=2, wall_time_s=2
-    )
+    result = run_python(code, allow_processes=True, **mode, cpu_time_s=2, wall_time_s=2)
     assert result.error == "wall time limit (2 s) exceeded", result
     workdir = result.stdout.split()[0]
     time.sleep(0.2)  # SIGKILL is asynchronous
-    assert _processes_mentioning(marker) == [] and _processes_mentioning(workdir) == []
+    assert _processes_mentioning(marker) == [] and _processes_mentioning(STUB) == []
+    if workdir != "/work":  # the weak layers' host working directory
+        assert _processes_mentioning(workdir) == []
 
 
 # ---- the file system -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("use_namespaces", MODES)
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     "template",
     [
@@ -239,13 +251,11 @@ time.sleep(600)
     ids=["open", "os.open", "pathlib", "rename", "mkdir", "symlink", "shutil.copy"],
 )
 @pytest.mark.parametrize("where", ["absolute", "relative"])
-def test_writing_outside_the_working_directory_is_blocked(
-    template: str, where: str, use_namespaces: bool
-) -> None:
+def test_writing_outside_the_working_directory_is_blocked(template: str, where: str, mode: dict) -> None:
     name = f"escape_{uuid.uuid4().hex}"
     target = os.path.join(os.path.realpath(tempfile.gettempdir()), name)
     path = target if where == "absolute" else f"../{name}"  # the working dir is in the temp dir
-    result = run_python(template.format(path=path), use_namespaces=use_namespaces, **FAST)
+    result = run_python(template.format(path=path), **mode, **FAST)
     assert _denied(result), result
     assert not os.path.lexists(target)
 
@@ -262,8 +272,8 @@ def test_file_creators_without_audit_events_are_removed(function: str) -> None:
     )
 
 
-@pytest.mark.parametrize("use_namespaces", MODES)
-def test_reading_parent_secrets_is_blocked(use_namespaces: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_reading_parent_secrets_is_blocked(mode: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = f"s3cret-{uuid.uuid4().hex}"
     monkeypatch.setenv("ACTORLEARNER_TEST_SECRET", secret)
     code = f"""
@@ -277,7 +287,7 @@ for pid in (os.getppid(), {os.getpid()}, 1, os.getpid()):
         except OSError as err:
             print('denied', type(err).__name__)
 """
-    result = run_python(code, use_namespaces=use_namespaces, **FAST)
+    result = run_python(code, **mode, **FAST)
     assert result.ok, result
     lines = result.stdout.splitlines()
     assert lines[0] == "['HOME', 'LANG', 'LC_ALL', 'PATH', 'TMPDIR']" and lines[1] == "None"
@@ -309,7 +319,7 @@ def _no_connection(server: socket.socket) -> bool:
     return not readable
 
 
-@pytest.mark.parametrize("use_namespaces", MODES)
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     "template",
     [
@@ -319,9 +329,9 @@ def _no_connection(server: socket.socket) -> bool:
     ],
     ids=["connect", "socket", "urllib"],
 )
-def test_network_access_is_blocked(template: str, use_namespaces: bool, listener: socket.socket) -> None:
+def test_network_access_is_blocked(template: str, mode: dict, listener: socket.socket) -> None:
     code = template.format(port=listener.getsockname()[1])
-    result = run_python(code, use_namespaces=use_namespaces, **FAST)
+    result = run_python(code, **mode, **FAST)
     assert _denied(result, "sandbox: socket."), result
     assert _no_connection(listener)
 
@@ -332,7 +342,7 @@ def test_the_network_namespace_stops_a_process_the_hook_does_not_watch(listener:
     port = listener.getsockname()[1]
     child = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)"
     code = f"import subprocess, sys\nsubprocess.run([sys.executable, '-I', '-c', {child!r}], check=True)"
-    result = run_python(code, allow_processes=True, **FAST)
+    result = run_python(code, allow_processes=True, **WEAK_NAMESPACES, **FAST)
     assert not result.ok and "CalledProcessError" in result.stderr, result
     assert "Network is unreachable" in result.stderr  # refused by the kernel, not by the hook
     assert "PermissionError" not in result.stderr
@@ -371,7 +381,7 @@ ls -A /tmp
 """
     code = f"import subprocess\nsubprocess.run(['/bin/sh', '-c', {shell!r}])"
     try:
-        result = run_python(code, allow_processes=True, **FAST)
+        result = run_python(code, allow_processes=True, **WEAK_NAMESPACES, **FAST)
     finally:
         for path in (repo_target, os.path.join(os.path.realpath(tempfile.gettempdir()), name)):
             if os.path.lexists(path):
@@ -429,16 +439,16 @@ def _target() -> str:
     return os.path.join(os.path.realpath(tempfile.gettempdir()), f"escape_{uuid.uuid4().hex}")
 
 
-@pytest.mark.parametrize("use_namespaces", MODES)
-def test_editing_the_hook_through_its_frames_changes_nothing(use_namespaces: bool) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_editing_the_hook_through_its_frames_changes_nothing(mode: dict) -> None:
     target = _target()
-    result = run_python(_FRAME_ATTACK.format(target=target), use_namespaces=use_namespaces, **FAST)
+    result = run_python(_FRAME_ATTACK.format(target=target), **mode, **FAST)
     assert _denied(result, f"writing {target} is not allowed"), result
     assert not os.path.lexists(target)
 
 
-@pytest.mark.parametrize("use_namespaces", MODES)
-def test_monkeypatching_what_the_hook_used_to_look_up_changes_nothing(use_namespaces: bool) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_monkeypatching_what_the_hook_used_to_look_up_changes_nothing(mode: dict) -> None:
     target = _target()
     code = f"""
 import builtins, os, posixpath
@@ -447,7 +457,7 @@ os.path.realpath = posixpath.realpath = lambda path, *args, **kwargs: workdir + 
 os.getcwd = lambda: workdir
 open({target!r}, 'w').write('pwned')
 """
-    result = run_python(code, use_namespaces=use_namespaces, **FAST)
+    result = run_python(code, **mode, **FAST)
     assert _denied(result, f"writing {target} is not allowed"), result
     assert not os.path.lexists(target)
 
@@ -472,9 +482,9 @@ def test_the_audit_hook_looks_up_nothing_when_called() -> None:
         assert not {i.opname for i in dis.get_instructions(code)} & lookups, code.co_name
 
 
-@pytest.mark.parametrize("use_namespaces", MODES)
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("module", ["_posixsubprocess", "_ctypes", "_sqlite3"])
-def test_a_blocked_extension_is_refused_under_another_name(module: str, use_namespaces: bool) -> None:
+def test_a_blocked_extension_is_refused_under_another_name(module: str, mode: dict) -> None:
     code = f"""
 import glob, importlib.util, os
 paths = glob.glob(os.path.dirname(os.__file__) + '/lib-dynload/{module}.*so')
@@ -483,7 +493,7 @@ if not paths:
 spec = importlib.util.spec_from_file_location('zz.{module}', paths[0])
 importlib.util.module_from_spec(spec)
 """
-    result = run_python(code, use_namespaces=use_namespaces, **FAST)
+    result = run_python(code, **mode, **FAST)
     if result.exit_code == 42:
         pytest.skip(f"this Python has no {module} extension")
     assert _denied(result, f"importing zz.{module} is not allowed"), result
@@ -501,8 +511,8 @@ def test_a_fresh_copy_of_a_built_in_module_cannot_be_made() -> None:
     assert not os.path.lexists(target)
 
 
-@pytest.mark.parametrize("use_namespaces", MODES)
-def test_other_processes_cannot_be_signalled(use_namespaces: bool) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_other_processes_cannot_be_signalled(mode: dict) -> None:
     """``signal.pidfd_send_signal`` raises no audit event, so it is removed; ``os.kill(pg)`` is denied."""
     victim = subprocess.Popen(["sleep", "30"])
     try:
@@ -520,7 +530,7 @@ for attempt in (
     except Exception as err:
         print(type(err).__name__)
 """
-        result = run_python(code, use_namespaces=use_namespaces, **FAST)
+        result = run_python(code, **mode, **FAST)
         time.sleep(0.1)
         assert victim.poll() is None, "the sandbox killed a process of the caller"
         assert result.ok and result.stdout.split() == [
@@ -545,20 +555,25 @@ def _run_script(script: str) -> str:
     return done.stdout
 
 
+def _modes() -> list[dict]:
+    """The isolator, then the weak layers with namespaces (where unshare works) and without."""
+    return [{}, *([WEAK_NAMESPACES] if HAS_NAMESPACES else []), HOOK_ONLY]
+
+
 def test_killed_runs_leave_no_zombie_when_the_caller_is_a_subreaper() -> None:
     """Like a trainer that is PID 1 in a container: orphans come to it, and it never reaps them."""
     script = f"""
 import ctypes, os, time
 assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
 from envs.sandbox import run_python
-for use_namespaces in {[True, False] if HAS_NAMESPACES else [False]}:
+for mode in {_modes()}:
     for _ in range(3):
-        run_python('import time\\ntime.sleep(60)', wall_time_s=0.3, use_namespaces=use_namespaces)
-        run_python('while True: print("x" * 1000)', max_output_chars=100, use_namespaces=use_namespaces)
+        run_python('import time\\ntime.sleep(60)', wall_time_s=0.3, **mode)
+        run_python('while True: print("x" * 1000)', max_output_chars=100, **mode)
     orphan = 'import subprocess\\nsubprocess.Popen(["sleep", "60"], start_new_session=True)'
-    run_python(orphan, allow_processes=True, use_namespaces=use_namespaces)
+    run_python(orphan, allow_processes=True, **mode)
     fork_and_hang = 'import os, time\\nif os.fork() == 0:\\n    os.setsid()\\ntime.sleep(60)'
-    run_python(fork_and_hang, allow_processes=True, wall_time_s=0.3, use_namespaces=use_namespaces)
+    run_python(fork_and_hang, allow_processes=True, wall_time_s=0.3, **mode)
 time.sleep(0.3)
 states = []
 for name in os.listdir('/proc'):
@@ -583,8 +598,8 @@ assert ctypes.CDLL(None).capset(header, (ctypes.c_uint32 * 6)()) == 0  # drop CA
 from envs.sandbox import run_python
 code = "import os\\nprint(os.getcwd())\\nos.mkdir('d')\\nopen('d/f', 'w').close()\\n"
 code += "os.chmod('d', 0o500)\\nos.chmod('.', 0o500)"
-for use_namespaces in {[True, False] if HAS_NAMESPACES else [False]}:
-    result = run_python(code, use_namespaces=use_namespaces)
+for mode in {_modes()[1:]}:
+    result = run_python(code, **mode)
     print(result.ok, os.path.exists(result.stdout.strip()))
 """
     assert set(_run_script(script).splitlines()) == {"True False"}

