@@ -899,7 +899,7 @@ def _has_file_of_size(workdir: str, size: int, max_entries: int = 10_000) -> boo
                     stack.append(entry.path)
                 elif (
                     entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_size >= size
-                ):  # noqa: E501
+                ):
                     return True
             except OSError:
                 pass
