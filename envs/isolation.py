@@ -18,16 +18,20 @@ namespaces disabled), or None.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
+import time
+import uuid
 
 WORKDIR = "/work"
 """The program's working directory inside the sandbox (a tmpfs)."""
@@ -217,3 +221,107 @@ def _probe() -> str | None:
         lines = done.stderr.decode(errors="replace").strip().splitlines()
         return f"bwrap failed (exit {done.returncode}): {lines[-1] if lines else 'no output'}"
     return None
+
+
+CGROUP_V1 = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory")
+CGROUP_V2 = "/sys/fs/cgroup"
+_CGROUP_PARENT = "actorlearner-sandbox"
+
+
+class Cgroup:
+    """Per-call ``pids`` and ``memory`` cgroups (v2, or v1's two hierarchies), where the kernel lets us.
+
+    :func:`make_cgroup` creates them; :meth:`command` is the prefix that moves the sandbox into them
+    before ``bwrap`` starts (a shell writes its own pid, then execs), so no process of the call is
+    ever outside; :meth:`remove` kills what is left and deletes them.
+    """
+
+    def __init__(self, directories: list[str]) -> None:
+        self.directories = directories
+
+    def command(self) -> list[str]:
+        """``sh -c`` that joins every cgroup (exit 125 if one refuses), then execs its arguments."""
+        script = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; '
+        script += 'exec "$@"'
+        procs = [os.path.join(d, "cgroup.procs") for d in self.directories]
+        return ["/bin/sh", "-c", script, "sh", str(len(procs)), *procs]
+
+    def remove(self, timeout_s: float = 2.0) -> None:
+        """SIGKILLs every process still in the cgroups and deletes them; never raises."""
+        deadline = time.monotonic() + timeout_s
+        for directory in reversed(self.directories):
+            while True:
+                for pid in _cgroup_pids(directory):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                try:
+                    os.rmdir(directory)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
+
+
+def _cgroup_pids(directory: str) -> list[int]:
+    try:
+        with open(os.path.join(directory, "cgroup.procs")) as f:
+            return [int(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def make_cgroup(pids_max: int, memory_bytes: int) -> Cgroup | None:
+    """Creates a call's cgroups capping its tasks and memory; None where the kernel does not let us.
+
+    cgroup v2 needs write access to the root of the hierarchy (root, or a delegated tree mounted
+    there); v1 needs write access to the ``pids`` and ``memory`` hierarchies. Elsewhere the
+    sandbox falls back to rlimits (docs/sandbox.md says what that leaves open).
+    """
+    name = f"call-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    made: list[str] = []
+    try:
+        if os.path.exists(os.path.join(CGROUP_V2, "cgroup.controllers")):
+            parent = os.path.join(CGROUP_V2, _CGROUP_PARENT)
+            _write(os.path.join(CGROUP_V2, "cgroup.subtree_control"), "+pids +memory")
+            os.makedirs(parent, exist_ok=True)
+            _write(os.path.join(parent, "cgroup.subtree_control"), "+pids +memory")
+            made.append(os.path.join(parent, name))
+            os.mkdir(made[-1])
+            _write(os.path.join(made[-1], "pids.max"), str(pids_max))
+            _write(os.path.join(made[-1], "memory.max"), str(memory_bytes))
+            _write(os.path.join(made[-1], "memory.swap.max"), "0", required=False)
+        else:
+            for root in CGROUP_V1:
+                if not os.access(root, os.W_OK):
+                    raise OSError(errno.EACCES, f"{root} is not writable")
+                made.append(os.path.join(root, _CGROUP_PARENT, name))
+                os.makedirs(made[-1])
+            _write(os.path.join(made[0], "pids.max"), str(pids_max))
+            _write(os.path.join(made[1], "memory.limit_in_bytes"), str(memory_bytes))
+            _write(os.path.join(made[1], "memory.memsw.limit_in_bytes"), str(memory_bytes), required=False)
+    except OSError:
+        Cgroup(made).remove(timeout_s=0.0)
+        return None
+    return Cgroup(made)
+
+
+def _write(path: str, value: str, required: bool = True) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError:
+        if required:
+            raise
+
+
+@functools.cache
+def cgroups_available() -> bool:
+    """Whether per-call cgroups can be made here (tried once per process)."""
+    cgroup = make_cgroup(64, 1 << 30)
+    if cgroup is None:
+        return False
+    cgroup.remove()
+    return True

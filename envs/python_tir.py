@@ -44,6 +44,7 @@ from actorlearner.core.knobs import (
 from actorlearner.env.toolenv import Messages, tool
 from envs import SPLITS
 from envs.demo import ToolOrGuessEnv
+from envs.isolation import isolator_problem
 from envs.sandbox import SandboxResult, run_python
 
 Task = dict[str, Any]
@@ -177,9 +178,13 @@ class PythonTIR(ToolOrGuessEnv):
         wall_time_s: Seconds a program may run.
         memory_mb: Address space of a program, in MB.
         max_file_mb: Largest file a program may write, in MB.
+        allow_weak_sandbox: Where the isolator (bubblewrap + seccomp, docs/sandbox.md) cannot run,
+            run programs under the weak built-in layers with a loud warning. False (the default)
+            fails closed: the env refuses to start.
         **kwargs: :class:`~actorlearner.env.toolenv.ToolEnv` knobs (``max_turns``, ``max_output_chars``,
             which also caps the bytes a program may print...). ``tool_timeout_s`` defaults to
-            ``math.inf`` here: ``wall_time_s`` is the hard limit of a call.
+            ``math.inf`` here: ``wall_time_s`` is the hard limit of a call, and ``turn_time_s``
+            (10 s here) of all calls of a turn.
 
     Raises:
         ValueError: If an argument is invalid (the message names the key and its allowed values).
@@ -187,6 +192,8 @@ class PythonTIR(ToolOrGuessEnv):
 
     tool_timeout_s: float = math.inf
     """No outer timeout: the sandbox kills a program at ``wall_time_s`` (the wait for a slot is free)."""
+    turn_time_s: float = 10.0
+    """Programs of one turn run at most this long in all: each gets ``min(wall_time_s, time left)``."""
 
     def __init__(
         self,
@@ -199,6 +206,7 @@ class PythonTIR(ToolOrGuessEnv):
         wall_time_s: float = 5.0,
         memory_mb: int = 256,
         max_file_mb: int = 4,
+        allow_weak_sandbox: bool = False,
         **kwargs: Any,
     ) -> None:
         names = (
@@ -213,11 +221,13 @@ class PythonTIR(ToolOrGuessEnv):
         check_positive("wall_time_s", wall_time_s)
         check_int("memory_mb", memory_mb, 1)
         check_int("max_file_mb", max_file_mb, 1)
+        check_isolator(allow_weak_sandbox)
         super().__init__(**kwargs)
         self.templates, self.split = list(names), split
         self.test_fraction, self.demo_tool_prob = test_fraction, demo_tool_prob
         self.cpu_time_s, self.wall_time_s = cpu_time_s, wall_time_s
         self.memory_mb, self.max_file_mb = memory_mb, max_file_mb
+        self.allow_weak_sandbox = allow_weak_sandbox
 
     @tool
     def python(self, code: str) -> str:
@@ -229,10 +239,11 @@ class PythonTIR(ToolOrGuessEnv):
         result = run_python(
             code,
             cpu_time_s=self.cpu_time_s,
-            wall_time_s=self.wall_time_s,
+            wall_time_s=min(self.wall_time_s, self.turn_time_left()),
             memory_mb=self.memory_mb,
             max_file_mb=self.max_file_mb,
             max_output_chars=self.max_output_chars,
+            allow_weak_sandbox=self.allow_weak_sandbox,
         )
         if not result.ok:
             raise RuntimeError(_failure(result))
@@ -281,6 +292,22 @@ def program_of(task: Task) -> str:
 
 
 _ERROR_TAIL_CHARS = 600
+
+
+def check_isolator(allow_weak_sandbox: bool) -> None:
+    """Fails closed: raises unless the isolator runs here or ``allow_weak_sandbox`` is set.
+
+    Raises:
+        ValueError: One line naming ``allow_weak_sandbox`` and why the isolator cannot run.
+    """
+    if not isinstance(allow_weak_sandbox, bool):
+        raise ValueError(f"allow_weak_sandbox must be true or false, got {allow_weak_sandbox!r}")
+    problem = None if allow_weak_sandbox else isolator_problem()
+    if problem is not None:
+        raise ValueError(
+            f"allow_weak_sandbox: the sandbox's isolator cannot run on this machine ({problem}); "
+            "set allow_weak_sandbox: true to run model code under the weak built-in layers (docs/sandbox.md)"
+        )
 
 
 def _failure(result: SandboxResult) -> str:

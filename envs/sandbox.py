@@ -135,6 +135,8 @@ The env runner steps many episodes from a thread pool; without a cap, a hundred 
 two cores would thrash and hit their wall-time limits for want of CPU."""
 _SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_RUNS)
 
+_CGROUP_SLACK_MB = 64
+"""Memory of a call's cgroup beyond ``memory_mb`` and ``disk_mb``: the supervisor and bwrap."""
 _GRACE_S = 0.5
 """How long to keep reading output after the sandbox's supervisor exited."""
 _STOP_TIMEOUT_S = 3.0
@@ -301,13 +303,20 @@ def _run_isolated(code: str, limits: _Limits, allow_processes: bool, disk_mb: in
     except BaseException:
         os.close(code_fd)
         raise
+    cgroup = None
+    if isolation.cgroups_available():  # tasks and memory of the whole call: what rlimits cannot bound
+        memory = (limits.memory_mb + disk_mb + _CGROUP_SLACK_MB) << 20
+        cgroup = isolation.make_cgroup(limits.max_processes + 2, memory)  # + bwrap and the supervisor
     try:
-        wrapper = (*isolation.bwrap_argv(code_fd, seccomp_fd, disk_mb), isolation.interpreter())
+        prefix = cgroup.command() if cgroup else []
+        wrapper = (*prefix, *isolation.bwrap_argv(code_fd, seccomp_fd, disk_mb), isolation.interpreter())
         fds = (code_fd, seccomp_fd)
         return _supervise(isolation.WORKDIR, limits, allow_processes, wrapper, fds=fds, isolated=True)
     finally:
         os.close(code_fd)
         os.close(seccomp_fd)
+        if cgroup is not None:
+            cgroup.remove()
 
 
 _PROBE_LOCK = threading.Lock()

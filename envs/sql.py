@@ -218,6 +218,13 @@ def _refusal(action: int, arg1: str | None, arg2: str | None) -> str:
     return f"not allowed: the database is read-only; only reading statements run (refused: {what})"
 
 
+HEAP_LIMIT_BYTES = 512 << 20
+"""SQLite's heap cap for the whole process (``PRAGMA hard_heap_limit``): temp storage lives in memory,
+so a huge sort fails with ``out of memory`` (an error observation) instead of filling a disk."""
+MAX_TIME_LIMIT_S = 10.0
+"""Largest ``time_limit_s`` a SQL env accepts."""
+
+
 def _connect() -> sqlite3.Connection:
     """An in-memory connection that any thread may use (steps run in worker threads, one at a time).
 
@@ -225,6 +232,10 @@ def _connect() -> sqlite3.Connection:
     """
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False, cached_statements=0)
     conn.text_factory = lambda raw: raw.decode("utf-8", errors="replace")
+    conn.execute("PRAGMA temp_store = MEMORY")  # sorts and temp tables never spill to the host's disk
+    limit = conn.execute("PRAGMA hard_heap_limit").fetchone()[0]
+    if limit == 0 or limit > HEAP_LIMIT_BYTES:  # process-wide: caps what in-memory temp storage takes
+        conn.execute(f"PRAGMA hard_heap_limit = {HEAP_LIMIT_BYTES}")
     return conn
 
 
@@ -636,7 +647,7 @@ class SQLEnv(ToolEnv):
             answers a wrong guess. Decided at reset from the seed.
         demo_schema_prob: Probability that the demonstration calls ``schema`` first.
         tool_bonus: The ``tool`` reward of the episode's first successful query (>= 0; 0 turns it off).
-        time_limit_s: A query running longer is stopped with an error, in (0, 60].
+        time_limit_s: A query running longer is stopped with an error, in (0, 10].
         max_rows: Rows of a result shown to the model, >= 1.
         max_chars: Characters of a result shown to the model, >= 16.
         **kwargs: :class:`~actorlearner.env.toolenv.ToolEnv` knobs (``max_turns``, ``format_penalty``...).
@@ -671,7 +682,7 @@ class SQLEnv(ToolEnv):
         check_probability("demo_tool_prob", demo_tool_prob)
         check_probability("demo_schema_prob", demo_schema_prob)
         check_number("tool_bonus", tool_bonus, 0.0)
-        check_number("time_limit_s", time_limit_s, 0.0, 60.0, open_low=True)
+        check_number("time_limit_s", time_limit_s, 0.0, MAX_TIME_LIMIT_S, open_low=True)
         check_int("max_rows", max_rows, 1, 10_000)
         check_int("max_chars", max_chars, 16, 1_000_000)
         super().__init__(**kwargs)

@@ -56,6 +56,7 @@ import inspect
 import json
 import math
 import string
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -155,6 +156,9 @@ class ToolEnv(gym.Env[Messages, str]):
         parser: Name of the tool-call format (or bare parser) in :data:`actorlearner.env.parsing.PARSERS`.
         tool_timeout_s: Longest wait for one tool call, in seconds (> 0; ``math.inf`` runs tools
             inline without a thread). See the module docstring.
+        turn_time_s: Total seconds the tool calls of one turn may take (> 0). Once spent, the
+            turn's remaining calls are not run and each gets an error; a tool may bound its own
+            work by :meth:`turn_time_left` (the Python sandbox does).
         render_mode: Unused; tool envs do not render.
 
     Raises:
@@ -171,6 +175,7 @@ class ToolEnv(gym.Env[Messages, str]):
     max_output_chars: int = 2000
     parser: str = "json_tags"
     tool_timeout_s: float = 10.0
+    turn_time_s: float = 30.0
     max_action_chars: int = 16_384
     """Informational length bound of ``action_space`` (turns are never rejected for length)."""
     void_message: str | None = None
@@ -185,6 +190,7 @@ class ToolEnv(gym.Env[Messages, str]):
         max_output_chars: int | None = None,
         parser: str | None = None,
         tool_timeout_s: float | None = None,
+        turn_time_s: float | None = None,
         render_mode: str | None = None,
     ) -> None:
         knobs = {
@@ -194,6 +200,7 @@ class ToolEnv(gym.Env[Messages, str]):
             "max_output_chars": max_output_chars,
             "parser": parser,
             "tool_timeout_s": tool_timeout_s,
+            "turn_time_s": turn_time_s,
         }
         for key, value in knobs.items():
             if value is not None:
@@ -218,6 +225,11 @@ class ToolEnv(gym.Env[Messages, str]):
         self._turn = 0
         self._done = True
         self._penalty_total = 0.0
+        self._turn_deadline = math.inf
+
+    def turn_time_left(self) -> float:
+        """Seconds left of the current turn's ``turn_time_s`` (``inf`` outside ``step``)."""
+        return max(0.0, self._turn_deadline - time.monotonic())
 
     def __getstate__(self) -> dict[str, Any]:
         """For pickle and deepcopy: everything but the tool thread (the copy starts its own)."""
@@ -231,6 +243,7 @@ class ToolEnv(gym.Env[Messages, str]):
         check_number("max_format_penalty", self.max_format_penalty, 0.0)
         check_int("max_output_chars", self.max_output_chars, 16)
         check_positive("tool_timeout_s", self.tool_timeout_s)
+        check_positive("turn_time_s", self.turn_time_s)
 
     def _collect_tools(self) -> tuple[dict[str, Callable[..., Any]], list[dict[str, Any]]]:
         """Finds the ``@tool`` methods and builds their schemas, in name order."""
@@ -376,7 +389,11 @@ class ToolEnv(gym.Env[Messages, str]):
         if self.task is None or self._done:
             raise RuntimeError("step() called on a finished episode; call reset() first")
         turn = parse_turn(action, self._parse)
-        records = [self._run_call(call) for call in turn.calls]
+        self._turn_deadline = time.monotonic() + self.turn_time_s
+        try:
+            records = [self._run_call(call) for call in turn.calls]
+        finally:
+            self._turn_deadline = math.inf
         messages = [_call_message(r) for r in records]
         problems = len(turn.errors) + sum(
             1 for c, r in zip(turn.calls, records, strict=True) if c.error is None and not r["ok"]
@@ -440,11 +457,13 @@ class ToolEnv(gym.Env[Messages, str]):
             "output": None,
         }
         error = call.error or self._check_call(call)
+        if error is None and self.turn_time_left() <= 0:
+            error = f"{call.name} not run: the turn's tool time ({self.turn_time_s:g} s) is spent"
         if error is None:
             try:
                 result = self._call_tool(call.name, call.arguments)
-            except ToolTimeout:
-                error = f"{call.name} timed out after {self.tool_timeout_s:g} s"
+            except ToolTimeout as timeout:
+                error = str(timeout)
                 self.on_tool_timeout(call.name)
             except Exception as err:  # a tool's failure is an observation, never a crash
                 error = f"{call.name}: {_describe(err)}"
@@ -458,10 +477,10 @@ class ToolEnv(gym.Env[Messages, str]):
         return record
 
     def _call_tool(self, name: str, arguments: dict[str, Any]) -> Any:
-        """Runs a tool in a daemon thread, waiting at most ``tool_timeout_s``.
+        """Runs a tool in a daemon thread, waiting at most ``tool_timeout_s`` or the turn's time left.
 
         Raises:
-            ToolTimeout: If the tool is still running after ``tool_timeout_s`` (it goes on in the
+            ToolTimeout: If the tool is still running after that wait (it goes on in the
                 background; its result is dropped).
             BaseException: Whatever the tool raised.
         """
@@ -471,10 +490,11 @@ class ToolEnv(gym.Env[Messages, str]):
         worker = getattr(self, "_tool_thread", None)
         if worker is None or worker.abandoned:
             worker = self._tool_thread = ToolThread(f"tool:{type(self).__name__}")
+        wait = min(self.tool_timeout_s, self.turn_time_left())
         try:
-            return worker.call(lambda: fn(**arguments), self.tool_timeout_s)
+            return worker.call(lambda: fn(**arguments), wait)
         except CallTimeout:
-            raise ToolTimeout(name) from None
+            raise ToolTimeout(f"{name} timed out after {wait:g} s") from None
 
     def _check_call(self, call: ParsedCall) -> str | None:
         """Why ``call`` cannot run (unknown tool, missing/unexpected/mistyped argument), or None."""
