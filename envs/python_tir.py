@@ -44,7 +44,7 @@ from actorlearner.core.knobs import (
 from actorlearner.env.toolenv import Messages, tool
 from envs import SPLITS
 from envs.demo import ToolOrGuessEnv
-from envs.isolation import isolator_problem
+from envs import isolation
 from envs.sandbox import SandboxResult, run_python
 
 Task = dict[str, Any]
@@ -302,7 +302,7 @@ def check_isolator(allow_weak_sandbox: bool) -> None:
     """
     if not isinstance(allow_weak_sandbox, bool):
         raise ValueError(f"allow_weak_sandbox must be true or false, got {allow_weak_sandbox!r}")
-    problem = None if allow_weak_sandbox else isolator_problem()
+    problem = None if allow_weak_sandbox else isolation.isolator_problem()
     if problem is not None:
         raise ValueError(
             f"allow_weak_sandbox: the sandbox's isolator cannot run on this machine ({problem}); "
