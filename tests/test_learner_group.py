@@ -22,6 +22,41 @@ model_dir = test_learner.model_dir  # the fixtures: a tiny model, and groups it 
 groups = test_learner.groups
 STEPS = 3
 TOLERANCE = 1e-5
+NOISE_RMS = 1e-6
+"""An element whose gradients' bias-corrected RMS stayed below this is at float-noise level: Adam
+divides by that RMS, so summing the same gradient in another order (two members instead of one)
+can move it by up to ``lr`` per step. Those elements are held to ``lr * steps``, the rest to
+:data:`TOLERANCE`."""
+
+
+def _assert_like(weights: dict[str, torch.Tensor], one: Learner) -> None:
+    """``weights`` equal the single learner ``one``'s, element by element, within the tolerances above.
+
+    Also asserts that noise-level elements are rare (under 5%; measured 2.3% with KL and a token
+    cap), so the strict bound holds almost everywhere.
+    """
+    expected = _tensors(one.get_weights())
+    params = dict(one.model.named_parameters())
+    noisy, total = 0, 0
+    for name, value in expected.items():
+        state = one.optimizer.state.get(params[name]) if name in params else None
+        bound = torch.full_like(value, TOLERANCE)
+        if state and "exp_avg_sq" in state:
+            steps = float(state["step"])
+            rms = (state["exp_avg_sq"] / (1 - one.optimizer.defaults["betas"][1] ** steps)).sqrt()
+            lr = one.optimizer.param_groups[0]["lr"]
+            rms = rms.reshape(value.shape)
+            noise = (rms > 0) & (rms < NOISE_RMS)  # unused rows (rms 0) stay exactly equal
+            bound = torch.where(noise, lr * steps, bound)
+            noisy += int(noise.sum())
+        total += value.numel()
+        excess = (weights[name] - value).abs() - bound
+        assert excess.max() <= 0, (
+            f"{name}: {int((excess > 0).sum())} elements beyond, by {float(excess.max()):.2e}"
+        )
+    assert noisy < 0.05 * total, f"{noisy} of {total} elements at noise level"
+
+
 """Weights of a group vs one learner after a few steps (see the first test for the measurements)."""
 
 
@@ -86,9 +121,9 @@ def test_two_learners_step_like_one_learner_at_the_same_global_batch(group, mode
     # with micro_batch_size 32 instead of 4 (the same sums regrouped) differs by up to 3.5e-6, and
     # the steps moved every parameter by about 3e-3 (Adam, lr 1e-3). A member that trained on its
     # share alone would be off by about lr.
-    for name, value in _tensors(one.get_weights()).items():
+    for name in _params(rank0):
         torch.testing.assert_close(_params(rank0)[name], _params(rank1)[name], atol=0, rtol=0, msg=name)
-        torch.testing.assert_close(_params(rank0)[name], value, atol=TOLERANCE, rtol=0, msg=name)
+    _assert_like(_params(rank0), one)
     assert rank0["version"] == STEPS
     # Weights did move: the comparison is not between two untouched models.
     start = _tensors(Learner(**_kwargs(model_dir)).get_weights())
@@ -109,8 +144,7 @@ def test_two_learners_match_one_with_a_per_sequence_loss_a_token_cap_and_kl(ray_
             for key in ("loss", "kl", "grad_norm"):
                 assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
         weights = _tensors(runtime.run(learners.call(Learner.get_weights)))
-    for name, value in _tensors(one.get_weights()).items():
-        torch.testing.assert_close(weights[name], value, atol=TOLERANCE, rtol=0, msg=name)
+    _assert_like(weights, one)
 
 
 @pytest.mark.ray
@@ -126,8 +160,7 @@ def test_two_learners_do_sft_like_one_learner(group, model_dir, groups) -> None:
         assert g["sft/loss"] == pytest.approx(e["sft/loss"], rel=1e-5)
         assert g["sft/token_accuracy"] == pytest.approx(e["sft/token_accuracy"], abs=1e-9)
     weights = _tensors(runtime.run(learners.call(Learner.get_weights)))
-    for name, value in _tensors(one.get_weights()).items():
-        torch.testing.assert_close(weights[name], value, atol=TOLERANCE, rtol=0, msg=name)
+    _assert_like(weights, one)
     assert runtime.run(learners.call(Learner.get_version)) == 1
 
 
@@ -144,8 +177,7 @@ def test_a_group_restores_a_checkpointed_state_on_every_member(group, model_dir,
     for member in learners.members:
         state = runtime.run(member.call(Learner.get_state))
         assert state["version"] == 2
-        for name, value in _tensors(one.get_weights()).items():
-            torch.testing.assert_close(state["model"][name], value, atol=TOLERANCE, rtol=0, msg=name)
+        _assert_like(state["model"], one)
 
 
 @pytest.mark.ray
