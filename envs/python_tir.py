@@ -42,9 +42,8 @@ from actorlearner.core.knobs import (
     check_probability,
 )
 from actorlearner.env.toolenv import Messages, tool
-from envs import SPLITS
+from envs import SPLITS, isolation
 from envs.demo import ToolOrGuessEnv
-from envs import isolation
 from envs.sandbox import SandboxResult, run_python
 
 Task = dict[str, Any]

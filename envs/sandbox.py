@@ -308,10 +308,20 @@ def _run_isolated(code: str, limits: _Limits, allow_processes: bool, disk_mb: in
         memory = (limits.memory_mb + disk_mb + _CGROUP_SLACK_MB) << 20
         cgroup = isolation.make_cgroup(limits.max_processes + 2, memory)  # + bwrap and the supervisor
     try:
+        userns = isolation.sandbox_userns()
         prefix = cgroup.command() if cgroup else []
-        wrapper = (*prefix, *isolation.bwrap_argv(code_fd, seccomp_fd, disk_mb), isolation.interpreter())
-        fds = (code_fd, seccomp_fd)
-        return _supervise(isolation.WORKDIR, limits, allow_processes, wrapper, fds=fds, isolated=True)
+        bwrap = isolation.bwrap_argv(code_fd, seccomp_fd, disk_mb, userns)
+        wrapper = (*prefix, *bwrap, isolation.interpreter())
+        fds = (code_fd, seccomp_fd, *([userns] if userns is not None else []))
+        return _supervise(
+            isolation.WORKDIR,
+            limits,
+            allow_processes,
+            wrapper,
+            fds=fds,
+            isolated=True,
+            drop=userns is not None,
+        )
     finally:
         os.close(code_fd)
         os.close(seccomp_fd)
@@ -404,17 +414,20 @@ def _supervise(
     wrapper: tuple[str, ...],
     fds: tuple[int, ...] = (),
     isolated: bool = False,
+    drop: bool = False,
 ) -> SandboxResult:
     """Starts the sandbox, collects its output and status, stops it and reaps everything.
 
     ``wrapper`` is the command prefix: ``unshare`` and its flags, or (``isolated``) the isolator's
     ``bwrap`` command and interpreter; ``workdir`` is the program's working directory as the
-    sandbox sees it; ``fds`` are more descriptors the wrapper reads.
+    sandbox sees it; ``fds`` are more descriptors the wrapper reads; ``drop`` has the supervisor
+    start as root of the sandbox's user namespace and drop to the sandbox's uid first.
     """
     status_r, status_w = os.pipe()  # the supervisor's report channel
     stop_r, stop_w = os.pipe()  # closing stop_w asks the supervisor to end the program
     mounts = "--mount" in wrapper or "--mount-proc" in wrapper
-    args = [str(status_w), str(stop_r), workdir, str(int(allow_processes)), str(int(mounts))]
+    mode = "drop" if drop else str(int(mounts))
+    args = [str(status_w), str(stop_r), workdir, str(int(allow_processes)), mode]
     args += [str(v) for v in vars(limits).values()]
     start = time.monotonic()
     python = () if isolated else (sys.executable,)
@@ -692,15 +705,18 @@ def _sandbox_main(argv: list[str]) -> None:
 
     Args:
         argv: The status pipe's fd, the stop pipe's fd, the working directory, ``"1"`` to allow
-            processes, ``"1"`` to lock the mounts, then the limits in :class:`_Limits` order.
+            processes, ``"1"`` to lock the mounts (``"drop"``: drop from root of the isolator's
+            user namespace to uid 65534), then the limits in :class:`_Limits` order.
     """
     import os
+    import signal
     import sys
 
     status_fd, stop_fd, workdir = int(argv[0]), int(argv[1]), argv[2]
     allow_processes, mounts, limits = argv[3] == "1", argv[4] == "1", argv[5:]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # PID 1: a handled signal would reach it from inside
     try:
-        _harden(workdir, mounts, allow_processes)
+        _harden(workdir, mounts, allow_processes, argv[4] == "drop")
     except Exception as err:  # fail closed: the program never runs without its protections
         os.write(2, f"sandbox setup failed: {type(err).__name__}: {err}\n".encode())
         os._exit(70)
@@ -723,14 +739,23 @@ def _sandbox_main(argv: list[str]) -> None:
     os._exit(128 + signal_number if signal_number else exit_code)
 
 
-def _harden(workdir: str, mounts: bool, allow_processes: bool) -> None:
+def _harden(workdir: str, mounts: bool, allow_processes: bool, drop: bool = False) -> None:
     """In the supervisor, before the program exists: read-only mounts, subreaper, no capabilities.
+
+    With ``drop`` (the isolator, for a root trainer): first hands the working directory to uid
+    65534 and becomes it, which clears every capability.
 
     Raises:
         OSError: If a step fails (the caller then runs no program).
     """
     import os
 
+    if drop:
+        for path in (os.path.join(workdir, "main.py"), workdir):  # the directory last: 0700
+            os.chown(path, 65534, 65534)
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
     try:
         import ctypes
     except ImportError:  # an interpreter without ctypes: no OS-level hardening beyond namespaces
@@ -962,9 +987,11 @@ def _run_program(workdir: str, allow_processes: bool, limits: list[str]) -> None
     import math
     import os
     import resource
+    import signal
     import sys
     import traceback
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the supervisor ignores it
     cpu, _, memory_mb, processes, file_mb = (float(v) for v in limits[:5])
     for kind, soft, hard in (
         (resource.RLIMIT_CPU, math.ceil(cpu), math.ceil(cpu) + 1),  # SIGXCPU, then SIGKILL

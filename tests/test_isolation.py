@@ -406,3 +406,34 @@ def test_stop_signals_do_not_reach_the_caller() -> None:
     handler = signal.getsignal(signal.SIGTERM)
     run_python("import os, signal\nos.kill(os.getppid(), signal.SIGTERM)", **FAST)
     assert signal.getsignal(signal.SIGTERM) == handler
+
+
+def test_the_sandbox_user_is_not_host_root_and_sysctls_are_not_writable(clean_host: None) -> None:
+    """The red team's escape: as host root, a program could write /proc/sys/kernel/core_pattern."""
+    code = (
+        "import os\nprint(open('/proc/self/uid_map').read().split())\n"
+        "for path in ('/proc/sys/kernel/core_pattern', '/proc/sys/vm/drop_caches', '/proc/sysrq-trigger'):\n"
+        "    try:\n        open(path, 'w').write('x'); print('wrote', path)\n"
+        "    except OSError as err:\n        print(err.errno)\n"
+        "print(os.getuid(), os.getgid(), os.getgroups())"
+    )
+    lines = _hookless(code).strip().splitlines()
+    uid_map = lines[0].strip("[]").replace("'", "").split(", ")
+    outside = {int(uid_map[i + 1]) for i in range(0, len(uid_map), 3) if uid_map[i] == "65534"}
+    assert outside and 0 not in outside, lines  # uid 65534 inside is not host root
+    assert all(line in ("13", "30", "2", "1") for line in lines[1:4]), lines
+    assert lines[4] == "65534 65534 []", lines
+    with open("/proc/sys/kernel/core_pattern") as f:
+        assert "x" != f.read().strip()
+
+
+def test_signalling_the_supervisor_cannot_fake_a_sandbox_failure(env: PythonTIR) -> None:
+    code = (
+        "import fcntl, os, signal, time\nr, w = os.pipe()\nfcntl.fcntl(r, fcntl.F_SETOWN, 1)\n"
+        "fcntl.fcntl(r, 10, signal.SIGINT)\nfcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC | os.O_NONBLOCK)\n"
+        "os.write(w, b'x')\ntime.sleep(0.5)\nprint('done')"
+    )
+    record = _tool(env, code)
+    assert record["ok"] and record["output"] == "done", record
+    out = _hookless("import os, signal, time\nos.kill(1, signal.SIGINT)\ntime.sleep(0.5)\nprint('alive')")
+    assert out.strip() == "alive", out

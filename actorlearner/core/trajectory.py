@@ -159,6 +159,8 @@ class Group:
         sub_tasks: Sub-task labels of the prompt.
         created_at: Wall-clock time (seconds since the epoch) the group was completed.
         is_weight: Importance-sampling weight the buffer attached when it sampled the group.
+        filter_note: What the replay filters did to the group (``"kept"``, ``"masked by NAME (N
+            tokens)"``, ``"dropped by NAME"``); empty before the buffer saw it.
     """
 
     group_id: str
@@ -168,6 +170,7 @@ class Group:
     sub_tasks: list[str] = field(default_factory=list)
     created_at: float = 0.0
     is_weight: float = 1.0
+    filter_note: str = ""
 
     @property
     def rewards(self) -> np.ndarray:

@@ -30,6 +30,7 @@ from actorlearner.core.metrics import group_metrics
 from actorlearner.core.protocols import PriorityFn, PushReply
 from actorlearner.core.trajectory import Group
 from actorlearner.replay.filters import FilterChain
+from actorlearner.replay.samplelog import SampleLog
 from actorlearner.replay.sumtree import SumTree, sample_with_inclusion
 
 _NO_VERSION = sys.maxsize
@@ -111,6 +112,7 @@ class GroupReplayBuffer:
             history is forgotten (bounds memory and the per-iteration skip-list scan).
         seed: Seeds the sampling generator.
         fanout: Children per node of the sum-tree (a power of two; only speed depends on it).
+        sample_log: Where to log some sampled and dropped groups for ``actorlearner view``.
     """
 
     def __init__(
@@ -127,11 +129,13 @@ class GroupReplayBuffer:
         max_histories: int = 100_000,
         seed: int = 0,
         fanout: int = 32,
+        sample_log: SampleLog | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.priority_fn = priority_fn
         self.filters = filters
+        self.sample_log = sample_log
         # A stateful priority with observe() (DSCL) sees every arriving group, before the filters
         # drop any: mastered and hard groups are exactly what zero_variance drops.
         self._observe = getattr(priority_fn, "observe", None)
@@ -220,7 +224,10 @@ class GroupReplayBuffer:
             if self._observe is not None:
                 self._observe(group)
             group_kept = self.filters(group)
+            if group_kept is None and self.sample_log is not None:
+                self.sample_log.dropped(self.num_samples, group, self.filters.last_note)
             if group_kept is not None:
+                group_kept = group_kept.replace(filter_note=self.filters.last_note)
                 priorities.append(compute_priority(self.priority_fn, group_kept, history))
                 if self._reweight is not None:  # a new group: the arrivals keep the env's rewards
                     group_kept = self._reweight(group_kept)
@@ -316,6 +323,9 @@ class GroupReplayBuffer:
             for s, w in zip(slots.tolist(), weights.tolist(), strict=True)
         ]
         ages = learner_version - self._version[slots]
+        if self.sample_log is not None:
+            priorities = self._priority[slots]
+            self.sample_log.sampled(self.num_samples, learner_version, batch, priorities, inclusion, ages)
         self._uses[slots] += 1
         self._remove(slots[self._uses[slots] >= self.max_reuse])
         self.num_samples += 1

@@ -187,10 +187,13 @@ class FilterChain:
     def __init__(self, filters: Sequence[tuple[str, GroupFilter]]) -> None:
         self.filters = list(filters)
         self.counts: dict[str, float] = defaultdict(float)
+        self.last_note = ""
+        """What the last call did: ``"kept"``, ``"masked by A (N tokens)"`` or ``"dropped by B"``."""
 
     def __call__(self, group: Group) -> Group | None:
-        """Runs the chain on one group; returns the kept group or None."""
+        """Runs the chain on one group; returns the kept group or None (see :attr:`last_note`)."""
         current: Group | None = group
+        notes: list[str] = []
         for name, fn in self.filters:
             assert current is not None
             before = _masked_tokens(current)
@@ -200,15 +203,19 @@ class FilterChain:
                 raise FilterError(f"filter {name!r} raised {err!r} on group {group.group_id}") from err
             if kept is None:
                 self._count_drop(name, current, before)
+                self.last_note = "; ".join([*notes, f"dropped by {name}"])
                 return None
             masked = before - _masked_tokens(kept)
             if masked > 0:
                 self.counts[f"{name}/tokens_masked"] += masked
+                notes.append(f"masked by {name} ({masked:g} tokens)")
             current = kept
         assert current is not None
         if not has_loss_tokens(current):
             self._count_drop(FULLY_MASKED, current, _masked_tokens(current))
+            self.last_note = "; ".join([*notes, f"dropped by {FULLY_MASKED}"])
             return None
+        self.last_note = "; ".join(notes) or "kept"
         return current
 
     def _count_drop(self, name: str, group: Group, tokens: float) -> None:
