@@ -139,7 +139,8 @@ def _trajectory_html(traj: dict[str, Any], advantage: float | None, tokenizer: A
         f"success {traj['success']}, versions {traj['policy_versions']}"
     )
     opened = " open" if index == 0 else ""  # the first trajectory of a group shows its tokens
-    return f'<details{opened}><summary>{summary}</summary>{"".join(calls)}<div class="tokens">{spans}</div></details>'
+    body = f'{"".join(calls)}<div class="tokens">{spans}</div>'
+    return f"<details{opened}><summary>{summary}</summary>{body}</details>"
 
 
 def _group_html(row: dict[str, Any], estimator: Any, tokenizer: Any) -> str:

@@ -424,7 +424,7 @@ def test_the_sandbox_user_is_not_host_root_and_sysctls_are_not_writable(clean_ho
     assert all(line in ("13", "30", "2", "1") for line in lines[1:4]), lines
     assert lines[4] == "65534 65534 []", lines
     with open("/proc/sys/kernel/core_pattern") as f:
-        assert "x" != f.read().strip()
+        assert f.read().strip() != "x"
 
 
 def test_signalling_the_supervisor_cannot_fake_a_sandbox_failure(env: PythonTIR) -> None:
