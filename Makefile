@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # The CPU wheel of torch; installed first so nothing can pull a CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install train test test-vllm lint typecheck unit bench clean
+.PHONY: install train test test-vllm test-browser lint typecheck unit bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,8 @@ train: install
 	$(VENV)/bin/actorlearner train configs/calculator.yaml
 
 lint: install
-	$(VENV)/bin/ruff check actorlearner envs tests tests_vllm benchmarks
-	$(VENV)/bin/ruff format --check actorlearner envs tests tests_vllm benchmarks
+	$(VENV)/bin/ruff check actorlearner envs tests tests_vllm tests_browser benchmarks
+	$(VENV)/bin/ruff format --check actorlearner envs tests tests_vllm tests_browser benchmarks
 
 typecheck: install
 	$(VENV)/bin/mypy actorlearner envs
@@ -47,6 +47,12 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_PY) -m pytest -q -ra -p no:cacheprovider tests_vllm
+
+# `actorlearner view` in a real browser: Debian's chromium, installed with apt when missing.
+test-browser: install
+	command -v chromium >/dev/null || apt-get install -y -q chromium || \
+		(apt-get update -q && apt-get install -y -q chromium)
+	$(PY) -m pytest -q -ra -p no:cacheprovider tests_browser
 
 bench: install
 	$(PY) benchmarks/async_vs_sync.py
