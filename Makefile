@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[dev]' $(TORCH)
+	$(PIP) install -q -e '.[dev,peers]' $(TORCH)
 	$(PIP) install -q --no-deps bfcl-eval
 	touch $@
 

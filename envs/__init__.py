@@ -18,6 +18,13 @@ BENCHMARK_ENVS: dict[str, str] = {
 }
 """Envs for benchmarks: the Calculator with tools that wait like remote ones (``envs/latency.py``)."""
 
+PEER_ENVS: dict[str, str] = {
+    "actorlearner/ReasoningGym-Python-v0": "envs.peers:ReasoningGymPython",
+    "actorlearner/ReasoningGym-Calculator-v0": "envs.peers:ReasoningGymCalculator",
+    "actorlearner/SkyRLText-v0": "envs.peers:SkyRLText",
+}
+"""Adapters of peers' tasks (``envs/peers.py``; ``pip install actorlearner[peers]``)."""
+
 SPLITS = ("train", "test")
 """Values of the ``split`` knob of the built-in envs (the held-out set is ``"test"``)."""
 
@@ -30,7 +37,7 @@ def register_envs() -> None:
     """Registers the built-in envs with gymnasium and their evaluation suites; safe to call again."""
     from actorlearner.env.suites import register_eval_suite  # not at import: actorlearner imports envs
 
-    for env_id, entry_point in {**ENVS, **BENCHMARK_ENVS}.items():
+    for env_id, entry_point in {**ENVS, **BENCHMARK_ENVS, **PEER_ENVS}.items():
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point=entry_point)
     for name, path in EVAL_SUITES.items():
