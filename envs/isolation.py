@@ -166,8 +166,10 @@ def bwrap_argv(code_fd: int, seccomp_fd: int, disk_mb: int, userns_fd: int | Non
         seccomp_fd: A readable fd holding :func:`seccomp_filter`.
         disk_mb: Size of the ``/work`` tmpfs.
         userns_fd: :func:`sandbox_userns` (a root trainer): the sandbox starts as root of that user
-            namespace, keeping only the capabilities to hand ``/work`` over and drop to
-            :data:`SANDBOX_UID`, which the supervisor does before anything else.
+            namespace, keeping only the capabilities to remount ``/work`` ``noexec``, hand it over
+            and drop to :data:`SANDBOX_UID`, which the supervisor does before anything else; it
+            then installs the seccomp policy itself (bwrap's would forbid the remount), so
+            ``seccomp_fd`` is not given to bwrap but passed on to the supervisor.
 
     Raises:
         OSError: If no ``bwrap`` is installed.
@@ -183,6 +185,7 @@ def bwrap_argv(code_fd: int, seccomp_fd: int, disk_mb: int, userns_fd: int | Non
         user = ("--userns", str(userns_fd), "--unshare-ipc", "--unshare-pid", "--unshare-net")
         user += ("--unshare-uts", "--unshare-cgroup-try", "--uid", "0", "--gid", "0", "--cap-drop", "ALL")
         user += ("--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_CHOWN")
+        user += ("--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP")
     return [
         binary,
         *user,
@@ -192,7 +195,7 @@ def bwrap_argv(code_fd: int, seccomp_fd: int, disk_mb: int, userns_fd: int | Non
         *("--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"),
         *("--size", str(disk_mb << 20), "--perms", "0700", "--tmpfs", WORKDIR),
         *("--file", str(code_fd), f"{WORKDIR}/main.py", "--chdir", WORKDIR, "--remount-ro", "/"),
-        *("--seccomp", str(seccomp_fd)),
+        *(("--seccomp", str(seccomp_fd)) if userns_fd is None else ()),
         "--",
     ]
 
@@ -207,28 +210,22 @@ def data_fd(data: bytes) -> int:
     return fd
 
 
-_USERNS_LOCK = threading.Lock()
-_USERNS: list[int] = []
-
-
 def sandbox_userns() -> int | None:
-    """For a root trainer: an fd of a user namespace mapping only 0 and :data:`SANDBOX_UID` to themselves.
+    """For a root trainer: a new user namespace mapping only 0 and :data:`SANDBOX_UID` to themselves.
 
     bwrap run by root would map the sandbox's user to host root, whose owner rights on
     ``/proc/sys`` and host-wide per-user limits a program could then use. In this namespace the
-    supervisor drops to :data:`SANDBOX_UID`, an unprivileged host uid. Made once per process (a
-    short-lived ``unshare --user`` holds it while root writes its maps); None for a non-root
-    trainer, whose own uid is already unprivileged.
+    supervisor drops to :data:`SANDBOX_UID`, an unprivileged host uid. One per call (a short-lived
+    ``unshare --user`` holds it while root writes its maps, ~10 ms), so that concurrent calls do
+    not share one task count under ``RLIMIT_NPROC``. Returns an fd the caller closes; None for a
+    non-root trainer, whose own uid is already unprivileged.
 
     Raises:
         OSError: If root cannot make it (no ``unshare``, or the maps cannot be written).
     """
     if os.geteuid() != 0:
         return None
-    with _USERNS_LOCK:
-        if not _USERNS:
-            _USERNS.append(_make_userns())
-        return _USERNS[0]
+    return _make_userns()
 
 
 def _make_userns() -> int:
@@ -281,6 +278,9 @@ def _probe() -> str | None:
     code_fd, seccomp_fd = data_fd(code), data_fd(policy)
     try:
         argv = bwrap_argv(code_fd, seccomp_fd, 1, userns)
+        if userns is not None:  # this probe's program drops itself; a real call's supervisor does
+            argv.insert(argv.index("--"), "--seccomp")
+            argv.insert(argv.index("--"), str(seccomp_fd))
         done = subprocess.run(
             [*argv, interpreter(), "-I", "-S", "-B", f"{WORKDIR}/main.py"],
             capture_output=True,
@@ -292,8 +292,9 @@ def _probe() -> str | None:
     except (OSError, subprocess.SubprocessError) as err:
         return f"bwrap cannot start ({err})"
     finally:
-        os.close(code_fd)
-        os.close(seccomp_fd)
+        for fd in (code_fd, seccomp_fd, userns):
+            if fd is not None:
+                os.close(fd)
     if done.returncode != 0 or done.stdout != b"ok\n":
         lines = done.stderr.decode(errors="replace").strip().splitlines()
         return f"bwrap failed (exit {done.returncode}): {lines[-1] if lines else 'no output'}"

@@ -303,28 +303,24 @@ def _run_isolated(code: str, limits: _Limits, allow_processes: bool, disk_mb: in
     except BaseException:
         os.close(code_fd)
         raise
-    cgroup = None
-    if isolation.cgroups_available():  # tasks and memory of the whole call: what rlimits cannot bound
-        memory = (limits.memory_mb + disk_mb + _CGROUP_SLACK_MB) << 20
-        cgroup = isolation.make_cgroup(limits.max_processes + 2, memory)  # + bwrap and the supervisor
+    cgroup = userns = None
     try:
-        userns = isolation.sandbox_userns()
+        if isolation.cgroups_available():  # tasks and memory of the whole call: what rlimits cannot bound
+            memory = (limits.memory_mb + disk_mb + _CGROUP_SLACK_MB) << 20
+            cgroup = isolation.make_cgroup(limits.max_processes + 2, memory)  # + bwrap and the supervisor
+        userns = isolation.sandbox_userns()  # per call: its own task count under RLIMIT_NPROC
         prefix = cgroup.command() if cgroup else []
         bwrap = isolation.bwrap_argv(code_fd, seccomp_fd, disk_mb, userns)
         wrapper = (*prefix, *bwrap, isolation.interpreter())
         fds = (code_fd, seccomp_fd, *([userns] if userns is not None else []))
+        drop = seccomp_fd if userns is not None else None  # the supervisor installs the policy
         return _supervise(
-            isolation.WORKDIR,
-            limits,
-            allow_processes,
-            wrapper,
-            fds=fds,
-            isolated=True,
-            drop=userns is not None,
+            isolation.WORKDIR, limits, allow_processes, wrapper, fds=fds, isolated=True, drop=drop
         )
     finally:
-        os.close(code_fd)
-        os.close(seccomp_fd)
+        for fd in (code_fd, seccomp_fd, userns):
+            if fd is not None:
+                os.close(fd)
         if cgroup is not None:
             cgroup.remove()
 
@@ -414,19 +410,20 @@ def _supervise(
     wrapper: tuple[str, ...],
     fds: tuple[int, ...] = (),
     isolated: bool = False,
-    drop: bool = False,
+    drop: int | None = None,
 ) -> SandboxResult:
     """Starts the sandbox, collects its output and status, stops it and reaps everything.
 
     ``wrapper`` is the command prefix: ``unshare`` and its flags, or (``isolated``) the isolator's
     ``bwrap`` command and interpreter; ``workdir`` is the program's working directory as the
-    sandbox sees it; ``fds`` are more descriptors the wrapper reads; ``drop`` has the supervisor
-    start as root of the sandbox's user namespace and drop to the sandbox's uid first.
+    sandbox sees it; ``fds`` are more descriptors the wrapper reads; ``drop``, the fd of the
+    seccomp policy, has the supervisor start as root of the sandbox's user namespace, make the
+    working directory ``noexec``, drop to the sandbox's uid and install the policy first.
     """
     status_r, status_w = os.pipe()  # the supervisor's report channel
     stop_r, stop_w = os.pipe()  # closing stop_w asks the supervisor to end the program
     mounts = "--mount" in wrapper or "--mount-proc" in wrapper
-    mode = "drop" if drop else str(int(mounts))
+    mode = f"drop:{drop}" if drop is not None else str(int(mounts))
     args = [str(status_w), str(stop_r), workdir, str(int(allow_processes)), mode]
     args += [str(v) for v in vars(limits).values()]
     start = time.monotonic()
@@ -705,8 +702,8 @@ def _sandbox_main(argv: list[str]) -> None:
 
     Args:
         argv: The status pipe's fd, the stop pipe's fd, the working directory, ``"1"`` to allow
-            processes, ``"1"`` to lock the mounts (``"drop"``: drop from root of the isolator's
-            user namespace to uid 65534), then the limits in :class:`_Limits` order.
+            processes, ``"1"`` to lock the mounts (``"drop:FD"``: start as root of the isolator's
+            user namespace, see :func:`_harden`), then the limits in :class:`_Limits` order.
     """
     import os
     import signal
@@ -716,7 +713,8 @@ def _sandbox_main(argv: list[str]) -> None:
     allow_processes, mounts, limits = argv[3] == "1", argv[4] == "1", argv[5:]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # PID 1: a handled signal would reach it from inside
     try:
-        _harden(workdir, mounts, allow_processes, argv[4] == "drop")
+        policy_fd = int(argv[4][5:]) if argv[4].startswith("drop:") else None
+        _harden(workdir, mounts, allow_processes, policy_fd)
     except Exception as err:  # fail closed: the program never runs without its protections
         os.write(2, f"sandbox setup failed: {type(err).__name__}: {err}\n".encode())
         os._exit(70)
@@ -739,27 +737,24 @@ def _sandbox_main(argv: list[str]) -> None:
     os._exit(128 + signal_number if signal_number else exit_code)
 
 
-def _harden(workdir: str, mounts: bool, allow_processes: bool, drop: bool = False) -> None:
+def _harden(workdir: str, mounts: bool, allow_processes: bool, policy_fd: int | None = None) -> None:
     """In the supervisor, before the program exists: read-only mounts, subreaper, no capabilities.
 
-    With ``drop`` (the isolator, for a root trainer): first hands the working directory to uid
-    65534 and becomes it, which clears every capability.
+    With ``policy_fd`` (the isolator, for a root trainer, which starts as root of its user
+    namespace): first remounts the working directory ``noexec,nosuid,nodev``, empties the bounding
+    set, hands the directory to uid 65534 and becomes it (which clears every capability); last,
+    installs the seccomp policy read from ``policy_fd``.
 
     Raises:
         OSError: If a step fails (the caller then runs no program).
     """
     import os
+    import sys
 
-    if drop:
-        for path in (os.path.join(workdir, "main.py"), workdir):  # the directory last: 0700
-            os.chown(path, 65534, 65534)
-        os.setgroups([])
-        os.setresgid(65534, 65534, 65534)
-        os.setresuid(65534, 65534, 65534)
     try:
         import ctypes
     except ImportError:  # an interpreter without ctypes: no OS-level hardening beyond namespaces
-        if mounts:
+        if mounts or policy_fd is not None:
             raise
         return
     libc = ctypes.CDLL(None, use_errno=True)
@@ -773,6 +768,18 @@ def _harden(workdir: str, mounts: bool, allow_processes: bool, drop: bool = Fals
 
     if mounts:
         _lock_mounts(libc.mount, check, workdir, allow_processes)
+    if policy_fd is not None:
+        flags = 32 | 4096 | 8 | 2 | 4  # MS_REMOUNT | MS_BIND | MS_NOEXEC | MS_NOSUID | MS_NODEV
+        check(libc.mount(None, workdir.encode(), None, flags, None), f"remount {workdir} noexec")
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last_cap = int(f.read())
+        for cap in range(last_cap + 1):
+            check(libc.prctl(24, cap, 0, 0, 0), "PR_CAPBSET_DROP")
+        for path in (os.path.join(workdir, "main.py"), workdir):  # the directory last: 0700
+            os.chown(path, 65534, 65534)
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
     os.chdir(workdir)  # onto the working directory's own mount
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans of the program come back to us
     check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
@@ -788,6 +795,13 @@ def _harden(workdir: str, mounts: bool, allow_processes: bool, drop: bool = Fals
         header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
         check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
     check(libc.prctl(4, 0, 0, 0, 0), "PR_SET_DUMPABLE")  # /proc/<supervisor> closed to the program
+    if policy_fd is not None:  # last: the policy denies the remount above
+        with os.fdopen(policy_fd, "rb") as policy:
+            filters = ctypes.create_string_buffer(policy.read())
+        length = (len(filters.raw) - 1) // 8  # sock_filter entries (the buffer adds a NUL byte)
+        fprog = length.to_bytes(8, sys.byteorder) + ctypes.addressof(filters).to_bytes(8, sys.byteorder)
+        sock_fprog = ctypes.create_string_buffer(fprog)  # {u16 len; padding; sock_filter *filter}
+        check(libc.prctl(22, 2, ctypes.addressof(sock_fprog), 0, 0), "PR_SET_SECCOMP")  # MODE_FILTER
 
 
 def _lock_mounts(mount: Any, check: Any, workdir: str, allow_processes: bool) -> None:

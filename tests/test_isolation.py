@@ -437,3 +437,37 @@ def test_signalling_the_supervisor_cannot_fake_a_sandbox_failure(env: PythonTIR)
     assert record["ok"] and record["output"] == "done", record
     out = _hookless("import os, signal, time\nos.kill(1, signal.SIGINT)\ntime.sleep(0.5)\nprint('alive')")
     assert out.strip() == "alive", out
+
+
+def test_the_working_directory_is_noexec_and_the_policy_is_on(clean_host: None) -> None:
+    """Native code written to /work cannot be loaded: the red team's way around the audit hook."""
+    code = (
+        "import glob, importlib.util, os, shutil\n"
+        "print([l.split()[5] for l in open('/proc/self/mountinfo') if l.split()[4] == '/work'][0])\n"
+        "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])\n"
+        "so = glob.glob(os.path.dirname(os.__file__) + '/lib-dynload/_json.*so')[0]\n"
+        "shutil.copy(so, '/work/_json2.so')\n"
+        "spec = importlib.util.spec_from_file_location('_json', '/work/_json2.so')\n"
+        "try:\n    importlib.util.module_from_spec(spec); print('loaded')\n"
+        "except ImportError as err:\n    print('refused', 'failed to map segment' in str(err))"
+    )
+    flags, seccomp, loaded = _hookless(code).strip().splitlines()
+    assert "noexec" in flags.split(",") and "nosuid" in flags.split(",") and "nodev" in flags.split(",")
+    assert seccomp == "2"  # SECCOMP_MODE_FILTER in the program
+    assert loaded == "refused True"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the per-call user namespace is the root trainer's path")
+def test_concurrent_calls_do_not_share_a_task_count(clean_host: None) -> None:
+    """The red team's second finding: one user namespace per process made calls share RLIMIT_NPROC."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    code = (
+        "import threading, time\nthreading.stack_size(1 << 18)\nfor _ in range(10):\n"
+        "    threading.Thread(target=time.sleep, args=(1.5,), daemon=True).start()\nprint('started')"
+    )
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(
+            pool.map(lambda _: run_python(code, max_processes=16, **{**FAST, "wall_time_s": 8}), range(4))
+        )
+    assert [r.stdout for r in results] == ["started\n"] * 4, results
