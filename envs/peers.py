@@ -32,8 +32,7 @@ from actorlearner.core.knobs import check_choice, check_fraction, check_int, che
 from actorlearner.env.toolenv import ChatMessages, Messages, ToolEnv, tool
 from envs import SPLITS
 from envs.calculator import format_number, safe_eval
-from envs.python_tir import check_isolator
-from envs.sandbox import run_python
+from envs.python_tir import check_isolator, program_output
 
 INSTRUCTION = "Solve the task. You may use the {tool} tool. Give the final answer as <answer>...</answer>."
 
@@ -166,17 +165,12 @@ class ReasoningGymPython(ReasoningGym):
         Args:
             code: The program, e.g. print(37 * 52). Only the standard library is available.
         """
-        result = run_python(
+        return program_output(
             code,
             wall_time_s=min(5.0, self.turn_time_left()),
             max_output_chars=self.max_output_chars,
             allow_weak_sandbox=self.allow_weak_sandbox,
         )
-        if not result.ok:
-            raise RuntimeError(
-                result.error if not str(result.error).startswith("exit code") else result.stderr[-600:]
-            )
-        return result.stdout.rstrip() or "(no output: print the result)"
 
 
 class ReasoningGymCalculator(ReasoningGym):

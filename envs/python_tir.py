@@ -235,7 +235,7 @@ class PythonTIR(ToolOrGuessEnv):
         Args:
             code: The program, e.g. print(37 * 52). Only the standard library is available.
         """
-        result = run_python(
+        return program_output(
             code,
             cpu_time_s=self.cpu_time_s,
             wall_time_s=min(self.wall_time_s, self.turn_time_left()),
@@ -244,9 +244,6 @@ class PythonTIR(ToolOrGuessEnv):
             max_output_chars=self.max_output_chars,
             allow_weak_sandbox=self.allow_weak_sandbox,
         )
-        if not result.ok:
-            raise RuntimeError(_failure(result))
-        return result.stdout.rstrip() or "(no output: print the result)"
 
     def sample_task(self, rng: np.random.Generator) -> Task:
         """Draws a template and its numbers until the task is in this env's split (at most 10,000 draws)."""
@@ -291,6 +288,18 @@ def program_of(task: Task) -> str:
 
 
 _ERROR_TAIL_CHARS = 600
+
+
+def program_output(code: str, **sandbox: Any) -> str:
+    """A ``python`` tool call: what the program printed, run by :func:`run_python` with ``sandbox``.
+
+    Raises:
+        RuntimeError: What the model sees of a failed run (the limit hit, or the traceback's end).
+    """
+    result = run_python(code, **sandbox)
+    if not result.ok:
+        raise RuntimeError(_failure(result))
+    return result.stdout.rstrip() or "(no output: print the result)"
 
 
 def check_isolator(allow_weak_sandbox: bool) -> None:
