@@ -169,7 +169,7 @@ def test_every_emitted_metric_is_documented(tmp_path) -> None:
 # ---- links, paths and section numbers ------------------------------------------------------------
 
 PATH_PREFIXES = ("actorlearner/", "envs/", "configs/", "benchmarks/", "tests/", "docs/")
-ENV_ID = re.compile(r"^actorlearner/[A-Z]\w*-v\d+$")
+ENV_ID = re.compile(r"^actorlearner/[A-Z][\w-]*-v\d+$")
 
 
 def _slug(heading: str) -> str:
