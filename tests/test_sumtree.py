@@ -126,6 +126,17 @@ def test_bad_priorities_raise_and_leave_the_tree_unchanged(bad):
     assert tree.total == 3.0
 
 
+@pytest.mark.parametrize("bad", [-1, 4, 2**40])
+def test_a_bad_index_anywhere_in_the_batch_leaves_the_tree_unchanged(bad):
+    tree = SumTree(4, fanout=2)
+    tree.update(np.array([0, 1]), np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="indices"):
+        tree.update(np.array([2, 3, bad]), np.array([5.0, 6.0, 7.0]))
+    np.testing.assert_array_equal(tree.leaves, [1.0, 2.0, 0.0, 0.0])
+    assert (tree.total, tree.num_nonzero) == (3.0, 2)
+    assert tree.find(np.array([2.5])).tolist() == [1]
+
+
 def test_find_on_an_empty_tree_and_nan_queries_raise():
     tree = SumTree(4)
     with pytest.raises(ValueError, match="total"):
@@ -133,6 +144,8 @@ def test_find_on_an_empty_tree_and_nan_queries_raise():
     tree.update(np.array([0]), np.array([1.0]))
     with pytest.raises(ValueError, match="NaN"):
         tree.find(np.array([np.nan]))
+    with pytest.raises(ValueError, match="NaN"):
+        tree.find(np.array([0.5, np.nan, 0.2]))
     assert tree.find(np.array([])).size == 0
 
 

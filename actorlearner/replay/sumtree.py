@@ -1,23 +1,23 @@
-"""A sum-tree over a fixed number of non-negative priorities, with every operation batched in numpy.
+"""A sum-tree over a fixed number of non-negative priorities, with batched update and search.
 
 Leaves hold the priorities (padded to a power of two); each internal node holds the sum of its
 children, and a prefix-sum query walks down to the leaf whose cumulative interval contains it
-(Schaul et al., arXiv 1511.05952, appendix B.2.1). Both operations move a whole batch of indices
-or queries one level per numpy step.
+(Schaul et al., arXiv 1511.05952, appendix B.2.1). The walks are loops compiled by numba
+(:mod:`actorlearner.replay.treekernels`): at the batch sizes a learner uses (~32), a numpy call per
+level would cost more than the arithmetic.
 
-Two departures from the textbook binary tree, both for speed at the batch sizes a learner uses
-(~32), where the fixed cost of a numpy call dominates the arithmetic:
+Two departures from the textbook binary tree:
 
 * The tree is ``fanout``-ary (a power of two; 32 by default), so 10^6 leaves are four levels deep
   instead of twenty. Every fanout gives the same answers.
-* Its top is not a single root but the first level of at most 2048 nodes. A query batch is placed
-  on that level (or a deeper one, for big batches) by one cumulative sum and one
-  ``np.searchsorted``, and the total is that level's sum. For 10^6 leaves two levels are left
-  to descend per query.
+* Its top is not a single root but the first level of at most 2048 nodes. A query is placed on
+  it by a binary search of that level's running sums, and the total is that level's sum. For
+  10^6 leaves two levels are left to descend per query.
 
-Internal sums are always recomputed from their children (never updated by deltas) with the same
-numpy row reduction, so they carry no drift and a tree rebuilt from its leaves is bit-identical to
-the one maintained incrementally (a test checks this; checkpoint round trips rely on it).
+Internal sums are always recomputed from their children (never updated by deltas), left to right,
+by the same compiled loop, so they carry no drift and a tree rebuilt from its leaves is
+bit-identical to the one maintained incrementally (a test checks this; checkpoint round trips rely
+on it).
 
 :func:`sample_distinct` draws a batch of distinct leaves by systematic sampling (one prefix sum in
 each equal segment of the total, at one shared offset); :func:`inclusion_probabilities` gives the
@@ -32,19 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from actorlearner.replay import treekernels
+
 _SEARCHED_LEVEL_SIZE = 2048
-"""The top level has at most this many nodes; find() places queries on it with np.searchsorted."""
-
-_SORTED_FROM = 64
-"""Batches at least this large are sorted so each level can skip repeated parents."""
-
-
-def _last_of_runs(sorted_idx: np.ndarray) -> np.ndarray:
-    """Mask of the last element of each run of equal values in a sorted array."""
-    last = np.empty(sorted_idx.size, dtype=bool)
-    np.not_equal(sorted_idx[1:], sorted_idx[:-1], out=last[:-1])
-    last[-1] = True
-    return last
+"""The top level has at most this many nodes; find() places queries on it by binary search."""
 
 
 class SumTree:
@@ -69,15 +60,15 @@ class SumTree:
         self.capacity = capacity
         self.fanout = fanout
         num_leaves = max(2, 1 << (capacity - 1).bit_length())
-        # levels[0] are the leaves, levels[-1] the top (<= _SEARCHED_LEVEL_SIZE nodes);
-        # row p of blocks[i] is a view of the fanouts[i] children of node p of levels[i + 1].
-        self._levels = [np.zeros(num_leaves, dtype=np.float64)]
-        self._fanouts: list[int] = []
-        while self._levels[-1].size > _SEARCHED_LEVEL_SIZE:
-            self._fanouts.append(fanout)
-            self._levels.append(np.zeros(self._levels[-1].size // fanout, dtype=np.float64))
-        self._shifts = [f.bit_length() - 1 for f in self._fanouts]
-        self._blocks = [lv.reshape(-1, f) for lv, f in zip(self._levels, self._fanouts, strict=False)]
+        sizes = [num_leaves]
+        while sizes[-1] > _SEARCHED_LEVEL_SIZE:
+            sizes.append(sizes[-1] // fanout)
+        # One array holds the levels back to back (the compiled walks take it whole): levels[0]
+        # are the leaves, levels[-1] the top (<= _SEARCHED_LEVEL_SIZE nodes).
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._shifts = np.full(len(sizes) - 1, fanout.bit_length() - 1, dtype=np.int64)
+        self._flat = np.zeros(int(self._offsets[-1]), dtype=np.float64)
+        self._levels = [self._flat[a:b] for a, b in zip(self._offsets[:-1], self._offsets[1:], strict=True)]
         self._total = 0.0
         self._num_nonzero = 0
 
@@ -114,31 +105,21 @@ class SumTree:
             ValueError: If an index is outside ``[0, capacity)`` or a priority is negative, NaN or
                 infinite; the tree is left unchanged.
         """
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        values = np.asarray(priorities, dtype=np.float64).reshape(-1)
+        idx = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
+        values = np.ascontiguousarray(priorities, dtype=np.float64).reshape(-1)
         if idx.shape != values.shape:
             raise ValueError(f"{idx.size} indices but {values.size} priorities")
         if idx.size == 0:
             return
-        if not (idx.min() >= 0 and idx.max() < self.capacity):
+        status, delta, total = treekernels.set_leaves(
+            self._flat, self._offsets, self._shifts, idx, values, self.capacity
+        )
+        if status == treekernels.BAD_INDEX:
             raise ValueError(f"indices must lie in [0, {self.capacity}), got {idx.min()}..{idx.max()}")
-        if not (values.min() >= 0.0 and np.isfinite(values.max())):
+        if status == treekernels.BAD_PRIORITY:
             raise ValueError("priorities must be finite and >= 0")
-        many = idx.size >= _SORTED_FROM
-        if idx.size > 1 and (many or len(set(idx.tolist())) < idx.size):
-            order = np.argsort(idx, kind="stable")
-            idx, values = idx[order], values[order]
-            last = _last_of_runs(idx)
-            idx, values = idx[last], values[last]
-        leaves = self._levels[0]
-        self._num_nonzero += int(np.count_nonzero(values)) - int(np.count_nonzero(leaves[idx]))
-        leaves[idx] = values
-        for level, shift in enumerate(self._shifts):
-            idx = idx >> shift  # a repeated parent is harmless: each copy sums the same final children
-            if many:  # ...but with large batches it is cheaper to recompute each parent once
-                idx = idx[_last_of_runs(idx)]
-            self._levels[level + 1][idx] = self._blocks[level][idx].sum(axis=1)
-        self._total = float(self._levels[-1].sum())
+        self._num_nonzero += int(delta)
+        self._total = float(total)
 
     def set_all(self, priorities: np.ndarray) -> None:
         """Replaces every priority (length ``capacity``) and rebuilds the tree in O(capacity)."""
@@ -149,59 +130,28 @@ class SumTree:
             raise ValueError("priorities must be finite and >= 0")
         self._levels[0][:] = 0.0
         self._levels[0][: self.capacity] = values
-        for level, blocks in enumerate(self._blocks):
-            self._levels[level + 1][:] = blocks.sum(axis=1)
-        self._total = float(self._levels[-1].sum())
+        treekernels.rebuild(self._flat, self._offsets, self._shifts)
+        self._total = float(treekernels.top_total(self._flat, self._offsets))
         self._num_nonzero = int(np.count_nonzero(values))
 
     def find(self, prefix_sums: np.ndarray) -> np.ndarray:
         """For each query ``q``, the leaf ``i`` with ``sum(p[:i]) <= q < sum(p[:i+1])``.
 
-        The batch is first placed on the deepest level small enough to search as a whole (the
-        top, or up to ``8 * len(prefix_sums)`` nodes), then all queries descend together, one
-        level per step. A leaf with priority 0 is never returned; a query at or beyond the total
-        (or pushed there by rounding) gets the last leaf with a positive priority, and a negative
-        one counts as 0.
+        Each query is placed on the top level by a binary search of its running sums, then
+        descends one level per step (compiled: :func:`treekernels.find`). A leaf with priority 0
+        is never returned; a query at or beyond the total (or pushed there by rounding) gets the
+        last leaf with a positive priority, and a negative one counts as 0.
 
         Raises:
             ValueError: If the total is 0 or a query is NaN.
         """
-        q = np.maximum(np.asarray(prefix_sums, dtype=np.float64).reshape(-1), 0.0)
+        q = np.ascontiguousarray(prefix_sums, dtype=np.float64).reshape(-1)
         if not self._total > 0.0:
             raise ValueError("find() on a tree whose total priority is 0")
-        if q.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        if np.isnan(q.max()):
+        found, numbers = treekernels.find(self._flat, self._offsets, self._shifts, q)
+        if not numbers:
             raise ValueError("prefix sums must not be NaN")
-        limit = max(_SEARCHED_LEVEL_SIZE, 8 * q.size)
-        start = next(i for i, level in enumerate(self._levels) if level.size <= limit)
-        idx, q = self._search_level(start, q)
-        rows = np.arange(q.size)
-        for level in range(start - 1, -1, -1):
-            block = self._blocks[level][idx]
-            cums = np.add.accumulate(block, axis=1)
-            child = (cums <= q[:, None]).sum(axis=1)
-            if child.max() >= self._fanouts[level]:  # q >= total, or rounding: take the last child
-                over = child >= self._fanouts[level]  # with mass, and stay at the far end below it
-                child[over] = self._fanouts[level] - 1 - np.argmax(block[over, ::-1] > 0.0, axis=1)
-                q[over] = np.inf
-            # q minus the mass before the child (clipped: rounding must not make it negative)
-            q = np.maximum(q - (cums[rows, child] - block[rows, child]), 0.0)
-            idx = (idx << self._shifts[level]) + child
-        return idx
-
-    def _search_level(self, level: int, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The node of ``level`` holding each query, and what is left of the query inside it."""
-        values = self._levels[level]
-        cums = np.empty(values.size + 1)
-        cums[0] = 0.0
-        np.cumsum(values, out=cums[1:])
-        idx = np.searchsorted(cums[1:], q, side="right")  # cums strictly rise over nodes with mass
-        over = idx >= values.size
-        if over.any():
-            idx[over] = np.flatnonzero(values)[-1]
-            q[over] = np.inf
-        return idx, np.maximum(q - cums[idx], 0.0)
+        return found
 
     def at_least(self, threshold: float) -> np.ndarray:
         """The leaves whose priority is at least ``threshold`` (> 0), in index order.
@@ -211,10 +161,9 @@ class SumTree:
         """
         if not threshold > 0.0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
-        top = self._levels[-1]
-        idx = np.flatnonzero(top >= threshold)
+        idx = np.flatnonzero(self._levels[-1] >= threshold)
         for level in range(len(self._shifts) - 1, -1, -1):
-            children = ((idx[:, None] << self._shifts[level]) + np.arange(self._fanouts[level])).reshape(-1)
+            children = ((idx[:, None] << self._shifts[level]) + np.arange(self.fanout)).reshape(-1)
             idx = children[self._levels[level][children] >= threshold]
         return idx[idx < self.capacity].astype(np.int64)
 
@@ -224,19 +173,10 @@ class SumTree:
         Adds, level by level, the siblings to the left of the path from leaf ``i`` to the top, then
         the top-level nodes before it: O(fanout) per level and query, like :meth:`find`.
         """
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        idx = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and not (idx.min() >= 0 and idx.max() < self.capacity):
             raise ValueError(f"indices must lie in [0, {self.capacity}), got {idx.min()}..{idx.max()}")
-        before = np.zeros(idx.size)
-        rows = np.arange(idx.size)
-        for level, shift in enumerate(self._shifts):
-            parent = idx >> shift
-            block = self._blocks[level][parent]
-            child = idx - (parent << shift)
-            before += np.add.accumulate(block, axis=1)[rows, child] - block[rows, child]
-            idx = parent
-        top = self._levels[-1]
-        return before + (np.cumsum(top) - top)[idx]
+        return treekernels.prefix_sums(self._flat, self._offsets, self._shifts, idx)
 
     def get_state(self) -> dict[str, Any]:
         """The leaves (the internal sums are rebuilt from them, bit-identically)."""
