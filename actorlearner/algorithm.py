@@ -37,7 +37,7 @@ from actorlearner.learn.learner import Learner
 from actorlearner.preflight import check_cross_fields
 from actorlearner.replay.buffer import BufferActor
 from actorlearner.replay.filters import FilterChain
-from actorlearner.replay.samplelog import SAMPLES_FILE, SampleLog
+from actorlearner.replay.samplelog import RUN_FILE, SAMPLES_FILE, SampleLog
 from actorlearner.rollout.runner import EnvRunner
 from actorlearner.runtime.checkpoint import (
     list_checkpoints,
@@ -52,7 +52,6 @@ from actorlearner.runtime.checkpoint import (
 from actorlearner.runtime.group import LearnerGroup
 from actorlearner.runtime.handles import gather, is_part_death, is_part_unavailable
 from actorlearner.runtime.placement import LocalRuntime, RayRuntime, Runtime
-from actorlearner.view import RUN_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -22,10 +22,7 @@ from typing import Any
 import numpy as np
 
 from actorlearner.core.errors import ConfigError
-from actorlearner.replay.samplelog import SAMPLES_FILE
-
-RUN_FILE = "run.json"
-"""Facts of a run the viewer needs: ``{"model_path": ...}`` (written when the run starts)."""
+from actorlearner.replay.samplelog import RUN_FILE, SAMPLES_FILE
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1b1b1b;background:#fafafa}

@@ -22,6 +22,9 @@ from actorlearner.core.trajectory import Group, Trajectory
 
 log = logging.getLogger(__name__)
 
+RUN_FILE = "run.json"
+"""Facts of a run the viewer needs: ``{"model_path": ...}`` (written when the run starts)."""
+
 SAMPLES_FILE = "samples.jsonl"
 
 
