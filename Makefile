@@ -54,16 +54,10 @@ test-browser: install
 		(apt-get update -q && apt-get install -y -q chromium)
 	$(PY) -m pytest -q -ra -p no:cacheprovider tests_browser
 
-# P1 on the instant and the slow-tool calculator, P2, P3, P4 at the learner's batch, prefix reuse.
-SLOW_TOOL := environment.env=actorlearner/SlowToolCalculator-v0 \
-	"environment.env_config={latency_median_s: 0.3, max_operand: 99, ops: '+-*', demo_tool_prob: 0.4}"
+# P1 on the instant and the slow-tool calculator, P2, P3, P4 at the learner's batch, prefix reuse:
+# each script's own table as it runs, then one table in benchmarks/results/bench.md.
 bench: install
-	$(PY) benchmarks/async_vs_sync.py
-	$(PY) benchmarks/async_vs_sync.py $(SLOW_TOOL)
-	$(PY) benchmarks/rollout_vs_generate.py
-	$(PY) benchmarks/learner.py
-	$(PY) benchmarks/buffer.py --batch 32 --tree-capacities 1048576 --buffer-capacities 10000
-	$(PY) benchmarks/prefix_reuse.py
+	$(PY) benchmarks/table.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .mypy_cache .ruff_cache

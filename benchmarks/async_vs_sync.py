@@ -21,7 +21,10 @@ The schedules:
 
 Reported: learner samples per second (trajectories consumed by updates; what peers report as
 "async over sync" speed-up), seconds per iteration and where an iteration's time goes (waiting for
-data, the update, publishing weights and metrics). Run: ``.venv/bin/python benchmarks/async_vs_sync.py``.
+data, the update, publishing weights and metrics). With ``--wall-s S`` it also reports the held-out
+success each schedule reaches after the same wall time: SFT runs once, both schedules start RL from
+its model, each trains for ``S`` seconds (the iteration under way when ``S`` passes finishes) and is
+then evaluated on the same held-out episodes. Run: ``.venv/bin/python benchmarks/async_vs_sync.py``.
 """
 
 from __future__ import annotations
@@ -30,28 +33,32 @@ import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 from actorlearner import AlgorithmConfig
 
 PARTS = ("time/wait_for_data_s", "time/update_s", "time/publish_s")
+EVAL_KEYS = ("eval/greedy/success_rate", "eval/sampled/success_rate", "eval/greedy/reward_mean")
 
 
 def _config(
-    run_dir: str, placement: list[str], synchronous: bool, iterations: int, extra: list[str]
+    args: argparse.Namespace, run_dir: str, placement: list[str], synchronous: bool, extra: list[str]
 ) -> AlgorithmConfig:
     return AlgorithmConfig.from_yaml(
-        "configs/calculator.yaml",
+        args.config,
         [
             *placement,
             f"training.synchronous={str(synchronous).lower()}",
-            f"training.num_iterations={iterations}",
+            "training.num_iterations=100000",
             "training.time_budget_s=null",
-            "sft.steps=100",
+            f"sft.steps={args.sft_steps}",
             "sft.num_demos=2048",
             "replay.filters=[]",
             f"reporting.run_dir={run_dir}",
             "reporting.progress=false",
             "reporting.tensorboard=false",
+            *args.overrides,
             *extra,
         ],
     )
@@ -70,38 +77,67 @@ def placement(runners: int, runner_cpus: float, groups_in_flight: int) -> list[s
     ]
 
 
+def shared_sft(args: argparse.Namespace, root: str) -> tuple[str, dict[str, float]]:
+    """SFT once (in-process) for both schedules; returns the saved model directory and its held-out score."""
+    algo = _config(args, root, placement(0, 1, args.groups_in_flight), True, ["reporting.name=sft"]).build()
+    try:
+        algo.pretrain()
+        score = algo.evaluate(args.eval_episodes)
+        model = str(Path(algo.save(str(Path(root) / "sft"))) / "model")
+    finally:
+        algo.stop()
+    return model, {key: score[key] for key in EVAL_KEYS}
+
+
 def measure(
-    where: list[str],
-    synchronous: bool,
-    iterations: int,
-    warmup: int,
-    extra: list[str] = (),  # type: ignore[assignment]
+    args: argparse.Namespace, where: list[str], synchronous: bool, sft_model: str | None = None
 ) -> dict[str, float]:
-    """Learner samples per second and the mean time breakdown over ``iterations`` after ``warmup``."""
+    """Learner samples/s and the time breakdown over ``--iterations`` after ``--warmup``.
+
+    With ``sft_model`` (``--wall-s``) the schedule starts from that model without SFT, keeps
+    training until ``--wall-s`` seconds have passed since its first RL iteration, and then
+    evaluates the held-out set (``--eval-episodes`` per mode).
+    """
+    start_from = [f"model.model={sft_model}", "sft.steps=0"] if sft_model else []
     with tempfile.TemporaryDirectory() as run_dir:
-        algo = _config(run_dir, where, synchronous, iterations, list(extra)).build()
+        algo = _config(args, run_dir, where, synchronous, start_from).build()
         try:
             algo.pretrain()
-            for _ in range(warmup):
-                algo.train()
-            start = time.perf_counter()
-            samples = 0.0
-            parts = dict.fromkeys(PARTS, 0.0)
-            for _ in range(iterations):
-                metrics = algo.train()
-                samples += metrics["buffer/sampled_groups"] * algo.config.env_runners.group_size
-                for key in PARTS:
-                    parts[key] += metrics[key] / iterations
-            elapsed = time.perf_counter() - start
+            rl_start = time.perf_counter()
+            out = _throughput(algo, args.iterations, args.warmup)
+            iterations = args.iterations + args.warmup
+            if sft_model:
+                while time.perf_counter() - rl_start < args.wall_s:
+                    algo.train()
+                    iterations += 1
+                out["rl_wall_s"] = time.perf_counter() - rl_start
+                out["rl_iterations"] = iterations
+                score = algo.evaluate(args.eval_episodes)
+                out.update({key: score[key] for key in EVAL_KEYS})
         finally:
             algo.stop()
+    return out
+
+
+def _throughput(algo: Any, iterations: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        algo.train()
+    start = time.perf_counter()
+    samples = 0.0
+    parts = dict.fromkeys(PARTS, 0.0)
+    for _ in range(iterations):
+        metrics = algo.train()
+        samples += metrics["buffer/sampled_groups"] * algo.config.env_runners.group_size
+        for key in PARTS:
+            parts[key] += metrics[key] / iterations
+    elapsed = time.perf_counter() - start
     return {"samples_per_s": samples / elapsed, "seconds_per_iteration": elapsed / iterations, **parts}
 
 
-def main() -> None:
-    """Runs both schedules and prints a table and a JSON line."""
+def _parse() -> argparse.Namespace:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--config", default="configs/calculator.yaml", help="the task and model of both")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--sync-runners", type=int, default=0, help="Ray runners of sync (0: in-process)")
@@ -109,17 +145,42 @@ def main() -> None:
     parser.add_argument("--runner-cpus", type=float, default=0.5, help="Ray CPUs reserved per runner")
     parser.add_argument("--groups-in-flight", type=int, default=32, help="shared by a schedule's runners")
     parser.add_argument("--only", choices=("sync", "async"), help="Measure one schedule only")
+    parser.add_argument("--sft-steps", type=int, default=100, help="cold-start SFT steps (each schedule's)")
+    parser.add_argument(
+        "--wall-s",
+        type=float,
+        default=0.0,
+        help="also: SFT once, then train each schedule this long from it and evaluate (0: off)",
+    )
+    parser.add_argument("--eval-episodes", type=int, default=200, help="held-out episodes per mode")
     parser.add_argument("overrides", nargs="*", help="section.key=value for both schedules")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Runs both schedules and prints a table and a JSON line."""
+    args = _parse()
     results: dict[str, dict[str, float]] = {}
-    for name, runners in (("sync", args.sync_runners), ("async", args.async_runners)):
-        if args.only in (None, name):
-            where = placement(runners, args.runner_cpus, args.groups_in_flight)
-            results[name] = measure(where, name == "sync", args.iterations, args.warmup, args.overrides)
-        else:
-            results[name] = {"samples_per_s": float("nan"), "seconds_per_iteration": float("nan")}
-            results[name].update(dict.fromkeys(PARTS, 0.0))
+    sft_model: str | None = None
+    sft_score: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as root:
+        if args.wall_s:
+            sft_model, sft_score = shared_sft(args, root)
+        for name, runners in (("sync", args.sync_runners), ("async", args.async_runners)):
+            if args.only in (None, name):
+                where = placement(runners, args.runner_cpus, args.groups_in_flight)
+                results[name] = measure(args, where, name == "sync", sft_model)
+            else:
+                results[name] = {"samples_per_s": float("nan"), "seconds_per_iteration": float("nan")}
+                results[name].update(dict.fromkeys(PARTS, 0.0))
     ratio = results["async"]["samples_per_s"] / results["sync"]["samples_per_s"]
+    _print(args, results, sft_score, ratio)
+    print(json.dumps({"args": vars(args), **results, "sft": sft_score, "ratio": ratio}))
+
+
+def _print(
+    args: argparse.Namespace, results: dict[str, dict[str, float]], sft: dict[str, float], ratio: float
+) -> None:
     header = f"{'schedule':<10}{'placement':<22}{'samples/s':>11}{'s/iter':>8}{'wait data':>11}{'update':>8}"
     print(header + f"{'publish':>9}")
     for name, runners in (("sync", args.sync_runners), ("async", args.async_runners)):
@@ -128,7 +189,17 @@ def main() -> None:
         cells = "".join(f"{m[k]:>{w}.2f}" for k, w in zip(PARTS, (11, 8, 9), strict=True))
         print(f"{name:<10}{where:<22}{m['samples_per_s']:>11.1f}{m['seconds_per_iteration']:>8.2f}{cells}")
     print(f"async / sync: {ratio:.2f}x")
-    print(json.dumps({"args": vars(args), **results, "ratio": ratio}))
+    if sft:
+        print(f"held-out, {args.eval_episodes} episodes per mode: greedy / sampled success, greedy reward")
+        rows = [("after the shared SFT", sft)]
+        rows += [
+            (f"{name}, {m['rl_iterations']:.0f} it. in {m['rl_wall_s']:.0f} s", m)
+            for name, m in results.items()
+            if "rl_wall_s" in m
+        ]
+        for label, m in rows:
+            cells = " / ".join(f"{m[k]:.3f}" for k in EVAL_KEYS)
+            print(f"  {label:<34}{cells}")
 
 
 if __name__ == "__main__":

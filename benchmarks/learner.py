@@ -18,6 +18,7 @@ Run: ``.venv/bin/python benchmarks/learner.py`` (about a minute).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -122,6 +123,9 @@ def main() -> None:
     for name, values in times.items():
         t = statistics.median(values)
         print(f"{name:<28}{t:>10.2f}{tokens / t:>10.0f}{bare / t:>8.2f}x")
+    seconds = {name: statistics.median(values) for name, values in times.items()}
+    ratio = bare / seconds["learner"]
+    print(json.dumps({"args": vars(args), "tokens": tokens, "s_per_update": seconds, "ratio": ratio}))
 
 
 if __name__ == "__main__":

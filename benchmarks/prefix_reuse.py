@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
 
@@ -97,6 +98,8 @@ def main() -> None:
         + ", ".join(f"{x:.2f}" for x in ratios)
         + ")"
     )
+    medians = {name: statistics.median(r["tokens_per_s"] for r in rows) for name, rows in results.items()}
+    print(json.dumps({"args": vars(args), "tokens_per_s": medians, "ratio": statistics.median(ratios)}))
 
 
 if __name__ == "__main__":

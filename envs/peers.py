@@ -32,7 +32,7 @@ from actorlearner.core.knobs import check_choice, check_fraction, check_int, che
 from actorlearner.env.toolenv import ChatMessages, Messages, ToolEnv, tool
 from envs import SPLITS
 from envs.calculator import format_number, safe_eval
-from envs.python_tir import check_isolator, program_output
+from envs.python_tir import SandboxedPython, check_isolator
 
 INSTRUCTION = "Solve the task. You may use the {tool} tool. Give the final answer as <answer>...</answer>."
 
@@ -146,7 +146,7 @@ class ReasoningGym(ToolEnv):
         return f"<answer>{self.task['answer'] if right else 'unknown'}</answer>"
 
 
-class ReasoningGymPython(ReasoningGym):
+class ReasoningGymPython(ReasoningGym, SandboxedPython):
     """:class:`ReasoningGym` with the sandboxed ``python`` tool (``allow_weak_sandbox`` as in PythonTIR)."""
 
     tool_name = "python"
@@ -157,20 +157,6 @@ class ReasoningGymPython(ReasoningGym):
         check_isolator(allow_weak_sandbox)
         super().__init__(**kwargs)
         self.allow_weak_sandbox = allow_weak_sandbox
-
-    @tool
-    def python(self, code: str) -> str:
-        """Runs a Python program and returns what it prints.
-
-        Args:
-            code: The program, e.g. print(37 * 52). Only the standard library is available.
-        """
-        return program_output(
-            code,
-            wall_time_s=min(5.0, self.turn_time_left()),
-            max_output_chars=self.max_output_chars,
-            allow_weak_sandbox=self.allow_weak_sandbox,
-        )
 
 
 class ReasoningGymCalculator(ReasoningGym):

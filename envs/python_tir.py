@@ -164,7 +164,40 @@ def is_held_out(task: Task, test_fraction: float) -> bool:
 _INT_RE = re.compile(r"[+-]?\d{1,60}")
 
 
-class PythonTIR(ToolOrGuessEnv):
+class SandboxedPython:
+    """The sandboxed ``python`` tool of the envs that offer one (PythonTIR, ReasoningGym-Python).
+
+    Mixed into a :class:`~actorlearner.env.toolenv.ToolEnv` after it in the bases; the host sets
+    the sandbox's limits as attributes (these class defaults are :func:`run_python`'s).
+    """
+
+    cpu_time_s: float = 5.0
+    wall_time_s: float = 5.0
+    memory_mb: int = 512
+    max_file_mb: int = 16
+    allow_weak_sandbox: bool = False
+    max_output_chars: int
+    turn_time_left: Callable[[], float]
+
+    @tool
+    def python(self, code: str) -> str:
+        """Runs a Python program and returns what it prints.
+
+        Args:
+            code: The program, e.g. print(37 * 52). Only the standard library is available.
+        """
+        return program_output(
+            code,
+            cpu_time_s=self.cpu_time_s,
+            wall_time_s=min(self.wall_time_s, self.turn_time_left()),
+            memory_mb=self.memory_mb,
+            max_file_mb=self.max_file_mb,
+            max_output_chars=self.max_output_chars,
+            allow_weak_sandbox=self.allow_weak_sandbox,
+        )
+
+
+class PythonTIR(ToolOrGuessEnv, SandboxedPython):
     """Math word problems with a sandboxed ``python`` tool; reward ``"answer"`` 1.0 for the right integer.
 
     Args:
@@ -227,23 +260,6 @@ class PythonTIR(ToolOrGuessEnv):
         self.cpu_time_s, self.wall_time_s = cpu_time_s, wall_time_s
         self.memory_mb, self.max_file_mb = memory_mb, max_file_mb
         self.allow_weak_sandbox = allow_weak_sandbox
-
-    @tool
-    def python(self, code: str) -> str:
-        """Runs a Python program and returns what it prints.
-
-        Args:
-            code: The program, e.g. print(37 * 52). Only the standard library is available.
-        """
-        return program_output(
-            code,
-            cpu_time_s=self.cpu_time_s,
-            wall_time_s=min(self.wall_time_s, self.turn_time_left()),
-            memory_mb=self.memory_mb,
-            max_file_mb=self.max_file_mb,
-            max_output_chars=self.max_output_chars,
-            allow_weak_sandbox=self.allow_weak_sandbox,
-        )
 
     def sample_task(self, rng: np.random.Generator) -> Task:
         """Draws a template and its numbers until the task is in this env's split (at most 10,000 draws)."""

@@ -1,11 +1,14 @@
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from actorlearner import AlgorithmConfig, ConfigError, register_priority
 from actorlearner.core.registry import PRIORITIES
+
+CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 def test_builder_chains_and_validates():
@@ -50,9 +53,11 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.env_runners.group_size == 3
 
 
-def test_shipped_configs_load():
-    for name in ["configs/calculator.yaml", "configs/function_calling.yaml"]:
-        AlgorithmConfig.from_yaml(name)
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "calculator_vllm.yaml")
+)
+def test_shipped_configs_load_and_validate(name):
+    AlgorithmConfig.from_yaml(CONFIGS / name).validate()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")

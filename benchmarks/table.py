@@ -1,0 +1,239 @@
+"""Every benchmark of ``make bench`` in one run, and one table of their ratios against the goals.
+
+Runs each benchmark script in turn with this Python (its own table shows as it runs), reads the
+JSON line each prints last, and writes ``benchmarks/results/bench.md`` (the table, each command,
+the machine) and ``bench.json`` (every script's full JSON). A benchmark that fails is reported in
+the table with its exit code; the others still run, and the exit code is 1.
+
+Run: ``make bench`` or ``.venv/bin/python benchmarks/table.py [--only P2 P4]`` (about 40 minutes
+for all of them on a 2-core machine; run it on a quiet machine: each ratio is measured side by side,
+but a heavy job beside it still skews them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One benchmark: its script and arguments, how to read its ratio, and the goal.
+
+    Attributes:
+        key: Short name (``--only`` selects by it).
+        title: What is compared.
+        argv: The script (in ``benchmarks/``) and its arguments.
+        ratio: Reads the headline ratio from the script's JSON line.
+        goal: The ratio to reach (None: no goal, reported for information).
+        detail: Reads a short note from the JSON line (the absolute numbers behind the ratio).
+    """
+
+    key: str
+    title: str
+    argv: tuple[str, ...]
+    ratio: Callable[[Result], float]
+    goal: float | None
+    detail: Callable[[Result], str]
+
+
+def _p1(r: Result) -> str:
+    text = f"{r['async']['samples_per_s']:.1f} vs {r['sync']['samples_per_s']:.1f} learner samples/s"
+    if r.get("sft"):
+        wall = r["args"]["wall_s"]
+        cells = [
+            f"{name} {r[name]['eval/greedy/success_rate']:.1%} / {r[name]['eval/sampled/success_rate']:.1%}"
+            for name in ("sync", "async")
+        ]
+        start = f"{r['sft']['eval/greedy/success_rate']:.1%} / {r['sft']['eval/sampled/success_rate']:.1%}"
+        text += f"; held-out greedy / sampled success after {wall:g} s of RL: "
+        text += f"{', '.join(cells)} (from {start})"
+    return text
+
+
+def _p2(r: Result) -> str:
+    return f"{r['framework']:.0f} vs {r['raw']:.0f} sampled tokens/s"
+
+
+def _p3(r: Result) -> str:
+    seconds = r["s_per_update"]
+    return f"{r['tokens'] / seconds['learner']:.0f} vs {r['tokens'] / seconds['bare']:.0f} tokens/s"
+
+
+def _p4(r: Result) -> str:
+    res = r["results"]["tree"]["1048576"]
+    return f"{res['ours']['cycle']:,.0f} vs {res['rllib']['cycle']:,.0f} items/s"
+
+
+def _prefix(r: Result) -> str:
+    rates = r["tokens_per_s"]
+    return f"{rates['prefix reuse']:.0f} vs {rates['full context']:.0f} sampled tokens/s"
+
+
+BENCHES = (
+    Bench(
+        "P1",
+        "async vs sync, instant tool (learner samples/s)",
+        ("async_vs_sync.py",),
+        lambda r: r["ratio"],
+        1.0,
+        _p1,
+    ),
+    Bench(
+        "P1-slow",
+        "async vs sync, tools with lognormal latency (learner samples/s)",
+        (
+            "async_vs_sync.py",
+            "--config=configs/calculator_slow_tools.yaml",
+            "--sft-steps=600",
+            "--wall-s=240",
+            "sft.num_demos=16384",
+        ),
+        lambda r: r["ratio"],
+        3.0,
+        _p1,
+    ),
+    Bench(
+        "P2",
+        "env runner vs raw `model.generate`, 4-turn episodes (tokens/s)",
+        ("rollout_vs_generate.py",),
+        lambda r: r["ratio"],
+        0.9,
+        _p2,
+    ),
+    Bench(
+        "P3",
+        "`Learner.update` vs a bare PyTorch loop (tokens/s)",
+        ("learner.py",),
+        lambda r: r["ratio"],
+        0.9,
+        _p3,
+    ),
+    Bench(
+        "P4",
+        "sum-tree insert+sample+update at batch 32, 2^20 leaves, vs RLlib's `SumSegmentTree`",
+        ("buffer.py", "--batch=32", "--tree-capacities=1048576", "--buffer-capacities=10000"),
+        lambda r: r["ratios"]["tree/1e+06/cycle"],
+        10.0,
+        _p4,
+    ),
+    Bench(
+        "prefix",
+        "prefix KV reuse across turns vs the full context every turn (tokens/s)",
+        ("prefix_reuse.py",),
+        lambda r: r["ratio"],
+        None,
+        _prefix,
+    ),
+)
+
+
+def run(bench: Bench) -> Result:
+    """Runs one script, echoing its output; returns its last JSON line (or the failure)."""
+    cmd = [sys.executable, str(HERE / bench.argv[0]), *bench.argv[1:]]
+    print(f"\n== {bench.key}: {' '.join(bench.argv)}", flush=True)
+    last = ""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=HERE.parent) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if line.startswith("{"):
+                last = line
+    if proc.returncode != 0 or not last:
+        return {"error": f"exit {proc.returncode}" if proc.returncode else "no JSON line"}
+    return dict(json.loads(last))
+
+
+def machine() -> dict[str, str]:
+    """The machine and code the numbers come from."""
+    lines = _read("/proc/cpuinfo").splitlines()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "commit": commit,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def row(bench: Bench, result: Result) -> dict[str, Any]:
+    """The table row of one benchmark: ratio, goal, met or not, the numbers behind it."""
+    if "error" in result:
+        return {"key": bench.key, "title": bench.title, "ratio": None, "goal": bench.goal, "met": False,
+                "detail": f"failed: {result['error']}"}  # fmt: skip
+    ratio = float(bench.ratio(result))
+    met = None if bench.goal is None else ratio >= bench.goal
+    return {"key": bench.key, "title": bench.title, "ratio": ratio, "goal": bench.goal, "met": met,
+            "detail": bench.detail(result)}  # fmt: skip
+
+
+def markdown(rows: list[dict[str, Any]], benches: list[Bench], where: dict[str, str]) -> str:
+    """The table, the commands and the machine as markdown."""
+    lines = [
+        f"Measured {where['date']} at commit `{where['commit']}` on {where['cores']} cores "
+        f"({where['cpu']}), Python {where['python']}.",
+        "",
+        "| | benchmark | ratio | goal | met | numbers |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        goal = "-" if r["goal"] is None else f">= {r['goal']:g}x"
+        met = {True: "yes", False: "**no**", None: "-"}[r["met"]]
+        lines.append(f"| {r['key']} | {r['title']} | {ratio} | {goal} | {met} | {r['detail']} |")
+    lines += ["", "Commands (from the repository root):", ""]
+    lines += [f"- {b.key}: `.venv/bin/python benchmarks/{' '.join(b.argv)}`" for b in benches]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Runs the selected benchmarks and writes the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    keys = [b.key for b in BENCHES]
+    parser.add_argument("--only", nargs="+", choices=keys, help="run these benchmarks only")
+    parser.add_argument("--out", default=str(HERE / "results" / "bench"), help="writes OUT.md and OUT.json")
+    args = parser.parse_args()
+    benches = [b for b in BENCHES if not args.only or b.key in args.only]
+    results = {b.key: run(b) for b in benches}
+    rows = [row(b, results[b.key]) for b in benches]
+    where = machine()
+    table = markdown(rows, benches, where)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(table)
+    everything = {"machine": where, "rows": rows, "results": results}
+    out.with_suffix(".json").write_text(json.dumps(everything, indent=2))
+    print(f"\n{table}\nwritten: {out.with_suffix('.md')}, {out.with_suffix('.json')}")
+    if any("error" in r for r in results.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
