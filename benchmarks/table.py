@@ -194,44 +194,65 @@ def row(bench: Bench, result: Result) -> dict[str, Any]:
             "detail": bench.detail(result)}  # fmt: skip
 
 
-def markdown(rows: list[dict[str, Any]], benches: list[Bench], where: dict[str, str]) -> str:
+def markdown(rows: list[dict[str, Any]], where: dict[str, str]) -> str:
     """The table, the commands and the machine as markdown."""
     lines = [
-        f"Measured {where['date']} at commit `{where['commit']}` on {where['cores']} cores "
-        f"({where['cpu']}), Python {where['python']}.",
+        f"On {where['cores']} cores ({where['cpu']}), Python {where['python']}.",
         "",
-        "| | benchmark | ratio | goal | met | numbers |",
-        "|---|---|---|---|---|---|",
+        "| | benchmark | ratio | goal | met | numbers | measured |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         goal = "-" if r["goal"] is None else f">= {r['goal']:g}x"
         met = {True: "yes", False: "**no**", None: "-"}[r["met"]]
-        lines.append(f"| {r['key']} | {r['title']} | {ratio} | {goal} | {met} | {r['detail']} |")
+        cells = [r["key"], r["title"], ratio, goal, met, r["detail"], r.get("measured", "-")]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Commands (from the repository root):", ""]
-    lines += [f"- {b.key}: `.venv/bin/python benchmarks/{' '.join(b.argv)}`" for b in benches]
+    by_key = {b.key: b for b in BENCHES}
+    lines += [f"- {r['key']}: `.venv/bin/python benchmarks/{' '.join(by_key[r['key']].argv)}`" for r in rows]
     return "\n".join(lines) + "\n"
 
 
+def earlier(path: Path) -> tuple[dict[str, dict[str, Any]], Result]:
+    """Rows and results of an earlier run written to ``path`` (empty when there is none)."""
+    if not path.is_file():
+        return {}, {}
+    old = json.loads(path.read_text())
+    stamp = f"{old['machine']['date']}, `{old['machine']['commit']}`"
+    rows = {r["key"]: {"measured": stamp, **r} for r in old["rows"] if r["key"] in {b.key for b in BENCHES}}
+    return rows, old["results"]
+
+
 def main() -> None:
-    """Runs the selected benchmarks and writes the table."""
+    """Runs the selected benchmarks and writes the table.
+
+    With ``--only``, the rows of the other benchmarks are kept from the earlier table, each with
+    the date and commit it was measured at.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     keys = [b.key for b in BENCHES]
     parser.add_argument("--only", nargs="+", choices=keys, help="run these benchmarks only")
     parser.add_argument("--out", default=str(HERE / "results" / "bench"), help="writes OUT.md and OUT.json")
     args = parser.parse_args()
-    benches = [b for b in BENCHES if not args.only or b.key in args.only]
-    results = {b.key: run(b) for b in benches}
-    rows = [row(b, results[b.key]) for b in benches]
-    where = machine()
-    table = markdown(rows, benches, where)
     out = Path(args.out)
+    rows, results = earlier(out.with_suffix(".json")) if args.only else ({}, {})
+    where = machine()
+    for bench in BENCHES:
+        if not args.only or bench.key in args.only:
+            results[bench.key] = run(bench)
+            rows[bench.key] = {
+                **row(bench, results[bench.key]),
+                "measured": f"{where['date']}, `{where['commit']}`",
+            }
+    ordered = [rows[k] for k in keys if k in rows]
+    table = markdown(ordered, where)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table)
-    everything = {"machine": where, "rows": rows, "results": results}
+    everything = {"machine": where, "rows": ordered, "results": results}
     out.with_suffix(".json").write_text(json.dumps(everything, indent=2))
     print(f"\n{table}\nwritten: {out.with_suffix('.md')}, {out.with_suffix('.json')}")
-    if any("error" in r for r in results.values()):
+    if any("error" in results[k] for k in args.only or keys):
         sys.exit(1)
 
 

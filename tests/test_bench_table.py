@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -42,18 +43,40 @@ def test_a_failing_script_is_a_failed_row_not_a_crash(tmp_path):
     assert table.run(_bench(tmp_path, "print('no json')\n")) == {"error": "no JSON line"}
 
 
-def test_the_markdown_names_every_row_goal_and_command(tmp_path):
-    bench = _bench(tmp_path, "")
+def test_the_markdown_names_every_row_goal_and_command():
     rows = [
-        {"key": "P9", "title": "t", "ratio": 0.5, "goal": 0.9, "met": False, "detail": "d"},
-        {"key": "P8", "title": "u", "ratio": None, "goal": None, "met": None, "detail": "failed: exit 1"},
+        {
+            "key": "P2",
+            "title": "t",
+            "ratio": 0.5,
+            "goal": 0.9,
+            "met": False,
+            "detail": "d",
+            "measured": "today",
+        },
+        {"key": "P3", "title": "u", "ratio": None, "goal": None, "met": None, "detail": "failed: exit 1"},
     ]
-    where = {"date": "today", "commit": "abc", "cores": "2", "cpu": "cpu", "python": "3"}
-    text = table.markdown(rows, [bench], where)
-    assert "| P9 | t | 0.50x | >= 0.9x | **no** | d |" in text
-    assert "| P8 | u | - | - | - | failed: exit 1 |" in text
-    assert "at commit `abc` on 2 cores" in text
-    assert f"benchmarks/{bench.argv[0]}" in text
+    where = {"cores": "2", "cpu": "cpu", "python": "3"}
+    text = table.markdown(rows, where)
+    assert "| P2 | t | 0.50x | >= 0.9x | **no** | d | today |" in text
+    assert "| P3 | u | - | - | - | failed: exit 1 | - |" in text
+    assert "On 2 cores (cpu)" in text
+    assert "- P2: `.venv/bin/python benchmarks/rollout_vs_generate.py`" in text
+
+
+def test_rows_of_an_earlier_run_are_kept_with_their_date_and_commit(tmp_path):
+    path = tmp_path / "bench.json"
+    assert table.earlier(path) == ({}, {})
+    old_row = {"key": "P4", "title": "t", "ratio": 19.0, "goal": 10.0, "met": True, "detail": "d"}
+    gone = {**old_row, "key": "P0"}  # a benchmark no longer in the list is dropped
+    machine = {"date": "2026-12-03 22:00 UTC", "commit": "db9fc7d"}
+    path.write_text(
+        json.dumps({"machine": machine, "rows": [old_row, gone], "results": {"P4": {"ratio": 19.0}}})
+    )
+    rows, results = table.earlier(path)
+    assert list(rows) == ["P4"]
+    assert rows["P4"]["measured"] == "2026-12-03 22:00 UTC, `db9fc7d`"
+    assert results == {"P4": {"ratio": 19.0}}
 
 
 def test_every_benchmark_script_exists_and_keys_are_unique():

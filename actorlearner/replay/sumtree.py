@@ -35,6 +35,7 @@ import numpy as np
 from actorlearner.replay import treekernels
 
 _SEARCHED_LEVEL_SIZE = 2048
+_BAD_PRIORITIES = "priorities must be finite and >= 0"  # one rule: set_leaves (compiled) and set_all
 """The top level has at most this many nodes; find() places queries on it by binary search."""
 
 
@@ -117,7 +118,7 @@ class SumTree:
         if status == treekernels.BAD_INDEX:
             raise ValueError(f"indices must lie in [0, {self.capacity}), got {idx.min()}..{idx.max()}")
         if status == treekernels.BAD_PRIORITY:
-            raise ValueError("priorities must be finite and >= 0")
+            raise ValueError(_BAD_PRIORITIES)
         self._num_nonzero += int(delta)
         self._total = float(total)
 
@@ -127,7 +128,7 @@ class SumTree:
         if values.size != self.capacity:
             raise ValueError(f"expected {self.capacity} priorities, got {values.size}")
         if values.size and not (values.min() >= 0.0 and np.isfinite(values.max())):
-            raise ValueError("priorities must be finite and >= 0")
+            raise ValueError(_BAD_PRIORITIES)
         self._levels[0][:] = 0.0
         self._levels[0][: self.capacity] = values
         treekernels.rebuild(self._flat, self._offsets, self._shifts)
