@@ -53,8 +53,9 @@ def _config(
             "training.num_iterations=100000",
             "training.time_budget_s=null",
             f"sft.steps={args.sft_steps}",
-            "sft.num_demos=2048",
+            f"sft.num_demos={args.sft_demos}",
             "replay.filters=[]",
+            "reporting.checkpoint_interval=0",
             f"reporting.run_dir={run_dir}",
             "reporting.progress=false",
             "reporting.tensorboard=false",
@@ -145,7 +146,10 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--runner-cpus", type=float, default=0.5, help="Ray CPUs reserved per runner")
     parser.add_argument("--groups-in-flight", type=int, default=32, help="shared by a schedule's runners")
     parser.add_argument("--only", choices=("sync", "async"), help="Measure one schedule only")
-    parser.add_argument("--sft-steps", type=int, default=100, help="cold-start SFT steps (each schedule's)")
+    parser.add_argument(
+        "--sft-steps", type=int, default=100, help="cold-start SFT steps (replaces the config's sft.steps)"
+    )
+    parser.add_argument("--sft-demos", type=int, default=2048, help="replaces the config's sft.num_demos")
     parser.add_argument(
         "--wall-s",
         type=float,

@@ -2,8 +2,9 @@
 
 Runs each benchmark script in turn with this Python (its own table shows as it runs), reads the
 JSON line each prints last, and writes ``benchmarks/results/bench.md`` (the table, each command,
-the machine) and ``bench.json`` (every script's full JSON). A benchmark that fails is reported in
-the table with its exit code; the others still run, and the exit code is 1.
+the machine) and ``bench.json`` (every script's last JSON line), after every benchmark. A
+benchmark that fails, prints no usable JSON line or runs past ``--timeout-s`` is a failed row;
+the others still run, and the exit code is 1.
 
 Run: ``make bench`` or ``.venv/bin/python benchmarks/table.py [--only P2 P4]`` (about 40 minutes
 for all of them on a 2-core machine; run it on a quiet machine: each ratio is measured side by side,
@@ -19,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +65,11 @@ def _p1(r: Result) -> str:
     return text
 
 
+_MEDIANS = " (medians of the rounds; the ratio is the median of the rounds' ratios)"
+
+
 def _p2(r: Result) -> str:
-    return f"{r['framework']:.0f} vs {r['raw']:.0f} sampled tokens/s"
+    return f"{r['framework']:.0f} vs {r['raw']:.0f} sampled tokens/s{_MEDIANS}"
 
 
 def _p3(r: Result) -> str:
@@ -79,7 +84,7 @@ def _p4(r: Result) -> str:
 
 def _prefix(r: Result) -> str:
     rates = r["tokens_per_s"]
-    return f"{rates['prefix reuse']:.0f} vs {rates['full context']:.0f} sampled tokens/s"
+    return f"{rates['prefix reuse']:.0f} vs {rates['full context']:.0f} sampled tokens/s{_MEDIANS}"
 
 
 BENCHES = (
@@ -99,7 +104,7 @@ BENCHES = (
             "--config=configs/calculator_slow_tools.yaml",
             "--sft-steps=600",
             "--wall-s=240",
-            "sft.num_demos=16384",
+            "--sft-demos=16384",
         ),
         lambda r: r["ratio"],
         3.0,
@@ -140,20 +145,40 @@ BENCHES = (
 )
 
 
-def run(bench: Bench) -> Result:
-    """Runs one script, echoing its output; returns its last JSON line (or the failure)."""
+def run(bench: Bench, timeout_s: float = 3600.0) -> Result:
+    """Runs one script, echoing its output; returns its last JSON line, or ``{"error": ...}``.
+
+    A script that exits non-zero, prints no JSON line or a broken one, or runs longer than
+    ``timeout_s`` (then it is killed) is an error, not a crash of the table.
+    """
     cmd = [sys.executable, str(HERE / bench.argv[0]), *bench.argv[1:]]
     print(f"\n== {bench.key}: {' '.join(bench.argv)}", flush=True)
     last = ""
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=HERE.parent) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            if line.startswith("{"):
-                last = line
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout_s, kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                if line.startswith("{"):
+                    last = line
+        finally:
+            timer.cancel()
+    if timed_out.is_set():
+        return {"error": f"killed after {timeout_s:g} s"}
     if proc.returncode != 0 or not last:
         return {"error": f"exit {proc.returncode}" if proc.returncode else "no JSON line"}
-    return dict(json.loads(last))
+    try:
+        return dict(json.loads(last))
+    except ValueError as err:
+        return {"error": f"bad JSON line ({err})"}
 
 
 def machine() -> dict[str, str]:
@@ -163,7 +188,7 @@ def machine() -> dict[str, str]:
     cpu = names[0] if names else platform.processor() or "unknown"
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE, check=True
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=HERE, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
@@ -184,20 +209,33 @@ def _read(path: str) -> str:
 
 
 def row(bench: Bench, result: Result) -> dict[str, Any]:
-    """The table row of one benchmark: ratio, goal, met or not, the numbers behind it."""
+    """The table row of one benchmark: ratio, goal, met or not, the numbers behind it.
+
+    A result that is an error, or that lacks what ``bench`` reads from it, is a failed row.
+    """
+    failed = {"key": bench.key, "title": bench.title, "ratio": None, "goal": bench.goal, "met": False}
     if "error" in result:
-        return {"key": bench.key, "title": bench.title, "ratio": None, "goal": bench.goal, "met": False,
-                "detail": f"failed: {result['error']}"}  # fmt: skip
-    ratio = float(bench.ratio(result))
+        return {**failed, "detail": f"failed: {result['error']}"}
+    try:
+        ratio, detail = float(bench.ratio(result)), bench.detail(result)
+    except (KeyError, TypeError, ValueError) as err:
+        return {**failed, "detail": f"failed: unexpected JSON ({type(err).__name__}: {err})"}
     met = None if bench.goal is None else ratio >= bench.goal
-    return {"key": bench.key, "title": bench.title, "ratio": ratio, "goal": bench.goal, "met": met,
-            "detail": bench.detail(result)}  # fmt: skip
+    return {
+        "key": bench.key,
+        "title": bench.title,
+        "ratio": ratio,
+        "goal": bench.goal,
+        "met": met,
+        "detail": detail,
+    }
 
 
 def markdown(rows: list[dict[str, Any]], where: dict[str, str]) -> str:
     """The table, the commands and the machine as markdown."""
     lines = [
-        f"On {where['cores']} cores ({where['cpu']}), Python {where['python']}.",
+        f"Last run on {where['cores']} cores ({where['cpu']}), Python {where['python']}; each row "
+        "gives when and at which commit it was measured.",
         "",
         "| | benchmark | ratio | goal | met | numbers | measured |",
         "|---|---|---|---|---|---|---|",
@@ -207,7 +245,7 @@ def markdown(rows: list[dict[str, Any]], where: dict[str, str]) -> str:
         goal = "-" if r["goal"] is None else f">= {r['goal']:g}x"
         met = {True: "yes", False: "**no**", None: "-"}[r["met"]]
         cells = [r["key"], r["title"], ratio, goal, met, r["detail"], r.get("measured", "-")]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     lines += ["", "Commands (from the repository root):", ""]
     by_key = {b.key: b for b in BENCHES}
     lines += [f"- {r['key']}: `.venv/bin/python benchmarks/{' '.join(by_key[r['key']].argv)}`" for r in rows]
@@ -234,26 +272,35 @@ def main() -> None:
     keys = [b.key for b in BENCHES]
     parser.add_argument("--only", nargs="+", choices=keys, help="run these benchmarks only")
     parser.add_argument("--out", default=str(HERE / "results" / "bench"), help="writes OUT.md and OUT.json")
+    parser.add_argument("--timeout-s", type=float, default=3600.0, help="kill a benchmark after this long")
     args = parser.parse_args()
     out = Path(args.out)
     rows, results = earlier(out.with_suffix(".json")) if args.only else ({}, {})
-    where = machine()
+    table = ""
     for bench in BENCHES:
         if not args.only or bench.key in args.only:
-            results[bench.key] = run(bench)
+            results[bench.key] = run(bench, args.timeout_s)
+            where = machine()
             rows[bench.key] = {
                 **row(bench, results[bench.key]),
                 "measured": f"{where['date']}, `{where['commit']}`",
             }
-    ordered = [rows[k] for k in keys if k in rows]
-    table = markdown(ordered, where)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(table)
-    everything = {"machine": where, "rows": ordered, "results": results}
-    out.with_suffix(".json").write_text(json.dumps(everything, indent=2))
+            table = write(out, [rows[k] for k in keys if k in rows], results, where)
     print(f"\n{table}\nwritten: {out.with_suffix('.md')}, {out.with_suffix('.json')}")
     if any("error" in results[k] for k in args.only or keys):
         sys.exit(1)
+
+
+def write(out: Path, rows: list[dict[str, Any]], results: dict[str, Result], where: dict[str, str]) -> str:
+    """Writes ``out``.md and .json (after each benchmark: a later crash loses nothing); returns the table."""
+    table = markdown(rows, where)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(table)
+    kept = {r["key"]: results[r["key"]] for r in rows if r["key"] in results}
+    out.with_suffix(".json").write_text(
+        json.dumps({"machine": where, "rows": rows, "results": kept}, indent=2)
+    )
+    return table
 
 
 if __name__ == "__main__":

@@ -168,7 +168,8 @@ class SandboxedPython:
     """The sandboxed ``python`` tool of the envs that offer one (PythonTIR, ReasoningGym-Python).
 
     Mixed into a :class:`~actorlearner.env.toolenv.ToolEnv` after it in the bases; the host sets
-    the sandbox's limits as attributes (these class defaults are :func:`run_python`'s).
+    the sandbox's limits as attributes. The class defaults are :func:`run_python`'s, except the
+    wall time (5 s, where ``run_python`` allows 10).
     """
 
     cpu_time_s: float = 5.0

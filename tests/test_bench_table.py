@@ -41,6 +41,17 @@ def test_a_failing_script_is_a_failed_row_not_a_crash(tmp_path):
     row = table.row(bench, result)
     assert row["ratio"] is None and row["met"] is False and row["detail"] == "failed: exit 3"
     assert table.run(_bench(tmp_path, "print('no json')\n")) == {"error": "no JSON line"}
+    assert table.run(_bench(tmp_path, "print('{not json')\n"))["error"].startswith("bad JSON line")
+    assert table.run(_bench(tmp_path, "import time\ntime.sleep(30)\n"), timeout_s=0.5) == {
+        "error": "killed after 0.5 s"
+    }
+
+
+def test_a_json_line_without_what_the_row_reads_is_a_failed_row(tmp_path):
+    bench = _bench(tmp_path, "")
+    row = table.row(bench, {"speed": 3})
+    assert row["ratio"] is None and row["met"] is False
+    assert row["detail"].startswith("failed: unexpected JSON (KeyError")
 
 
 def test_the_markdown_names_every_row_goal_and_command():
@@ -60,7 +71,7 @@ def test_the_markdown_names_every_row_goal_and_command():
     text = table.markdown(rows, where)
     assert "| P2 | t | 0.50x | >= 0.9x | **no** | d | today |" in text
     assert "| P3 | u | - | - | - | failed: exit 1 | - |" in text
-    assert "On 2 cores (cpu)" in text
+    assert "Last run on 2 cores (cpu)" in text
     assert "- P2: `.venv/bin/python benchmarks/rollout_vs_generate.py`" in text
 
 

@@ -65,6 +65,24 @@ def test_the_python_variant_runs_programs_in_the_sandbox() -> None:
     assert "not allowed" in obs[0]["content"]
 
 
+def test_each_python_env_gives_the_sandbox_its_own_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared python tool (envs.python_tir.SandboxedPython) passes each env's limits on."""
+    import envs.python_tir
+
+    seen: list[dict] = []
+    monkeypatch.setattr(envs.python_tir, "program_output", lambda code, **limits: seen.append(limits) or "ok")
+    peer = _make("actorlearner/ReasoningGym-Python-v0", **ARITHMETIC)
+    tir = _make("actorlearner/PythonTIR-v0")
+    for env in (peer, tir):
+        env.reset(seed=0)
+        env.step(_call("python", {"code": "print(1)"}))
+    limits = [{k: v for k, v in call.items() if k != "allow_weak_sandbox"} for call in seen]
+    assert limits[0] == {"cpu_time_s": 5.0, "wall_time_s": 5.0, "memory_mb": 512, "max_file_mb": 16,
+                         "max_output_chars": peer.max_output_chars}  # fmt: skip
+    assert limits[1] == {"cpu_time_s": 2.0, "wall_time_s": 5.0, "memory_mb": 256, "max_file_mb": 4,
+                         "max_output_chars": tir.max_output_chars}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("env_id", "kwargs"),
     [

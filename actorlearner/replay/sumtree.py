@@ -35,8 +35,8 @@ import numpy as np
 from actorlearner.replay import treekernels
 
 _SEARCHED_LEVEL_SIZE = 2048
-_BAD_PRIORITIES = "priorities must be finite and >= 0"  # one rule: set_leaves (compiled) and set_all
 """The top level has at most this many nodes; find() places queries on it by binary search."""
+_BAD_PRIORITIES = "priorities must be finite and >= 0"  # one rule: set_leaves (compiled) and set_all
 
 
 class SumTree:
