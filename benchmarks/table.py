@@ -221,14 +221,7 @@ def row(bench: Bench, result: Result) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError) as err:
         return {**failed, "detail": f"failed: unexpected JSON ({type(err).__name__}: {err})"}
     met = None if bench.goal is None else ratio >= bench.goal
-    return {
-        "key": bench.key,
-        "title": bench.title,
-        "ratio": ratio,
-        "goal": bench.goal,
-        "met": met,
-        "detail": detail,
-    }
+    return {**failed, "ratio": ratio, "met": met, "detail": detail}
 
 
 def markdown(rows: list[dict[str, Any]], where: dict[str, str]) -> str:
@@ -258,7 +251,8 @@ def earlier(path: Path) -> tuple[dict[str, dict[str, Any]], Result]:
         return {}, {}
     old = json.loads(path.read_text())
     stamp = f"{old['machine']['date']}, `{old['machine']['commit']}`"
-    rows = {r["key"]: {"measured": stamp, **r} for r in old["rows"] if r["key"] in {b.key for b in BENCHES}}
+    known = {b.key for b in BENCHES}
+    rows = {r["key"]: {"measured": stamp, **r} for r in old["rows"] if r["key"] in known}
     return rows, old["results"]
 
 
