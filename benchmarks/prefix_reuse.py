@@ -22,6 +22,7 @@ import time
 
 import gymnasium
 import torch
+from common import rollout_parser
 
 import actorlearner  # noqa: F401  (registers the built-in envs)
 from actorlearner.env.registration import make_env
@@ -62,11 +63,7 @@ async def _round(runner: EnvRunner, groups: int, seed: int) -> dict[str, float]:
 
 def main() -> None:
     """Runs both arms alternately and prints the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--groups", type=int, default=16, help="groups of 8 played at once per round")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (a runner's share)")
+    parser = rollout_parser(__doc__, "torch threads (a runner's share)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model_dir = str(ensure_tiny_model(env_corpus(lambda: make_env(SPEC, ENV_CONFIG))))

@@ -4,7 +4,9 @@ No code of actorlearner runs in the actors. Two actors of the same class (``max_
 1000 and no CPU, as the buffer actor) receive one call each per ``--interval`` seconds from the
 driver: one a group-sized payload (8 trajectories of 160 ids and logprobs, kept in a list of the
 last 200 as a buffer would), the other an empty call. Their anonymous resident memory
-(``RssAnon``) is sampled every ``--every`` seconds. Prints the series and a JSON line.
+(``RssAnon``) is sampled every ``--every`` seconds. Prints the series and a JSON line. With
+``--copy`` the payload actor copies the arrays it keeps (Ray hands them over as read-only views of
+the call's buffer, which they would keep alive).
 
 Run: ``.venv/bin/python benchmarks/ray_actor_memory.py --minutes 15``.
 """
@@ -28,8 +30,10 @@ class Sink:
     def __init__(self) -> None:
         self.store: list[Any] = []
 
-    def push(self, group: Any) -> int:
-        """Stores one payload, dropping the oldest beyond 200."""
+    def push(self, group: Any, copy: bool = False) -> int:
+        """Stores one payload, dropping the oldest beyond 200 (``copy``: its arrays copied first)."""
+        if copy:  # arrays Ray deserialized are views into the call's buffer, which they keep alive
+            group = [{k: v.copy() if isinstance(v, np.ndarray) else v for k, v in t.items()} for t in group]
         self.store.append(group)
         del self.store[:-200]
         return len(self.store)
@@ -57,6 +61,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between calls")
     parser.add_argument("--every", type=float, default=60.0, help="seconds between samples")
+    parser.add_argument("--copy", action="store_true", help="the payload actor copies the arrays it keeps")
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False)
     actor = ray.remote(Sink).options(num_cpus=0, max_concurrency=1000)
@@ -72,7 +77,7 @@ def main() -> None:
             {"ids": rng.integers(0, 32, 160), "logp": rng.random(160, dtype=np.float32), "text": "x" * 200}
             for _ in range(8)
         ]
-        ray.get([full.push.remote(group), empty.ping.remote()])
+        ray.get([full.push.remote(group, args.copy), empty.ping.remote()])
         calls += 1
         time.sleep(args.interval)
         if time.monotonic() >= next_sample:

@@ -23,7 +23,6 @@ minutes). Prints a JSON line last.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -31,6 +30,7 @@ import time
 
 import gymnasium
 import torch
+from common import rollout_parser
 
 import actorlearner  # noqa: F401  (registers the built-in envs)
 from actorlearner.core.trajectory import Trajectory
@@ -85,11 +85,7 @@ def _raw_round(model: torch.nn.Module, pad_id: int, trajs: list[Trajectory]) -> 
 
 def main() -> None:
     """Runs both arms alternately and prints the table and a JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--groups", type=int, default=16, help="groups of 8 played at once per round")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of both arms")
+    parser = rollout_parser(__doc__, "torch threads of both arms")
     parser.add_argument("--max-turns", type=int, default=4, help="1: no context to re-run or reuse")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

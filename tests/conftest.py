@@ -17,6 +17,20 @@ from actorlearner.core.trajectory import Group, Trajectory, TurnRecord
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _at_repo_root() -> Iterator[None]:
+    """Runs every test from the repository's root, whatever directory pytest was started in.
+
+    Tests name shipped files by their paths in the repository (``configs/calculator.yaml``).
+    """
+    started = os.getcwd()
+    os.chdir(REPO)
+    yield
+    os.chdir(started)
+
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
