@@ -344,7 +344,7 @@ class Algorithm:
         ]
         if len(members) == 1:
             return members[0]
-        group = LearnerGroup(members)
+        group = LearnerGroup(members, sharded=cfg.sharding == "fsdp2")
         self.runtime.run(group.join(cfg.backend))
         return group
 

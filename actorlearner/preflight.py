@@ -75,6 +75,30 @@ def check_learner_group(cfg: AlgorithmConfig) -> None:
         raise ConfigError(
             "learners.backend: nccl needs CUDA learners; allowed with learners.device=cpu: auto, gloo"
         )
+    if learners.sharding == "fsdp2":
+        check_sharding(cfg)
+
+
+def check_sharding(cfg: AlgorithmConfig) -> None:
+    """FSDP2 shards over two or more members, and not with the knobs its path has not been tested with."""
+    learners = cfg.learners
+    if learners.num_learners < 2:
+        raise ConfigError(
+            f"learners.sharding: fsdp2 shards the model over a learner group; needs learners.num_learners "
+            f">= 2, got {learners.num_learners}"
+        )
+    unsupported = {
+        "learners.lora_rank": learners.lora_rank > 0,
+        "learners.gradient_checkpointing": learners.gradient_checkpointing,
+        "learners.autocast": learners.autocast != "none",
+        "training.kl_beta": cfg.training.kl_beta > 0,
+    }
+    for key, on in unsupported.items():
+        if on:
+            raise ConfigError(
+                f"{key}: not supported with learners.sharding=fsdp2 (allowed: lora_rank 0, "
+                "gradient_checkpointing false, autocast none, kl_beta 0)"
+            )
 
 
 def check_deterministic(cfg: AlgorithmConfig) -> None:

@@ -143,6 +143,13 @@ class LearnerConfig(Section):
     backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="torch.distributed backend of a learner group: auto = NCCL on CUDA, else gloo."
     )
+    sharding: Literal["none", "fsdp2"] = Field(
+        "none",
+        description="How a learner group holds the model: none = every member a whole copy (data "
+        "parallel); fsdp2 = parameters, gradients and AdamW state sharded over the members "
+        "(torch.distributed.fsdp.fully_shard; needs num_learners >= 2; not with lora_rank, "
+        "gradient_checkpointing, autocast or training.kl_beta > 0; shared-prefix forwards are off).",
+    )
     resources: CustomResources = Field(
         default_factory=dict,
         description="Ray custom resources each learner needs (e.g. {'learn': 1}: only on nodes started "

@@ -9,7 +9,7 @@ import copy
 import math
 import time
 import types
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from actorlearner.core.errors import CheckpointError
 from actorlearner.core.trajectory import Group, Trajectory
-from actorlearner.learn import distributed, lora, losses
+from actorlearner.learn import distributed, lora, losses, sharding
 from actorlearner.learn.config import LearnerConfig, TrainingConfig
 from actorlearner.learn.prefix import PrefixPlan, dropout_active, plan_prefix, prefix_logits, supports_prefix
 from actorlearner.learn.registry import (
@@ -85,6 +85,10 @@ class Batch:
     def rows(self, index: torch.Tensor) -> Batch:
         """The rows at ``index`` (a learner's share of the batch), full width."""
         return Batch(**{k: v[index] for k, v in vars(self).items()})
+
+    def weightless(self) -> Batch:
+        """The same rows with no loss weight (a sharded member's filler micro-batch)."""
+        return Batch(**{k: torch.zeros_like(v) if k == "mask" else v for k, v in vars(self).items()})
 
     def slice(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop``, trimmed to their longest sequence."""
@@ -181,6 +185,7 @@ class Learner:
         hf_logging.disable_progress_bar()
         self.publish_views = publish_views
         self.max_tokens = max_tokens
+        self.sharding = learner.sharding
         torch.manual_seed(seed)
         self.seed = seed
         self.demos: list[Trajectory] = []
@@ -296,15 +301,15 @@ class Learner:
         )
         sums: dict[str, float] = dict.fromkeys(keys, 0.0)
         self.optimizer.zero_grad(set_to_none=True)
-        share_rows = share.input_ids.shape[0]
-        for lo in range(0, share_rows, self.cfg.micro_batch_size):
-            mb = share.slice(lo, min(lo + self.cfg.micro_batch_size, share_rows))
+        for mb in self._micro_batches(batch, share):
             loss, stats = self._micro_loss(mb, n_rows, total_tokens, max_len)
-            loss.backward()
+            (loss * self._grad_scale()).backward()
             for key, value in stats.items():
                 sums[key] += value
         sums = self._reduce(sums)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        grad_norm = sharding.full_value(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        )
         self.optimizer.step()
         self.version += 1
         elapsed = time.perf_counter() - start
@@ -324,6 +329,7 @@ class Learner:
             staleness_mean=float(np.mean(staleness)) if staleness else 0.0,
             staleness_max=float(max(staleness, default=0)),
             version=float(self.version),
+            param_bytes=float(sharding.local_bytes(self.model)),
         )
         return metrics
 
@@ -333,11 +339,37 @@ class Learner:
             return batch
         return batch.rows(distributed.shard_rows(batch.input_ids.shape[0], self.rank, self.world_size))
 
+    def _micro_batches(self, batch: Batch, share: Batch) -> Iterator[Batch]:
+        """This learner's micro-batches of ``share``, its rows of the length-sorted ``batch``.
+
+        Sharded (:mod:`~actorlearner.learn.sharding`), every pass is a collective: each member runs
+        as many micro-batches as the member with the most rows, filling up with weightless copies
+        of the batch's first row, and the gradients are reduce-scattered after the last one only.
+        """
+        size, rows = self.cfg.micro_batch_size, share.input_ids.shape[0]
+        most = -(-batch.input_ids.shape[0] // self.world_size) if self._sharded() else rows
+        count = -(-most // size)
+        for i in range(count):
+            sharding.sync_gradients(self.model, i == count - 1)
+            lo = i * size
+            yield share.slice(lo, min(lo + size, rows)) if lo < rows else batch.slice(0, 1).weightless()
+
+    def _sharded(self) -> bool:
+        return sharding.is_sharded(self.model)
+
+    def _grad_scale(self) -> float:
+        """FSDP2 averages the members' gradients; the losses are shares of one sum (see sharding)."""
+        return float(self.world_size) if self._sharded() else 1.0
+
     def _reduce(self, sums: dict[str, float]) -> dict[str, float]:
-        """In a learner group: sums the gradients and ``sums`` over the group (identity otherwise)."""
+        """In a learner group: sums the gradients and ``sums`` over the group (identity otherwise).
+
+        Sharded, the gradients were already reduce-scattered by the last backward pass.
+        """
         if self.world_size == 1:
             return sums
-        distributed.all_reduce_grads(self.model.parameters())
+        if not self._sharded():
+            distributed.all_reduce_grads(self.model.parameters())
         return distributed.all_reduce_sums(sums, self.device)
 
     def rendezvous_address(self) -> str:
@@ -355,6 +387,10 @@ class Learner:
         distributed.join(address, rank, world_size, distributed.backend_for(self.device, backend), timeout_s)
         self.rank, self.world_size = rank, world_size
         torch.manual_seed(self.seed + rank)  # dropout masks differ between members' rows
+        if self.sharding == "fsdp2" and not self._sharded():
+            sharding.shard(self.model)
+            self._prefix_ok = False  # one forward per micro-batch on every member (collectives)
+            self.optimizer = self._make_optimizer(self.cfg.lr)  # over the shards
         return rank
 
     def _micro_loss(
@@ -479,10 +515,7 @@ class Learner:
         """
         total = max(float(batch.mask.sum().item()), 1.0)
         sums = {"loss": 0.0, "correct": 0.0}
-        batch = self._share(batch)
-        n_rows = batch.input_ids.shape[0]
-        for lo in range(0, n_rows, self.cfg.micro_batch_size):
-            mb = batch.slice(lo, min(lo + self.cfg.micro_batch_size, n_rows))
+        for mb in self._micro_batches(batch, self._share(batch)):
             plan = self._plan(mb)
             logits = self._logits(self.model, mb, plan)
             mb = mb.tail(plan.length if plan else 0)  # the shared columns carry no loss
@@ -490,7 +523,7 @@ class Learner:
                 logits.float().transpose(1, 2), mb.targets, reduction="none"
             )
             part = (nll * mb.mask).sum()
-            (part / total).backward()
+            (part / total * self._grad_scale()).backward()
             sums["loss"] += float(part.item())
             with torch.no_grad():
                 sums["correct"] += float(((logits.argmax(-1) == mb.targets).float() * mb.mask).sum().item())
@@ -507,6 +540,8 @@ class Learner:
         returns, before the learner runs another call; otherwise copies, since a runner in this
         process holds them until it loads them.
         """
+        if self._sharded():  # a collective: every member gathers, rank 0 answers
+            return {k: _to_numpy(v, False) for k, v in sharding.gather_model_state(self.model).items()}
         return {k: _to_numpy(v, not self.publish_views) for k, v in lora.merged_state(self.model).items()}
 
     def get_version(self) -> int:
@@ -518,6 +553,11 @@ class Learner:
 
         With LoRA, a copy with the adapters merged in (a plain model, as the runners get it).
         """
+        if self._sharded():  # a collective: every member gathers, rank 0 writes
+            state = sharding.gather_model_state(self.model)
+            if self.rank == 0:
+                self.model.save_pretrained(path, state_dict=state)
+            return
         model: Any = lora.merged_copy(self.model) if lora.is_lora(self.model) else self.model
         model.save_pretrained(path)
 
@@ -534,10 +574,13 @@ class Learner:
         state: dict[str, Any] = {}
         if "version" in parts:
             state["version"] = self.version
+        sharded = self._sharded()  # gathers are collectives: every member runs them, rank 0 answers
         if "optimizer" in parts:
-            state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
+            optimizer = self.optimizer
+            gathered = sharded and sharding.gather_optimizer_state(self.model, optimizer)
+            state["optimizer"] = gathered if sharded else copy.deepcopy(optimizer.state_dict())
         if "model" in parts:
-            state["model"] = _cpu_state(self.model)
+            state["model"] = sharding.gather_model_state(self.model) if sharded else _cpu_state(self.model)
         if "ref_model" in parts:
             state["ref_model"] = None if self.ref_model is None else _cpu_state(self.ref_model)
         if lora.is_lora(self.model):  # small; the frozen base comes from the model directory
@@ -556,18 +599,27 @@ class Learner:
             self.ref_model = self._frozen_copy()
             self.ref_model.load_state_dict(state["ref_model"])
         if "model" in state:
-            self.model.load_state_dict(state["model"])
+            self._load_model_state(state["model"])
         elif lora.is_lora(self.model):
             pass  # the frozen base is the model directory the learner was built from; adapters below
         elif "model_dir" in state:
             loaded = AutoModelForCausalLM.from_pretrained(state["model_dir"], dtype=torch.float32)
-            self.model.load_state_dict(loaded.state_dict())
+            self._load_model_state(loaded.state_dict())
         if "adapters" in state:
             lora.load_adapters(self.model, state["adapters"])
-        if "optimizer" in state:
+        if "optimizer" in state and self._sharded():
+            sharding.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        elif "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
         if "version" in state:
             self.version = int(state["version"])
+
+    def _load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads a whole ``state_dict`` into the model (each member keeps its shard when sharded)."""
+        if self._sharded():
+            sharding.load_model_state(self.model, state)
+        else:
+            self.model.load_state_dict(state)
 
 
 def _to_numpy(tensor: torch.Tensor, copy: bool) -> np.ndarray:

@@ -4,7 +4,9 @@ The algorithm holds one ``Handle[Learner]`` whatever the number of learners. Cal
 the learners' state (an update, SFT steps, the RL start, demonstrations, a restored state) go to
 every member, which train together (:mod:`actorlearner.learn.distributed`); calls that read it
 (weights, version, state, export) go to rank 0 only, since every member holds the same weights:
-the runners have one weights source.
+the runners have one weights source. In a sharded group (``learners.sharding: fsdp2``) reading the
+weights gathers the shards, a collective: those reads (:data:`GATHERS`) run on every member and
+rank 0 answers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ READS = frozenset(
 """Methods that only read a learner's state: rank 0 answers. Every other method (a custom learner
 class's too) runs on every member, so that no member's state drifts from the others'."""
 
+GATHERS = frozenset(
+    {
+        LearnerProtocol.get_weights.__name__,
+        LearnerProtocol.get_state.__name__,
+        LearnerProtocol.save_pretrained.__name__,
+    }
+)
+"""Reads that gather the shards of a sharded group: every member runs them."""
+
 JOIN_TIMEOUT_S = 120.0
 """Longest the members wait for each other when the group forms."""
 
@@ -38,12 +49,14 @@ class LearnerGroup:
 
     Args:
         members: The learners' handles, rank 0 first.
+        sharded: The members shard the model (:data:`GATHERS` run on every member).
     """
 
-    def __init__(self, members: Sequence[Handle[LearnerProtocol]]) -> None:
+    def __init__(self, members: Sequence[Handle[LearnerProtocol]], sharded: bool = False) -> None:
         if not members:
             raise ValueError("a learner group needs at least one member")
         self.members = list(members)
+        self.sharded = sharded
 
     def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
         """Starts ``method`` on rank 0 (a reading call, :data:`READS`) or on every member.
@@ -52,8 +65,12 @@ class LearnerGroup:
             Rank 0's reference, or for a call on every member an awaitable of rank 0's result once
             every member has finished. A member's error is raised as soon as it occurs; the other
             members may then wait in a collective (up to the group's timeout): the run stops, and
-            stopping kills every member.
+            stopping kills every member. A gathering read of a sharded group starts on every member
+            and returns rank 0's reference (the others' calls only take part in the gather).
         """
+        if self.sharded and method.__name__ in GATHERS:
+            refs = [m.call(method, *args, **kwargs) for m in self.members]
+            return refs[0]
         if method.__name__ in READS:
             return self.members[0].call(method, *args, **kwargs)
         refs = [m.call(method, *args, **kwargs) for m in self.members]  # started here, awaited below
