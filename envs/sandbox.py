@@ -252,8 +252,7 @@ def run_python(
         ValueError: If a limit is not positive (the message names it).
     """
     limits = _Limits(cpu_time_s, wall_time_s, memory_mb, max_processes, max_file_mb, max_output_chars)
-    _check_limits(limits)
-    _check_limits(_Limits(1, 1, disk_mb, 1, 1, 1))
+    _check_limits(limits, disk_mb)
     if isolator:
         problem = isolation.isolator_problem()
         if problem is None:
@@ -359,13 +358,15 @@ def _probe_wrappers() -> tuple[str, ...]:
     return ()
 
 
-def _check_limits(limits: _Limits) -> None:
-    for key, value in vars(limits).items():
+def _check_limits(limits: _Limits, disk_mb: int) -> None:
+    """Every limit, and the isolator's ``disk_mb``, is a positive number; sizes and counts are ints."""
+    values = {**vars(limits), "disk_mb": disk_mb}
+    for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"{key} must be a positive number, got {value!r}")
-    for key in ("memory_mb", "max_processes", "max_file_mb", "max_output_chars"):
-        if not isinstance(getattr(limits, key), int):
-            raise ValueError(f"{key} must be an int, got {getattr(limits, key)!r}")
+    for key in ("memory_mb", "max_processes", "max_file_mb", "max_output_chars", "disk_mb"):
+        if not isinstance(values[key], int):
+            raise ValueError(f"{key} must be an int, got {values[key]!r}")
 
 
 def _make_workdir(code: str) -> str:

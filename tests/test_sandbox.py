@@ -95,6 +95,11 @@ def test_bad_limits_are_rejected() -> None:
         run_python("pass", wall_time_s=0)
     with pytest.raises(ValueError, match="memory_mb"):
         run_python("pass", memory_mb=1.5)  # type: ignore[arg-type]
+    # The isolator's disk size is named as itself (it once borrowed memory_mb's check and name).
+    with pytest.raises(ValueError, match=r"^disk_mb must be a positive number, got -5"):
+        run_python("pass", disk_mb=-5)
+    with pytest.raises(ValueError, match=r"^disk_mb must be an int, got 2.5"):
+        run_python("pass", disk_mb=2.5)  # type: ignore[arg-type]
 
 
 def test_the_working_directory_is_private_fresh_and_removed() -> None:
