@@ -292,7 +292,13 @@ class Algorithm:
         _check_picklable(args["buffer"]["priority_fn"], "replay.priority_fn")
         for name, fn in args["buffer"]["filters"].filters:
             _check_picklable(fn, f"replay.filters ({name})")
-        runtime = RayRuntime(self.config.debugging.ray_address, self.config.debugging.ray_num_cpus)
+        debugging = self.config.debugging
+        runtime = RayRuntime(
+            debugging.ray_address,
+            debugging.ray_num_cpus,
+            debugging.ray_object_store_mb,
+            debugging.ray_preallocate_object_store,
+        )
         try:
             self._check_resources(runtime.resources())
         except ConfigError:

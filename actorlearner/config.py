@@ -133,6 +133,19 @@ class DebuggingConfig(Section):
     seed: int = Field(0, ge=0, description="Seeds tasks, sampling and model init.")
     ray_address: str | None = Field(None, description="Connect to this Ray cluster; default: start local.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray runtime.")
+    ray_object_store_mb: int | None = Field(
+        None,
+        ge=64,
+        description="Object store of the local Ray runtime, in MiB (default: Ray's, about 30% of memory); "
+        "not with ray_address.",
+    )
+    ray_preallocate_object_store: bool = Field(
+        False,
+        description="Touch every page of the local object store when Ray starts, so that each weights "
+        "version is written without page faults (docs/cluster.md#weight-sync-p7); start-up takes "
+        "about 2 s more per GiB and the memory stays in use: set ray_object_store_mb with it. Not "
+        "with ray_address.",
+    )
     deterministic: bool = Field(
         False,
         description="Reproducible runs: two runs with one seed give the same metrics and weights, and a "

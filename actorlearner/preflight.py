@@ -55,12 +55,26 @@ def check_cross_fields(cfg: AlgorithmConfig) -> None:
             f"got {runners.max_new_tokens}"
         )
     check_learner_group(cfg)
+    check_local_ray(cfg)
     context = runners.engine_options.get("max_model_len")  # vllm's context cap
     if context is not None and context < runners.max_tokens:
         raise ConfigError(
             f"env_runners.engine_options.max_model_len: must be >= env_runners.max_tokens "
             f"({runners.max_tokens}), or the engine rejects an episode's last turns; got {context}"
         )
+
+
+def check_local_ray(cfg: AlgorithmConfig) -> None:
+    """The object store knobs size a Ray runtime that actorlearner starts, not a running cluster."""
+    debugging = cfg.debugging
+    if debugging.ray_address is None:
+        return
+    for key in ("ray_object_store_mb", "ray_preallocate_object_store"):
+        if getattr(debugging, key):
+            raise ConfigError(
+                f"debugging.{key}: sets up a local Ray runtime; a cluster at debugging.ray_address "
+                "sets its object store when it starts (ray start --object-store-memory)"
+            )
 
 
 def check_learner_group(cfg: AlgorithmConfig) -> None:

@@ -67,7 +67,7 @@ def _memcpy_s(weights: dict[str, Any], rounds: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, runners: int, rounds: int) -> dict[str, Any]:
+def measure(name: str, runners: int, rounds: int, ray_setup: list[str]) -> dict[str, Any]:
     """One model: median sync, load, total and memcpy seconds, and the ratio."""
     import ray
 
@@ -78,6 +78,7 @@ def measure(name: str, runners: int, rounds: int) -> dict[str, Any]:
             "configs/calculator.yaml",
             [
                 *MODELS[name],
+                *ray_setup,
                 f"env_runners.num_env_runners={runners}",
                 "env_runners.num_cpus_per_runner=0.5",
                 "sft.enabled=false",
@@ -120,8 +121,17 @@ def main() -> None:
     parser.add_argument("--runners", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", default="benchmarks/results/weight_sync.json")
+    parser.add_argument(
+        "--object-store-mb", type=int, default=None, help="debugging.ray_object_store_mb (default: Ray's)"
+    )
+    parser.add_argument(
+        "--preallocate", action="store_true", help="debugging.ray_preallocate_object_store=true"
+    )
     args = parser.parse_args()
-    rows = [measure(name, args.runners, args.rounds) for name in MODELS]
+    ray_setup = [f"debugging.ray_preallocate_object_store={str(args.preallocate).lower()}"]
+    if args.object_store_mb:
+        ray_setup.append(f"debugging.ray_object_store_mb={args.object_store_mb}")
+    rows = [measure(name, args.runners, args.rounds, ray_setup) for name in MODELS]
     print("| model | weights MB | sync ms | load ms | total ms | memcpy ms | total / memcpy |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

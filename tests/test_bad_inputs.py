@@ -160,6 +160,11 @@ CASES = [
         ["debugging.ray_address: no Ray cluster answers at 127.0.0.1:", "allowed: null"],
     ),
     (
+        "object-store-of-a-cluster",
+        lambda t: ["train", CONFIG, "debugging.ray_address=auto", "debugging.ray_object_store_mb=512"],
+        ["debugging.ray_object_store_mb: sets up a local Ray runtime; a cluster at debugging.ray_address"],
+    ),
+    (
         "ray-address-malformed",
         lambda t: ["train", CONFIG, "debugging.ray_address=nowhere"],
         ["debugging.ray_address: 'nowhere' is not an address"],

@@ -133,11 +133,20 @@ class RayRuntime:
     Args:
         address: A Ray cluster to connect to (None: start a local one).
         num_cpus: CPUs of a local Ray runtime (None: all).
+        object_store_mb: Object store of a local Ray runtime, in MiB (None: Ray's default).
+        preallocate: A local runtime touches all of its object store's pages at start (Ray's
+            ``preallocate_plasma_memory``), so that writing a large object faults no pages.
     """
 
     local = False
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        object_store_mb: int | None = None,
+        preallocate: bool = False,
+    ) -> None:
         import ray
 
         self.loop = asyncio.new_event_loop()
@@ -150,6 +159,8 @@ class RayRuntime:
                 include_dashboard=False,
                 log_to_driver=True,
                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+                object_store_memory=object_store_mb * 2**20 if object_store_mb else None,
+                _system_config={"preallocate_plasma_memory": True} if preallocate else None,
             )
             self.owns_ray = True
 

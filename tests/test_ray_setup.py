@@ -1,0 +1,41 @@
+"""The local Ray runtime actorlearner starts: its object store's size and preallocation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import sys
+def shmem_mb():
+    for line in open("/proc/meminfo"):
+        if line.startswith("Shmem:"):
+            return int(line.split()[1]) / 1024
+before = shmem_mb()
+import ray
+from actorlearner.runtime.placement import RayRuntime
+RayRuntime(num_cpus=1, object_store_mb=256, preallocate=sys.argv[1] == "1")
+print(round(ray.cluster_resources()["object_store_memory"] / 2**20), round(shmem_mb() - before))
+ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("preallocate", [False, True])
+def test_the_object_store_has_the_configured_size_and_is_touched_only_when_preallocated(preallocate):
+    """In a fresh process (the suite's own Ray runtime is already running): the store's shared
+    memory is in use at start only with preallocation."""
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "1" if preallocate else "0"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    size_mb, shmem_mb = (int(x) for x in out.stdout.split()[-2:])
+    assert size_mb == 256
+    if preallocate:
+        assert shmem_mb >= 200, shmem_mb
+    else:
+        assert shmem_mb < 100, shmem_mb
