@@ -149,6 +149,11 @@ def test_training_with_two_sharded_learners_on_ray_reaches_the_runners(ray_sessi
         ({"num_learners": 1}, {}, r"^learners.sharding: fsdp2 shards the model over a learner group; needs"),
         ({"lora_rank": 4}, {}, r"^learners.lora_rank: not supported with learners.sharding=fsdp2"),
         ({"autocast": "bf16"}, {}, r"^learners.autocast: not supported with learners.sharding=fsdp2"),
+        (
+            {"gradient_checkpointing": True},
+            {},
+            r"^learners.gradient_checkpointing: not supported with learners.sharding=fsdp2",
+        ),
         ({}, {"kl_beta": 0.1}, r"^training.kl_beta: not supported with learners.sharding=fsdp2"),
     ],
 )
@@ -158,3 +163,22 @@ def test_sharding_refuses_what_it_does_not_support_before_ray_starts(tmp_path, l
     )
     with pytest.raises(ConfigError, match=message):
         config.training(**training).validate()
+
+
+@pytest.mark.ray
+def test_a_sharded_checkpoint_before_the_first_update_changes_nothing(sharded, model_dir, groups):
+    """An empty optimizer is saved empty (torch's gather would first take a zero step), and an
+    unsharded run's KL reference in a checkpoint is ignored (a sharded group has no KL term)."""
+    runtime, learners = sharded
+    one = Learner(**_kwargs(model_dir, sharding="none"))
+    one.start_rl()
+    runtime.run(learners.call(Learner.start_rl))
+    state = runtime.run(learners.call(Learner.get_state))
+    assert state["optimizer"]["state"] == {}
+    with_reference = Learner(**_kwargs(model_dir, sharding="none", kl_beta=0.1))
+    with_reference.start_rl()
+    state["ref_model"] = with_reference.get_state(["ref_model"])["ref_model"]
+    runtime.run(learners.call(Learner.set_state, state))
+    one.update(groups)
+    runtime.run(learners.call(Learner.update, groups))
+    _assert_like(_tensors(runtime.run(learners.call(Learner.get_weights))), one)

@@ -344,13 +344,13 @@ class Learner:
 
         Sharded (:mod:`~actorlearner.learn.sharding`), every pass is a collective: each member runs
         as many micro-batches as the member with the most rows, filling up with weightless copies
-        of the batch's first row, and the gradients are reduce-scattered after the last one only.
+        of the batch's first row. Each backward pass reduce-scatters its gradients into the shards,
+        so no member ever holds the whole gradient.
         """
         size, rows = self.cfg.micro_batch_size, share.input_ids.shape[0]
         most = -(-batch.input_ids.shape[0] // self.world_size) if self._sharded() else rows
         count = -(-most // size)
         for i in range(count):
-            sharding.sync_gradients(self.model, i == count - 1)
             lo = i * size
             yield share.slice(lo, min(lo + size, rows)) if lo < rows else batch.slice(0, 1).weightless()
 
@@ -381,7 +381,9 @@ class Learner:
 
         Every member collates the whole batch and trains on its share of the rows; gradients and
         metrics are summed over the group before the (identical) optimizer steps, so the weights
-        of all members stay equal (:mod:`actorlearner.learn.distributed`). Blocks until all
+        of all members stay equal (:mod:`actorlearner.learn.distributed`). With
+        ``learners.sharding: fsdp2`` the model is then sharded over the members and the optimizer
+        rebuilt over the shards (:mod:`actorlearner.learn.sharding`). Blocks until all
         ``world_size`` members have joined, at most ``timeout_s``.
         """
         distributed.join(address, rank, world_size, distributed.backend_for(self.device, backend), timeout_s)
@@ -595,7 +597,7 @@ class Learner:
         """
         if lora.is_lora(self.model) and "model" not in state and "adapters" not in state:
             raise CheckpointError("learners.lora_rank: the checkpoint has no LoRA adapters to resume")
-        if state.get("ref_model") is not None:
+        if state.get("ref_model") is not None and not self._sharded():  # sharded: kl_beta is 0
             self.ref_model = self._frozen_copy()
             self.ref_model.load_state_dict(state["ref_model"])
         if "model" in state:

@@ -2,8 +2,9 @@
 
 Each member of the group keeps only its shard of every parameter, of its gradient and of the
 optimizer's moments (``torch.distributed.fsdp.fully_shard``, FSDP2); a forward or backward pass
-gathers a layer's parameters for the moment it runs, and the gradients are reduce-scattered after
-the last backward pass of an update. It runs on CPU with gloo as on GPUs with NCCL.
+gathers a block's parameters for the moment it runs (the root unit's stay gathered from the
+forward to the backward pass), and each backward pass reduce-scatters its gradients into the
+shards. Tested on CPU with gloo; with NCCL on GPUs it is the same code, not run here.
 
 What that asks of the learner (:class:`~actorlearner.learn.learner.Learner`), and where it is done:
 
@@ -11,11 +12,12 @@ What that asks of the learner (:class:`~actorlearner.learn.learner.Learner`), an
   micro-batches (a member with fewer rows runs weightless ones: ``Learner._micro_batches``) and one
   forward per micro-batch (shared-prefix forwards are off).
 * FSDP2 averages the gradients over the members; the learner's losses are each member's share of
-  the full-batch loss and must be summed, so the loss is scaled by the group's size before backward
-  (gloo has no pre-multiplied sum for FSDP2's ``set_gradient_divide_factor``).
+  the full-batch loss and must be summed, so the loss is scaled by the group's size before backward.
 * Reading the weights gathers them, also a collective: the learner group calls ``get_weights``,
   ``get_state`` and ``save_pretrained`` on every member (:data:`actorlearner.runtime.group.GATHERS`)
   and rank 0 answers with the whole weights.
+* Each member loads the whole model before sharding it (and a restored checkpoint's whole model
+  and optimizer state): a model must fit one member's memory at start-up and on restore.
 * Checkpoints hold the whole model and optimizer state in the unsharded layout (the optimizer's
   ``state_dict`` keyed by parameter index), so a sharded run resumes an unsharded one's checkpoint
   and the other way round.
@@ -61,12 +63,6 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def sync_gradients(model: torch.nn.Module, sync: bool) -> None:
-    """Whether the next backward pass reduce-scatters the gradients (the last micro-batch's does)."""
-    if isinstance(model, FSDPModule):
-        model.set_requires_gradient_sync(sync)
-
-
 def full_value(value: Any) -> Any:
     """A sharded tensor (``DTensor``, e.g. a gradient norm) as a whole tensor; anything else as is."""
     return value.full_tensor() if isinstance(value, DTensor) else value
@@ -99,6 +95,8 @@ def gather_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimi
 
     Keyed by parameter index, as an unsharded optimizer's.
     """
+    if not optimizer.state:  # torch's gather would first take a zero step to create the moments
+        return optimizer.state_dict()
     state: Any = get_optimizer_state_dict(model, optimizer, options=_GATHER)
     if not state:
         return {}
@@ -113,6 +111,9 @@ def load_optimizer_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
     """Loads an optimizer ``state_dict`` keyed by parameter index (every member, the same one)."""
+    if not state["state"]:  # nothing to shard; torch's scatter would first take a zero step
+        optimizer.load_state_dict(state)
+        return
     names = _trainable_names(model)
     groups = [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]]
     moments = {names[int(i)]: value for i, value in state["state"].items()}

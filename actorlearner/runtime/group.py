@@ -65,12 +65,15 @@ class LearnerGroup:
             Rank 0's reference, or for a call on every member an awaitable of rank 0's result once
             every member has finished. A member's error is raised as soon as it occurs; the other
             members may then wait in a collective (up to the group's timeout): the run stops, and
-            stopping kills every member. A gathering read of a sharded group starts on every member
-            and returns rank 0's reference (the others' calls only take part in the gather).
+            stopping kills every member. A gathering read of a sharded group (:data:`GATHERS`) runs
+            on every member like a change; for ``get_weights`` the result is rank 0's reference, for
+            the runners to fetch (a member that failed to take part fails its next call).
         """
         if self.sharded and method.__name__ in GATHERS:
             refs = [m.call(method, *args, **kwargs) for m in self.members]
-            return refs[0]
+            if method.__name__ == LearnerProtocol.get_weights.__name__:
+                return refs[0]  # a reference the runners fetch; a failed member fails its next call
+            return _rank0(gather(refs))
         if method.__name__ in READS:
             return self.members[0].call(method, *args, **kwargs)
         refs = [m.call(method, *args, **kwargs) for m in self.members]  # started here, awaited below
