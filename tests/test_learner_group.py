@@ -74,16 +74,21 @@ def _kwargs(model_dir: str, max_tokens: int | None = None, **training) -> dict:
 
 
 @contextlib.contextmanager
-def _group(model_dir: str, **kwargs) -> Iterator[tuple[RayRuntime, LearnerGroup]]:
-    """Two learner actors on the session's Ray, joined as one group (gloo)."""
+def joined(kwargs: dict, sharded: bool = False) -> Iterator[tuple[RayRuntime, LearnerGroup]]:
+    """Two learner actors built with ``kwargs`` on the session's Ray, joined as one group (gloo)."""
     runtime = RayRuntime()
-    group = LearnerGroup([runtime.place(Learner, _kwargs(model_dir, **kwargs), num_cpus=0) for _ in range(2)])
+    members = [runtime.place(Learner, kwargs, num_cpus=0) for _ in range(2)]
+    group = LearnerGroup(members, sharded=sharded)
     try:
         runtime.run(group.join("gloo", timeout_s=60))
         yield runtime, group
     finally:
         group.kill()
         runtime.shutdown()
+
+
+def _group(model_dir: str, **kwargs) -> contextlib.AbstractContextManager[tuple[RayRuntime, LearnerGroup]]:
+    return joined(_kwargs(model_dir, **kwargs))
 
 
 @pytest.fixture

@@ -3,9 +3,6 @@ step like one learner; weights, checkpoints and exports gather the whole model."
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -16,10 +13,9 @@ from actorlearner.learn.config import LearnerConfig, TrainingConfig
 from actorlearner.learn.learner import Learner
 from actorlearner.rollout.runner import EnvRunner
 from actorlearner.runtime.group import LearnerGroup
-from actorlearner.runtime.placement import RayRuntime
 from tests import test_learner
 from tests.conftest import small_config
-from tests.test_learner_group import _assert_like, _tensors
+from tests.test_learner_group import _assert_like, _tensors, joined
 
 model_dir = test_learner.model_dir  # the fixtures: a tiny model, and groups it played
 groups = test_learner.groups
@@ -36,23 +32,10 @@ def _kwargs(model_dir: str, sharding: str = "fsdp2", **training) -> dict:
     )
 
 
-@contextlib.contextmanager
-def _group(model_dir: str, **training) -> Iterator[tuple[RayRuntime, LearnerGroup]]:
-    """Two learner actors on the session's Ray, joined (gloo) and sharded."""
-    runtime = RayRuntime()
-    members = [runtime.place(Learner, _kwargs(model_dir, **training), num_cpus=0) for _ in range(2)]
-    group = LearnerGroup(members, sharded=True)
-    try:
-        runtime.run(group.join("gloo", timeout_s=60))
-        yield runtime, group
-    finally:
-        group.kill()
-        runtime.shutdown()
-
-
 @pytest.fixture
 def sharded(ray_session, model_dir):
-    with _group(model_dir) as made:
+    """Two learner actors on the session's Ray, joined (gloo) and sharded."""
+    with joined(_kwargs(model_dir), sharded=True) as made:
         yield made
 
 
