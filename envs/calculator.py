@@ -22,6 +22,7 @@ import numpy as np
 
 from actorlearner.core.errors import ConfigError
 from actorlearner.core.knobs import check_choice, check_fraction, check_int, check_probability
+from actorlearner.env.parsing import parse_model_text
 from actorlearner.env.toolenv import Messages, tool
 from envs import SPLITS
 from envs.demo import ToolOrGuessEnv
@@ -67,7 +68,7 @@ def safe_eval(expression: str) -> int | float:
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise ValueError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        tree = parse_model_text(expression.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
         raise ValueError("invalid expression") from err
     try:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from typing import Any
 
@@ -292,3 +294,18 @@ def test_registered_and_passes_check_env() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_model_text_that_python_warns_about_prints_nothing() -> None:
+    """``12is 3`` parses with a SyntaxWarning; a runner would print it for every such turn."""
+    code = (
+        "from envs.calculator import safe_eval\n"
+        "from actorlearner.env.parsing import parse_python_call\n"
+        "try:\n    safe_eval('12is 3')\nexcept ValueError:\n    pass\n"
+        "parse_python_call('<tool_call>f(x=1if 2 else 3)</tool_call>')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "SyntaxWarning" not in done.stderr

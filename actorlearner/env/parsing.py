@@ -36,9 +36,10 @@ import math
 import re
 import textwrap
 import unicodedata
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 from actorlearner.core.registry import Registry, RegistryError
 
@@ -350,6 +351,30 @@ def parse_python_call(text: str) -> ParsedTurn:
     return parse_tagged(text, _read_python_block)
 
 
+MODEL_TEXT_FILENAME = "<model text>"
+"""The file name :func:`parse_model_text` gives the parser; its warnings are filtered out."""
+
+# Python warns (SyntaxWarning) about text like ``12is 3`` as it parses it; in a run, every such
+# turn of a model would print a line from the runner. Only this file name is silenced, once for
+# the process (a catch_warnings block would race between the tool threads).
+warnings.filterwarnings("ignore", category=SyntaxWarning, module=re.escape(MODEL_TEXT_FILENAME) + "$")
+
+
+@overload
+def parse_model_text(source: str, mode: Literal["exec"] = "exec") -> ast.Module: ...
+@overload
+def parse_model_text(source: str, mode: Literal["eval"]) -> ast.Expression: ...
+def parse_model_text(source: str, mode: Literal["exec", "eval"] = "exec") -> ast.Module | ast.Expression:
+    """``ast.parse`` of text a model wrote, without the parser's SyntaxWarnings.
+
+    Raises:
+        SyntaxError, ValueError, RecursionError, MemoryError: As ``ast.parse``.
+    """
+    tree = ast.parse(source, filename=MODEL_TEXT_FILENAME, mode=mode)
+    assert isinstance(tree, (ast.Module, ast.Expression))
+    return tree
+
+
 _EXAMPLE = "write name(arg=value, ...) with Python literals"
 _LITERALS = "a quoted string, a number, True/False/None, or a list or dict of those"
 
@@ -360,7 +385,7 @@ def _read_python_block(body: str) -> list[ParsedCall]:
     if len(source) > MAX_CALL_CHARS:
         return [ParsedCall("", error=f"tool call longer than {MAX_CALL_CHARS} characters")]
     try:
-        tree = ast.parse(source, mode="exec")
+        tree = parse_model_text(source)
     except SyntaxError as err:
         return [ParsedCall("", error=f"tool call is not valid Python: {err.msg}"[:300])]
     except (ValueError, RecursionError, MemoryError, OverflowError) as err:  # e.g. lone surrogates
