@@ -6,6 +6,8 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -44,6 +46,19 @@ def test_prompt_ids(tok: Any) -> None:
     assert tok.decode(ids).endswith("<|im_start|>assistant\n")
     assert "Tools: calculator" in tok.decode(prompt_ids(tok, PROMPT, TOOLS))
     assert "Tools" not in tok.decode(prompt_ids(tok, PROMPT))
+
+
+def test_prompts_and_observations_of_one_structure_keep_their_own_contents(tok: Any) -> None:
+    """The template is rendered once per structure (contents as holes); each content stays its own."""
+    for a, b in [(3, 4), (95, 17), (3, 4)]:
+        prompt = [
+            {"role": "system", "content": "Be exact."},
+            {"role": "user", "content": f"What is {a} + {b}?"},
+        ]
+        text = tok.apply_chat_template(prompt, tools=TOOLS, add_generation_prompt=True, tokenize=False)
+        assert prompt_ids(tok, prompt, TOOLS) == _encode(tok, text)
+        tool = [{**TOOL_MSG[0], "content": str(a + b)}]
+        assert tok.decode(observation_ids(tok, tool, after_eos=True)).count(f">{a + b}<") == 1
 
 
 def test_observation_text_chatml(tok: Any) -> None:
@@ -191,3 +206,23 @@ def test_random_text_with_every_special_token_never_yields_a_control_id(tok: Any
             expected = observation_ids(tok, plain, after_eos=after_eos)
             assert _control_ids(tok, got) == _control_ids(tok, expected)
         assert _control_ids(tok, prompt_ids(tok, messages)) == _control_ids(tok, prompt_ids(tok, plain))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(st.sampled_from([*"ab 1+-\n<|>/_é中", "<|im_end|>", "<tool_call>"])).map("".join),
+    plain=st.booleans(),
+)
+def test_tokenize_matches_the_tokenizer_call(tok: Any, text: str, plain: bool) -> None:
+    """The backend fast path gives exactly the ids of ``tokenizer(...)``, special-token splitting included."""
+    expected = [int(i) for i in tok(text, add_special_tokens=False, split_special_tokens=plain)["input_ids"]]
+    assert chat._tokenize(tok, text, plain=plain) == expected
+
+
+def test_tokenize_defers_to_the_tokenizer_when_padding_is_set(tok: Any) -> None:
+    """A backend left with padding on (by a caller's ``padding=...``) is not used directly."""
+    tok.backend_tokenizer.enable_padding(length=8, pad_id=tok.pad_token_id, pad_token=tok.pad_token)
+    try:
+        assert chat._tokenize(tok, "1 + 2") == _encode(tok, "1 + 2")
+    finally:
+        tok.backend_tokenizer.no_padding()
