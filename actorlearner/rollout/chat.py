@@ -90,17 +90,26 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(_memo(tokenizer, "encode", text, lambda: _tokenize(tokenizer, text)))
 
 
+_TOKENIZE_LOCK = threading.Lock()
+"""Both ways of tokenizing set the backend's ``encode_special_tokens`` flag and then read it: under
+this lock, a tool result tokenized plainly in one thread can never be read with the flag another
+thread set for template text (which would let it become a control token). The runners tokenize on
+their event loop's thread only; the lock is for callers that use threads (a race we could not
+provoke in a test, so it is a precaution)."""
+
+
 def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str, plain: bool = False) -> list[int]:
     """Ids of ``text``; with ``plain``, special-token text is split into ordinary tokens."""
     if not text:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and backend.truncation is None and backend.padding is None:
-        # What ``tokenizer(...)`` does for a fast tokenizer without truncation or padding, minus
-        # its per-call overhead (about half the time of a short text): the same ids.
-        backend.encode_special_tokens = plain
-        return list(backend.encode(text, add_special_tokens=False).ids)
-    out = tokenizer(text, add_special_tokens=False, split_special_tokens=plain)
+    with _TOKENIZE_LOCK:
+        if backend is not None and backend.truncation is None and backend.padding is None:
+            # What ``tokenizer(...)`` does for a fast tokenizer without truncation or padding,
+            # minus its per-call overhead (about half the time of a short text): the same ids.
+            backend.encode_special_tokens = plain
+            return list(backend.encode(text, add_special_tokens=False).ids)
+        out = tokenizer(text, add_special_tokens=False, split_special_tokens=plain)
     return [int(i) for i in out["input_ids"]]
 
 
