@@ -354,10 +354,12 @@ def parse_python_call(text: str) -> ParsedTurn:
 MODEL_TEXT_FILENAME = "<model text>"
 """The file name :func:`parse_model_text` gives the parser; its warnings are filtered out."""
 
-# Python warns (SyntaxWarning) about text like ``12is 3`` as it parses it; in a run, every such
-# turn of a model would print a line from the runner. Only this file name is silenced, once for
-# the process (a catch_warnings block would race between the tool threads).
-warnings.filterwarnings("ignore", category=SyntaxWarning, module=re.escape(MODEL_TEXT_FILENAME) + "$")
+# Python warns as it parses text like ``12is 3`` (SyntaxWarning) or ``"\d"`` (an invalid escape:
+# DeprecationWarning before 3.12, SyntaxWarning after); in a run, every such turn of a model would
+# print a line from the runner. Only this file name is silenced, once for the process (a
+# catch_warnings block would race between the tool threads).
+for _category in (SyntaxWarning, DeprecationWarning):
+    warnings.filterwarnings("ignore", category=_category, module=re.escape(MODEL_TEXT_FILENAME) + "$")
 
 
 @overload

@@ -146,7 +146,11 @@ def _render_prompt(
     messages: list[dict[str, Any]],
     tools: Sequence[Mapping[str, Any]] | None,
 ) -> str:
-    """The template's text of a first prompt (rendered once per structure: contents are holes)."""
+    """The template's text of a first prompt (rendered once per structure: contents are holes).
+
+    A template that writes today's date (``strftime_now``) keeps the date of its first rendering
+    for as long as the memo holds it (as with any remembered rendering).
+    """
     text = tokenizer.apply_chat_template(
         messages,
         tools=[dict(t) for t in tools] if tools else None,
