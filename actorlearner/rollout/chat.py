@@ -133,7 +133,10 @@ def prompt_ids(
     def compute() -> list[int]:
         holed, contents = _with_holes(messages)
         text = _memo(
-            tokenizer, "holed prompt", repr((holed, tools)), lambda: _render_prompt(tokenizer, holed, tools)
+            tokenizer,
+            "holed prompt",
+            repr((holed, tools)),
+            lambda: _render(tokenizer, holed, gen=True, tools=tools),
         )
         return _fill_holes(tokenizer, text, contents)
 
@@ -141,28 +144,23 @@ def prompt_ids(
     return list(_memo(tokenizer, "prompt", key, compute))
 
 
-def _render_prompt(
+def _render(
     tokenizer: PreTrainedTokenizerBase,
     messages: list[dict[str, Any]],
-    tools: Sequence[Mapping[str, Any]] | None,
+    gen: bool,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """The template's text of a first prompt (rendered once per structure: contents are holes).
+    """The chat template's text of ``messages`` (with the generation prompt when ``gen``).
 
-    A template that writes today's date (``strftime_now``) keeps the date of its first rendering
-    for as long as the memo holds it (as with any remembered rendering).
+    Renderings are remembered per message structure (contents as holes): a template that writes
+    today's date (``strftime_now``) keeps the date of its first rendering while the memo holds it.
     """
     text = tokenizer.apply_chat_template(
         messages,
         tools=[dict(t) for t in tools] if tools else None,
-        add_generation_prompt=True,
+        add_generation_prompt=gen,
         tokenize=False,
     )
-    assert isinstance(text, str)
-    return text
-
-
-def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], gen: bool) -> str:
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=gen, tokenize=False)
     assert isinstance(text, str)
     return text
 
