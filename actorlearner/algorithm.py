@@ -286,6 +286,7 @@ class Algorithm:
             config=cfg.env_runners.portable(),
             seed=cfg.debugging.seed,
             deterministic=cfg.debugging.deterministic,
+            niceness=0 if self.local else cfg.env_runners.niceness,
         )
 
     def _ray_runtime(self, args: dict[str, Any]) -> RayRuntime:

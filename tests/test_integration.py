@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pickle
 
 import numpy as np
@@ -25,6 +27,20 @@ def _buffer_state(algo) -> dict:
     return algo.runtime.run(algo.buffer.call(BufferActor.get_state))
 
 
+def _nice_values(handle) -> tuple[int, int]:
+    """A Ray actor's main-thread nice value and the lowest of its threads' (Linux: per thread)."""
+    import ray
+
+    def read(_actor) -> tuple[int, int]:
+        values = []
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                values.append(os.getpriority(os.PRIO_PROCESS, int(tid)))
+        return os.getpriority(os.PRIO_PROCESS, os.getpid()), min(values)
+
+    return ray.get(handle.actor.__ray_call__.remote(read), timeout=60)
+
+
 @pytest.mark.ray
 def test_ray_iterations_change_parameters_and_log_metrics(ray_session, tmp_path) -> None:
     algo = small_config(tmp_path, num_env_runners=1).build()
@@ -40,8 +56,16 @@ def test_ray_iterations_change_parameters_and_log_metrics(ray_session, tmp_path)
         assert algo.version == 4
         group = algo.runtime.run(algo.runners[0].call(EnvRunner.run_group, 7))
         run_dir = algo.run_dir
+        # The runner yields the CPU to the learner: each of its threads is env_runners.niceness
+        # steps lower (up to 19) than Ray started it; the suite's Ray starts workers at 15.
+        learner_nice, _ = _nice_values(algo.learner)
+        runner_nice, runner_lowest = _nice_values(algo.runners[0])
+        increment = algo.config.env_runners.niceness
     finally:
         algo.stop()
+    assert increment == 10
+    assert runner_nice == min(19, learner_nice + increment) > learner_nice
+    assert runner_lowest >= increment  # threads Ray started at 0 went to 10
     assert any(not torch.equal(before[k], after_sft[k]) for k in before)
     assert any(not torch.equal(after_sft[k], after[k]) for k in before)
     for m in metrics:
@@ -63,8 +87,10 @@ def test_ray_iterations_change_parameters_and_log_metrics(ray_session, tmp_path)
 
 
 def test_local_mode_trains_saves_and_restores(tmp_path) -> None:
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
     algo = small_config(tmp_path, num_env_runners=0).build()
     try:
+        assert os.getpriority(os.PRIO_PROCESS, 0) == nice  # an in-process runner leaves the driver's priority
         algo.pretrain()
         m = algo.train()
         assert m["learner/version"] == 2 and m["rollout/groups"] >= 2

@@ -1,4 +1,4 @@
-"""The local Ray runtime actorlearner starts: its object store's size and preallocation."""
+"""The local Ray runtime actorlearner starts: its object store (size, preallocation), its workers' nice."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ before = shmem_mb()
 import ray
 from actorlearner.runtime.placement import RayRuntime
 RayRuntime(num_cpus=1, object_store_mb=256, preallocate=sys.argv[1] == "1")
-print(round(ray.cluster_resources()["object_store_memory"] / 2**20), round(shmem_mb() - before))
+size_mb = round(ray.cluster_resources()["object_store_memory"] / 2**20)
+@ray.remote(num_cpus=0)
+def nice():
+    import os
+    return os.getpriority(os.PRIO_PROCESS, 0)
+print(size_mb, round(shmem_mb() - before), ray.get(nice.remote(), timeout=120))
 ray.shutdown()
 """
 
@@ -33,8 +38,9 @@ def test_the_object_store_has_the_configured_size_and_is_touched_only_when_preal
         timeout=180,
         check=True,
     )
-    size_mb, shmem_mb = (int(x) for x in out.stdout.split()[-2:])
+    size_mb, shmem_mb, worker_nice = (int(x) for x in out.stdout.split()[-3:])
     assert size_mb == 256
+    assert worker_nice == 0  # not Ray's 15: runners' env_runners.niceness then puts them below the learner
     if preallocate:
         assert shmem_mb >= 200, shmem_mb
     else:

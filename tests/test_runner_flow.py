@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -155,3 +157,42 @@ def test_demonstrations_keep_at_most_groups_in_flight_episodes_in_play(model_dir
     assert len(demos) == 60 and all(t.reward is not None for t in demos)
     # one env per episode in play: 60 episodes started at once used to build 60 envs
     assert next(CountedCalculator.built) <= 2 * 2
+
+
+LOWER_PRIORITY = """
+import os, sys, threading
+from actorlearner.rollout.runner import lower_priority
+def nice(tid):
+    return os.getpriority(os.PRIO_PROCESS, tid)
+before = nice(0)
+started = threading.Event()
+done = threading.Event()
+seen = {}
+def early():
+    seen["early"] = threading.get_native_id()
+    started.set()
+    done.wait(30)
+threading.Thread(target=early).start()
+started.wait(30)
+after = lower_priority(int(sys.argv[1]))
+late = {}
+thread = threading.Thread(target=lambda: late.setdefault("nice", nice(0)))
+thread.start(); thread.join()
+print(before, after, nice(seen["early"]), late["nice"])
+done.set()
+"""
+
+
+@pytest.mark.parametrize("increment", [0, 3, 40])
+def test_lower_priority_lowers_every_thread_and_those_started_after(increment) -> None:
+    """In a fresh process (nice is per thread on Linux): a thread started before and one started
+    after are lowered as the calling thread is, capped at 19; 0 changes nothing."""
+    out = subprocess.run(
+        [sys.executable, "-c", LOWER_PRIORITY, str(increment)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    before, after, early, late = (int(x) for x in out.stdout.split())
+    assert after == early == late == min(19, before + increment)

@@ -33,6 +33,14 @@ class EnvRunnersConfig(Section):
         64, ge=1, description="Runners pause while the buffer holds this many unconsumed groups."
     )
     num_cpus_per_runner: float = Field(1.0, ge=0, description="Ray CPUs reserved per runner.")
+    niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How many nice steps below the learner's the CPU priority of runners in their own "
+        "process (Ray) is; 0: equal. Where runners and the learner share cores, the learner, which "
+        "paces the loop, gets the CPU it asks for and runners take the rest.",
+    )
     num_gpus_per_runner: float = Field(
         0.0,
         ge=0,

@@ -77,6 +77,31 @@ class EnvPool:
         self._free.append(env)
 
 
+def lower_priority(increment: int) -> int:
+    """Lowers the CPU priority of every thread of this process by ``increment`` nice steps (to 19 at most).
+
+    On Linux a nice value belongs to a thread and a new thread starts with its creator's, so each
+    thread present is lowered and those started later inherit it. Raising a nice value needs no
+    privilege. Returns the calling thread's nice value afterwards.
+    """
+    if increment > 0:
+        for tid in _thread_ids():
+            try:
+                nice = os.getpriority(os.PRIO_PROCESS, tid)
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + increment))
+            except OSError:  # the thread has ended
+                continue
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _thread_ids() -> list[int]:
+    """This process's thread ids (Linux); elsewhere ``[0]``: the whole process."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
 class EnvRunner:
     """Plays groups of episodes with an engine.
 
@@ -92,6 +117,9 @@ class EnvRunner:
             (:class:`~actorlearner.rollout.engine.AsyncBatchingEngine`), the synchronous
             schedule's groups in waves pushed in launch order, numbered group ids, and a group's
             trajectories in a canonical order.
+        niceness: Nice steps to lower this process's CPU priority by (:func:`lower_priority`)
+            before the engine starts: ``env_runners.niceness`` for a runner in its own process, 0
+            in-process, where the driver's threads (and a local learner) share the process.
     """
 
     def __init__(
@@ -104,8 +132,10 @@ class EnvRunner:
         config: EnvRunnersConfig,
         seed: int = 0,
         deterministic: bool = False,
+        niceness: int = 0,
     ) -> None:
         hf_logging.disable_progress_bar()
+        self.nice = lower_priority(niceness)
         self.index = index
         self.cfg = config
         self.pool = EnvPool(env_spec, env_config)

@@ -127,6 +127,19 @@ class LocalRuntime:
         self.loop.close()
 
 
+def _system_config(preallocate: bool) -> dict[str, Any]:
+    """Ray settings of a local runtime this process starts (a cluster keeps its own).
+
+    Workers start at nice 0 (Ray's default is 15), the driver's priority, so that
+    ``env_runners.niceness`` puts runners below the learner and the buffer: from 15 a runner could
+    go only 4 steps lower.
+    """
+    config: dict[str, Any] = {"worker_niceness": 0}
+    if preallocate:
+        config["preallocate_plasma_memory"] = True
+    return config
+
+
 class RayRuntime:
     """Each part a Ray actor; starts a local Ray runtime unless one is running or an address is given.
 
@@ -160,7 +173,7 @@ class RayRuntime:
                 log_to_driver=True,
                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
                 object_store_memory=object_store_mb * 2**20 if object_store_mb else None,
-                _system_config={"preallocate_plasma_memory": True} if preallocate else None,
+                _system_config=None if address else _system_config(preallocate),
             )
             self.owns_ray = True
 
