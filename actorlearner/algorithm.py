@@ -277,16 +277,18 @@ class Algorithm:
 
     def _runner_kwargs(self, index: int) -> dict[str, Any]:
         cfg = self.config
+        config = cfg.env_runners.portable()
+        if self.local:  # the runner shares the driver's process: its priority stays the driver's
+            config = config.detached_copy(niceness=0)
         return dict(
             index=index,
             env_spec=self.env_spec,
             env_config=cfg.environment.env_config,
             eval_env_config=cfg.environment.eval_env_config,
             model_path=self.model_path,
-            config=cfg.env_runners.portable(),
+            config=config,
             seed=cfg.debugging.seed,
             deterministic=cfg.debugging.deterministic,
-            niceness=0 if self.local else cfg.env_runners.niceness,
         )
 
     def _ray_runtime(self, args: dict[str, Any]) -> RayRuntime:

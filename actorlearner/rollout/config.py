@@ -39,7 +39,7 @@ class EnvRunnersConfig(Section):
         le=19,
         description="How many nice steps below the learner's the CPU priority of runners in their own "
         "process (Ray) is; 0: equal. Where runners and the learner share cores, the learner, which "
-        "paces the loop, gets the CPU it asks for and runners take the rest.",
+        "paces the loop, gets most of the contested CPU and runners take the rest.",
     )
     num_gpus_per_runner: float = Field(
         0.0,

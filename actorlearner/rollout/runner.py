@@ -82,8 +82,10 @@ def lower_priority(increment: int) -> int:
 
     On Linux a nice value belongs to a thread and a new thread starts with its creator's, so each
     thread present is lowered and those started later inherit it. Raising a nice value needs no
-    privilege. Returns the calling thread's nice value afterwards.
+    privilege. Returns the calling thread's nice value afterwards (0 where the OS has no nice values).
     """
+    if not hasattr(os, "setpriority"):  # Windows
+        return 0
     if increment > 0:
         for tid in _thread_ids():
             try:
@@ -117,9 +119,10 @@ class EnvRunner:
             (:class:`~actorlearner.rollout.engine.AsyncBatchingEngine`), the synchronous
             schedule's groups in waves pushed in launch order, numbered group ids, and a group's
             trajectories in a canonical order.
-        niceness: Nice steps to lower this process's CPU priority by (:func:`lower_priority`)
-            before the engine starts: ``env_runners.niceness`` for a runner in its own process, 0
-            in-process, where the driver's threads (and a local learner) share the process.
+
+    Before the engine starts, the runner lowers its process's CPU priority by ``config.niceness``
+    nice steps (:func:`lower_priority`); the algorithm passes 0 to an in-process runner, whose
+    process it shares with the driver (and a local learner).
     """
 
     def __init__(
@@ -132,10 +135,9 @@ class EnvRunner:
         config: EnvRunnersConfig,
         seed: int = 0,
         deterministic: bool = False,
-        niceness: int = 0,
     ) -> None:
         hf_logging.disable_progress_bar()
-        self.nice = lower_priority(niceness)
+        self.nice = lower_priority(config.niceness)
         self.index = index
         self.cfg = config
         self.pool = EnvPool(env_spec, env_config)

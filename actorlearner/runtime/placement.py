@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
@@ -15,6 +16,8 @@ from typing import Any, Protocol, TypeVar
 from actorlearner.core.errors import ConfigError
 from actorlearner.core.protocols import Handle
 from actorlearner.runtime.handles import LocalHandle, RayHandle
+
+logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -140,6 +143,28 @@ def _system_config(preallocate: bool) -> dict[str, Any]:
     return config
 
 
+def _start_ray(**kwargs: Any) -> None:
+    """``ray.init``; where Ray finds a cluster to join without an address, without ``_system_config``.
+
+    Ray joins a cluster named by ``RAY_ADDRESS`` (set under Ray Jobs) or started with ``ray start``
+    on this host even when no address is given, and refuses settings for a runtime it does not
+    start: that cluster keeps its own (its workers' niceness, its object store), which is logged.
+    """
+    import ray
+
+    try:
+        ray.init(**kwargs)
+    except ValueError as err:
+        if "_system_config" not in str(err):
+            raise
+        logger.warning(
+            "Ray joined an existing cluster, which keeps its own settings: %s not applied "
+            "(at Ray's default worker niceness of 15, runners sit at most 4 nice steps below the learner)",
+            kwargs["_system_config"],
+        )
+        ray.init(**{**kwargs, "_system_config": None})
+
+
 class RayRuntime:
     """Each part a Ray actor; starts a local Ray runtime unless one is running or an address is given.
 
@@ -166,7 +191,7 @@ class RayRuntime:
         self.owns_ray = False
         self.groups: list[Any] = []  # placement groups this runtime made
         if not ray.is_initialized():
-            ray.init(
+            _start_ray(
                 address=address,
                 num_cpus=num_cpus,
                 include_dashboard=False,
