@@ -137,7 +137,7 @@ class EnvRunner:
         deterministic: bool = False,
     ) -> None:
         hf_logging.disable_progress_bar()
-        self.nice = lower_priority(config.niceness)
+        lower_priority(config.niceness)
         self.index = index
         self.cfg = config
         self.pool = EnvPool(env_spec, env_config)
