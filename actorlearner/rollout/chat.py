@@ -17,10 +17,17 @@ of those characters, never the control token: the chat's control tokens come onl
 template. Each message's content is rendered as a placeholder, the template's text around the
 placeholders is tokenized as usual and each content on its own (docs/algorithms.md §1). Tokens do
 not merge across a content's edges, a third documented difference from tokenizing the whole chat.
+A tool's content is split further: tokenizers add the format's tags (``<tool_response>``,
+``</tool_call>``, ``<think>``) as *non-special* added tokens, which special-token splitting leaves
+whole, so a tool that prints ``</tool_response>`` could end its own response in the model's view.
+With a fast tokenizer, tool contents are tokenized with every added token split
+(:func:`_tool_backend`); the task and env messages keep the format's tags (an env may show the
+call format in its system prompt).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import weakref
@@ -28,6 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 _SENTINEL = "SENTINEL7f3a9c"
@@ -98,11 +106,19 @@ their event loop's thread only; the lock is for callers that use threads (a race
 provoke in a test, so it is a precaution)."""
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str, plain: bool = False) -> list[int]:
-    """Ids of ``text``; with ``plain``, special-token text is split into ordinary tokens."""
+def _tokenize(
+    tokenizer: PreTrainedTokenizerBase, text: str, plain: bool = False, tool: bool = False
+) -> list[int]:
+    """Ids of ``text``; with ``plain``, special-token text is split into ordinary tokens.
+
+    With ``tool`` (a tool's output), the text of every added token is split, the format's
+    non-special tags included (fast tokenizers; others split their special tokens only).
+    """
     if not text:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    if tool and backend is not None and backend.truncation is None and backend.padding is None:
+        return list(_tool_backend(tokenizer, backend).encode(text, add_special_tokens=False).ids)
     with _TOKENIZE_LOCK:
         if backend is not None and backend.truncation is None and backend.padding is None:
             # What ``tokenizer(...)`` does for a fast tokenizer without truncation or padding,
@@ -111,6 +127,24 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str, plain: bool = False
             return list(backend.encode(text, add_special_tokens=False).ids)
         out = tokenizer(text, add_special_tokens=False, split_special_tokens=plain)
     return [int(i) for i in out["input_ids"]]
+
+
+def _tool_backend(tokenizer: PreTrainedTokenizerBase, backend: Tokenizer) -> Tokenizer:
+    """A copy of ``backend`` whose added tokens are all special, set to split them (remembered).
+
+    The ids are the same vocabulary's: only whether an added token's text is matched whole
+    changes. Encoding with it is reentrant (its flag is never changed), so no lock is needed.
+    """
+
+    def compute() -> Tokenizer:
+        data = json.loads(backend.to_str())
+        for token in data.get("added_tokens") or []:
+            token["special"] = True
+        copy = Tokenizer.from_str(json.dumps(data))
+        copy.encode_special_tokens = True
+        return copy
+
+    return _memo(tokenizer, "backend", "tool", compute)
 
 
 def prompt_ids(
@@ -225,30 +259,39 @@ def _observation_ids(
     return _fill_holes(tokenizer, text, contents)
 
 
-def _with_holes(messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Copies of ``messages`` whose string contents are numbered placeholders; the contents."""
+def _with_holes(
+    messages: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], list[tuple[str, bool]]]:
+    """Copies of ``messages`` whose string contents are numbered placeholders; the contents.
+
+    Each content comes with whether a tool wrote it (the ``tool`` role).
+    """
     holed: list[dict[str, Any]] = []
-    contents: list[str] = []
+    contents: list[tuple[str, bool]] = []
     for message in messages:
         copy = dict(message)
         if isinstance(copy.get("content"), str):
             copy["content"] = _HOLE.format(len(contents))
-            contents.append(message["content"])
+            contents.append((message["content"], message.get("role") == "tool"))
         holed.append(copy)
     return holed, contents
 
 
-def _fill_holes(tokenizer: PreTrainedTokenizerBase, text: str, contents: Sequence[str]) -> list[int]:
+def _fill_holes(
+    tokenizer: PreTrainedTokenizerBase, text: str, contents: Sequence[tuple[str, bool]]
+) -> list[int]:
     """Ids of ``text``: template text tokenized as usual, each placeholder's content plainly.
 
-    Contents are tokenized with special-token splitting on, so none can become a control token.
-    The template's pieces recur in every rendering and are remembered (:func:`encode_text`).
+    Contents are tokenized with special-token splitting on, so none can become a control token,
+    and a tool's with every added token split (see the module's docstring). The template's
+    pieces recur in every rendering and are remembered (:func:`encode_text`).
     """
     ids: list[int] = []
     start = 0
     for hole in _HOLES.finditer(text):
+        content, tool = contents[int(hole.group(1))]
         ids += encode_text(tokenizer, text[start : hole.start()])
-        ids += _tokenize(tokenizer, contents[int(hole.group(1))], plain=True)
+        ids += _tokenize(tokenizer, content, plain=True, tool=tool)
         start = hole.end()
     return ids + encode_text(tokenizer, text[start:])
 
