@@ -19,6 +19,11 @@ The schedules:
   as it finishes; the learner trains on what the buffer holds while generation goes on; weights
   are published once per version and runners take them from their push replies.
 
+Both schedules are measured ``--rounds`` times (3), alternating which runs first, and the medians
+are reported: on this shared 2-core machine one schedule's samples/s varies by up to 25% between
+runs minutes apart, more than the difference being measured. The ratio is the median of the
+rounds' ratios (each round's two runs are minutes apart).
+
 Reported: learner samples per second (trajectories consumed by updates; what peers report as
 "async over sync" speed-up), seconds per iteration and where an iteration's time goes (waiting for
 data, the update, publishing weights and metrics). With ``--wall-s S`` it also reports the held-out
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -147,6 +153,13 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--groups-in-flight", type=int, default=32, help="shared by a schedule's runners")
     parser.add_argument("--only", choices=("sync", "async"), help="Measure one schedule only")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure both schedules this many times, alternating which runs first; report the "
+        "medians and the median of the rounds' ratios",
+    )
+    parser.add_argument(
         "--sft-steps", type=int, default=100, help="cold-start SFT steps (replaces the config's sft.steps)"
     )
     parser.add_argument("--sft-demos", type=int, default=2048, help="replaces the config's sft.num_demos")
@@ -161,25 +174,60 @@ def _parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def round_order(index: int) -> tuple[str, str]:
+    """The schedules of round ``index`` in the order they run: sync first in even rounds, async
+    first in odd ones, so that a drift of the machine's speed over the run favours neither."""
+    return ("sync", "async") if index % 2 == 0 else ("async", "sync")
+
+
+def run_rounds(
+    args: argparse.Namespace, sft_model: str | None
+) -> tuple[dict[str, dict[str, float]], list[dict[str, float]]]:
+    """Measures both schedules ``--rounds`` times, alternating their order (:func:`round_order`).
+
+    Returns:
+        Per schedule the median of each measured value over the rounds, and per round each
+        schedule's samples/s and their ratio.
+    """
+    runs: dict[str, list[dict[str, float]]] = {"sync": [], "async": []}
+    rounds: list[dict[str, float]] = []
+    for index in range(args.rounds):
+        for name in round_order(index):
+            if args.only in (None, name):
+                runners = args.sync_runners if name == "sync" else args.async_runners
+                where = placement(runners, args.runner_cpus, args.groups_in_flight)
+                runs[name].append(measure(args, where, name == "sync", sft_model))
+        last = {name: done[-1]["samples_per_s"] if done else float("nan") for name, done in runs.items()}
+        rounds.append({**last, "ratio": last["async"] / last["sync"]})
+    return {name: _medians(done) for name, done in runs.items()}, rounds
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    if not runs:
+        return {
+            "samples_per_s": float("nan"),
+            "seconds_per_iteration": float("nan"),
+            **dict.fromkeys(PARTS, 0.0),
+        }
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def main() -> None:
     """Runs both schedules and prints a table and a JSON line."""
     args = _parse()
-    results: dict[str, dict[str, float]] = {}
     sft_model: str | None = None
     sft_score: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as root:
         if args.wall_s:
             sft_model, sft_score = shared_sft(args, root)
-        for name, runners in (("sync", args.sync_runners), ("async", args.async_runners)):
-            if args.only in (None, name):
-                where = placement(runners, args.runner_cpus, args.groups_in_flight)
-                results[name] = measure(args, where, name == "sync", sft_model)
-            else:
-                results[name] = {"samples_per_s": float("nan"), "seconds_per_iteration": float("nan")}
-                results[name].update(dict.fromkeys(PARTS, 0.0))
-    ratio = results["async"]["samples_per_s"] / results["sync"]["samples_per_s"]
+        results, rounds = run_rounds(args, sft_model)
+    ratio = statistics.median(r["ratio"] for r in rounds)
     _print(args, results, sft_score, ratio)
-    print(json.dumps({"args": vars(args), **results, "sft": sft_score, "ratio": ratio}))
+    print(
+        "per round (async / sync samples/s): "
+        + ", ".join(f"{r['async']:.1f} / {r['sync']:.1f} = {r['ratio']:.2f}x" for r in rounds)
+    )
+    print(json.dumps({"args": vars(args), **results, "sft": sft_score, "ratio": ratio, "rounds": rounds}))
 
 
 def _print(
@@ -192,7 +240,7 @@ def _print(
         where = f"{runners} x {args.runner_cpus:g} CPU runners" if runners else "in-process"
         cells = "".join(f"{m[k]:>{w}.2f}" for k, w in zip(PARTS, (11, 8, 9), strict=True))
         print(f"{name:<10}{where:<22}{m['samples_per_s']:>11.1f}{m['seconds_per_iteration']:>8.2f}{cells}")
-    print(f"async / sync: {ratio:.2f}x")
+    print(f"async / sync: {ratio:.2f}x (medians of {args.rounds} rounds; the ratio is the median of theirs)")
     if sft:
         print(f"held-out, {args.eval_episodes} episodes per mode: greedy / sampled success, greedy reward")
         rows = [("after the shared SFT", sft)]

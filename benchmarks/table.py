@@ -53,6 +53,9 @@ class Bench:
 
 def _p1(r: Result) -> str:
     text = f"{r['async']['samples_per_s']:.1f} vs {r['sync']['samples_per_s']:.1f} learner samples/s"
+    if len(r.get("rounds", ())) > 1:
+        per_round = ", ".join(f"{x['ratio']:.2f}" for x in r["rounds"])
+        text += f"{_MEDIANS}; per round {per_round}"
     if r.get("sft"):
         wall = r["args"]["wall_s"]
         cells = [
@@ -105,6 +108,7 @@ BENCHES = (
             "--sft-steps=600",
             "--wall-s=240",
             "--sft-demos=16384",
+            "--rounds=1",  # one round takes ~15 minutes
         ),
         lambda r: r["ratio"],
         3.0,

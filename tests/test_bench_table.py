@@ -95,3 +95,26 @@ def test_every_benchmark_script_exists_and_keys_are_unique():
     assert len(keys) == len(set(keys))
     for bench in table.BENCHES:
         assert (table.HERE / bench.argv[0]).is_file(), bench.argv[0]
+
+
+def test_async_vs_sync_alternates_the_order_and_reports_medians(monkeypatch):
+    """P1's rounds alternate which schedule runs first; the ratio is the median of the rounds'."""
+    spec = importlib.util.spec_from_file_location(
+        "async_vs_sync", Path(__file__).parents[1] / "benchmarks" / "async_vs_sync.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    order: list[str] = []
+    speeds = iter([100.0, 90.0, 120.0, 80.0, 100.0, 130.0])  # sync, async | async, sync | sync, async
+
+    def measure(args, where, synchronous, sft_model=None):
+        order.append("sync" if synchronous else "async")
+        return {"samples_per_s": next(speeds), "seconds_per_iteration": 1.0}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    monkeypatch.setattr(sys, "argv", ["async_vs_sync.py", "--rounds=3"])
+    results, rounds = bench.run_rounds(bench._parse(), None)
+    assert order == ["sync", "async", "async", "sync", "sync", "async"]
+    assert [r["ratio"] for r in rounds] == [0.9, 1.5, 1.3]
+    assert results["sync"]["samples_per_s"] == 100.0 and results["async"]["samples_per_s"] == 120.0
