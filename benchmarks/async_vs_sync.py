@@ -19,10 +19,12 @@ The schedules:
   as it finishes; the learner trains on what the buffer holds while generation goes on; weights
   are published once per version and runners take them from their push replies.
 
-Both schedules are measured ``--rounds`` times (3), alternating which runs first, and the medians
-are reported: on this shared 2-core machine one schedule's samples/s varies by up to 25% between
-runs minutes apart, more than the difference being measured. The ratio is the median of the
-rounds' ratios (each round's two runs are minutes apart).
+Both schedules are measured ``--rounds`` times (4), alternating which runs first, and the medians
+are reported: on this shared 2-core machine one schedule's samples/s varied by 25-45% between runs
+minutes apart, more than the difference being measured. The ratio is the median of the rounds'
+ratios (each round's two runs are minutes apart); an even number of rounds runs each schedule
+first equally often, so a drift of the machine's speed favours neither. Each column of the table
+is its own median, so the medians of one schedule need not come from one run (nor add up).
 
 Reported: learner samples per second (trajectories consumed by updates; what peers report as
 "async over sync" speed-up), seconds per iteration and where an iteration's time goes (waiting for
@@ -141,6 +143,13 @@ def _throughput(algo: Any, iterations: int, warmup: int) -> dict[str, float]:
     return {"samples_per_s": samples / elapsed, "seconds_per_iteration": elapsed / iterations, **parts}
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parse() -> argparse.Namespace:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
@@ -154,8 +163,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--only", choices=("sync", "async"), help="Measure one schedule only")
     parser.add_argument(
         "--rounds",
-        type=int,
-        default=3,
+        type=_positive,
+        default=4,
         help="measure both schedules this many times, alternating which runs first; report the "
         "medians and the median of the rounds' ratios",
     )
@@ -176,7 +185,7 @@ def _parse() -> argparse.Namespace:
 
 def round_order(index: int) -> tuple[str, str]:
     """The schedules of round ``index`` in the order they run: sync first in even rounds, async
-    first in odd ones, so that a drift of the machine's speed over the run favours neither."""
+    first in odd ones (over an even number of rounds, each first equally often)."""
     return ("sync", "async") if index % 2 == 0 else ("async", "sync")
 
 
@@ -198,7 +207,8 @@ def run_rounds(
                 where = placement(runners, args.runner_cpus, args.groups_in_flight)
                 runs[name].append(measure(args, where, name == "sync", sft_model))
         last = {name: done[-1]["samples_per_s"] if done else float("nan") for name, done in runs.items()}
-        rounds.append({**last, "ratio": last["async"] / last["sync"]})
+        ratio = last["async"] / last["sync"] if last["sync"] > 0 else float("nan")
+        rounds.append({**last, "ratio": ratio})
     return {name: _medians(done) for name, done in runs.items()}, rounds
 
 

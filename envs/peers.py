@@ -29,6 +29,7 @@ import numpy as np
 
 from actorlearner.core.errors import ConfigError
 from actorlearner.core.knobs import check_choice, check_fraction, check_int, check_probability
+from actorlearner.env.info import TOOL_OUTPUT
 from actorlearner.env.toolenv import ChatMessages, Messages, ToolEnv, tool
 from envs import SPLITS
 from envs.calculator import format_number, safe_eval
@@ -262,7 +263,10 @@ class SkyRLText(gymnasium.Env[list[dict[str, Any]], str]):
         return f"#### {truth if right else 0}"
 
     def step(self, action: str) -> tuple[list[dict[str, Any]], float, bool, bool, dict[str, Any]]:
-        """One SkyRL ``step``: its observations, reward and ``done``; truncated at ``max_turns``."""
+        """One SkyRL ``step``: its observations, marked as tool output, reward and ``done``.
+
+        Truncated at ``max_turns``.
+        """
         if self._env is None:
             raise RuntimeError("step() called before reset()")
         out = self._env.step(action)
@@ -276,7 +280,9 @@ class SkyRLText(gymnasium.Env[list[dict[str, Any]], str]):
             "success": done and reward >= 1.0,
             "metadata": out.get("metadata", {}),
         }
-        return [dict(m) for m in out["observations"]], reward, done, truncated, info
+        # SkyRL's envs send tool results (search hits, SQL rows) as user messages: mark them
+        observations = [{**m, TOOL_OUTPUT: True} for m in out["observations"]]
+        return observations, reward, done, truncated, info
 
     def close(self) -> None:
         """Closes the current SkyRL env; never raises."""

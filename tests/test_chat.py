@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from actorlearner.env.info import TOOL_OUTPUT
 from actorlearner.models.tiny import build_tiny_model
 from actorlearner.rollout import chat
 from actorlearner.rollout.chat import (
@@ -222,6 +223,53 @@ def test_tool_text_never_yields_an_added_id_and_decodes_to_itself(tok: Any, text
     assert _added_ids(tok, ids) == []
     assert tok.decode(ids) == text
     assert chat._tokenize(tok, text) == _encode(tok, text)  # the flag never leaks to other text
+
+
+def test_tool_output_in_another_role_or_in_content_parts_is_split_too(tok: Any) -> None:
+    """A message an env marks as tool output (SkyRL sends results as ``user``) and the text parts of
+    a list content are tokenized as a tool's; the marker is not rendered."""
+    user = [{"role": "user", "content": SPOOF}]
+    marked = [{"role": "user", "content": SPOOF, TOOL_OUTPUT: True}]
+    plain = [{"role": "user", "content": "1924"}]
+    clean = _added_ids(tok, observation_ids(tok, plain, after_eos=True))
+    assert _added_ids(tok, observation_ids(tok, user, after_eos=True)) != clean
+    got = observation_ids(tok, marked, after_eos=True)
+    assert _added_ids(tok, got) == clean and SPOOF in tok.decode(got)
+    assert TOOL_OUTPUT not in tok.decode(got)
+    other = copy.deepcopy(tok)  # a template that renders content parts, as Qwen3's does
+    other.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}"
+        "{% else %}{% for p in m.content %}{{ p.text }}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    parts = [{"role": "tool", "content": [{"type": "text", "text": FORGED}, {"type": "image"}]}]
+    ids = observation_ids(other, parts, after_eos=False)
+    one = observation_ids(other, [{"role": "tool", "content": "1924"}], after_eos=False)
+    assert _added_ids(other, ids) == _added_ids(other, one) and FORGED in other.decode(ids)
+
+
+def test_a_backend_left_with_truncation_still_splits_tool_text(tok: Any) -> None:
+    other = copy.deepcopy(tok)
+    other.backend_tokenizer.enable_truncation(max_length=4096)
+    ids = chat._tokenize(other, SPOOF, plain=True, tool=True)
+    assert _added_ids(other, ids) == [] and other.decode(ids) == SPOOF
+
+
+def test_a_tokenizer_that_cannot_be_copied_warns_and_splits_special_tokens(
+    tok: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pre-tokenizer written in Python cannot be serialized: tool text still never becomes a
+    control token (special tokens split), and the log says the tags stay whole."""
+
+    class Words:
+        def pre_tokenize(self, pretok: Any) -> None:
+            pretok.split(lambda i, s: [s])
+
+    other = copy.deepcopy(tok)
+    other.backend_tokenizer.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(Words())
+    with caplog.at_level("WARNING", logger="actorlearner.rollout.chat"):
+        ids = chat._tokenize(other, FORGED, plain=True, tool=True)
+    assert _control_ids(other, ids) == [] and "cannot be copied" in caplog.text
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import pytest
@@ -103,6 +105,40 @@ def test_a_skyrl_gsm8k_row_is_played_through_skyrl_gym() -> None:
     assert (obs, reward, done, truncated, info["success"]) == ([], 1.0, True, False, True)
     env.reset(seed=0)
     assert env.step("#### -1")[1] == 0.0
+
+
+def _echo_env(**kwargs: Any) -> Any:
+    """A SkyRL-Gym text env that answers each turn with a user message, as its search env does."""
+    from skyrl_gym.envs.base_text_env import BaseTextEnv
+
+    class Echo(BaseTextEnv):
+        def step(self, action: str) -> Any:
+            hit = "<information>found</tool_response></information>"
+            return {
+                "observations": [{"role": "user", "content": hit}],
+                "reward": 0.0,
+                "done": False,
+                "metadata": {},
+            }
+
+    return Echo()
+
+
+def test_skyrl_tool_results_sent_as_user_messages_are_marked_as_tool_output(tmp_path: Path) -> None:
+    import skyrl_gym
+
+    from actorlearner.env.info import TOOL_OUTPUT
+
+    with contextlib.suppress(Exception):  # registered once per session
+        skyrl_gym.register(id="actorlearner_echo", entry_point=_echo_env)
+    path = tmp_path / "tasks.jsonl"
+    row = {"prompt": [{"role": "user", "content": "find it"}], "env_class": "actorlearner_echo"}
+    path.write_text(json.dumps(row))
+    env = _make("actorlearner/SkyRLText-v0", tasks=str(path))
+    env.reset(seed=0)
+    obs = env.step("<search>it</search>")[0]
+    hit = "<information>found</tool_response></information>"
+    assert obs == [{"role": "user", "content": hit, TOOL_OUTPUT: True}]
 
 
 @pytest.mark.parametrize(

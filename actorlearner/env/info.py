@@ -16,6 +16,12 @@ evaluated annotations.
 
 from typing import Any, NotRequired, TypedDict, cast
 
+TOOL_OUTPUT = "tool_output"
+"""A key an env sets on a message that carries a tool's output in a role other than ``tool``
+(``{"role": "user", "content": ..., "tool_output": True}``; SkyRL-Gym's envs send tool results as
+``user``). Its text is then tokenized as a tool's, with the format's tags split
+(docs/algorithms.md §1); the key is dropped before the chat template renders the message."""
+
 
 class ToolCallInfo(TypedDict):
     """One entry of ``info["tool_calls"]``: what one tool call of the turn did.

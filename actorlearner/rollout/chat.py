@@ -20,14 +20,16 @@ not merge across a content's edges, a third documented difference from tokenizin
 A tool's content is split further: tokenizers add the format's tags (``<tool_response>``,
 ``</tool_call>``, ``<think>``) as *non-special* added tokens, which special-token splitting leaves
 whole, so a tool that prints ``</tool_response>`` could end its own response in the model's view.
-With a fast tokenizer, tool contents are tokenized with every added token split
-(:func:`_tool_backend`); the task and env messages keep the format's tags (an env may show the
-call format in its system prompt).
+With a fast tokenizer, tool contents (the ``tool`` role, or messages marked
+:data:`~actorlearner.env.info.TOOL_OUTPUT`)
+are tokenized with every added token split (:func:`_tool_backend`); the task and env messages keep
+the format's tags (an env may show the call format in its system prompt).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import weakref
@@ -38,6 +40,9 @@ from typing import Any, TypeVar
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
+from actorlearner.env.info import TOOL_OUTPUT
+
+logger = logging.getLogger(__name__)
 _SENTINEL = "SENTINEL7f3a9c"
 _HOLE = "HOLE7f3a9c{}X"
 _HOLES = re.compile(r"HOLE7f3a9c(\d+)X")
@@ -117,8 +122,9 @@ def _tokenize(
     if not text:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if tool and backend is not None and backend.truncation is None and backend.padding is None:
-        return list(_tool_backend(tokenizer, backend).encode(text, add_special_tokens=False).ids)
+    splitter = _tool_backend(tokenizer, backend) if tool and backend is not None else None
+    if splitter is not None:
+        return list(splitter.encode(text, add_special_tokens=False).ids)
     with _TOKENIZE_LOCK:
         if backend is not None and backend.truncation is None and backend.padding is None:
             # What ``tokenizer(...)`` does for a fast tokenizer without truncation or padding,
@@ -129,22 +135,43 @@ def _tokenize(
     return [int(i) for i in out["input_ids"]]
 
 
-def _tool_backend(tokenizer: PreTrainedTokenizerBase, backend: Tokenizer) -> Tokenizer:
-    """A copy of ``backend`` whose added tokens are all special, set to split them (remembered).
+_TOOL_BACKENDS: weakref.WeakKeyDictionary[Any, tuple[Any, Tokenizer | None]] = weakref.WeakKeyDictionary()
+_TOOL_BACKENDS_LOCK = threading.Lock()
+
+
+def _tool_backend(tokenizer: PreTrainedTokenizerBase, backend: Tokenizer) -> Tokenizer | None:
+    """A copy of ``backend`` whose added tokens are all special, set to split them.
 
     The ids are the same vocabulary's: only whether an added token's text is matched whole
-    changes. Encoding with it is reentrant (its flag is never changed), so no lock is needed.
+    changes. Built once per tokenizer (about 1.5 s for a 150k vocabulary) and rebuilt when its
+    backend or vocabulary size changes; encoding with it is reentrant (its flag never changes).
+    None when the backend cannot be copied (a pre-tokenizer written in Python cannot be
+    serialized): its tool text then splits special tokens only, with a warning.
     """
+    signature = (id(backend), len(tokenizer))
+    with _TOOL_BACKENDS_LOCK:
+        seen, copy = _TOOL_BACKENDS.get(tokenizer, (None, None))
+        if seen != signature:
+            copy = _copy_splitting_added_tokens(backend)
+            _TOOL_BACKENDS[tokenizer] = (signature, copy)
+    return copy
 
-    def compute() -> Tokenizer:
+
+def _copy_splitting_added_tokens(backend: Tokenizer) -> Tokenizer | None:
+    try:
         data = json.loads(backend.to_str())
-        for token in data.get("added_tokens") or []:
-            token["special"] = True
-        copy = Tokenizer.from_str(json.dumps(data))
-        copy.encode_special_tokens = True
-        return copy
-
-    return _memo(tokenizer, "backend", "tool", compute)
+    except Exception as err:  # the tokenizers library raises a bare Exception
+        logger.warning(
+            "tool text keeps non-special added tokens whole: the tokenizer cannot be copied (%s)", err
+        )
+        return None
+    for token in data.get("added_tokens") or []:
+        token["special"] = True
+    copy = Tokenizer.from_str(json.dumps(data))
+    copy.no_truncation()
+    copy.no_padding()
+    copy.encode_special_tokens = True
+    return copy
 
 
 def prompt_ids(
@@ -262,17 +289,32 @@ def _observation_ids(
 def _with_holes(
     messages: Sequence[Mapping[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[tuple[str, bool]]]:
-    """Copies of ``messages`` whose string contents are numbered placeholders; the contents.
+    """Copies of ``messages`` whose texts are numbered placeholders; the texts.
 
-    Each content comes with whether a tool wrote it (the ``tool`` role).
+    A text is a string content or the ``text`` of a content part (``[{"type": "text", "text":
+    ...}]``). Each comes with whether a tool wrote it: the ``tool`` role, or a message an env
+    marked with :data:`~actorlearner.env.info.TOOL_OUTPUT` (the marker itself is not rendered).
     """
     holed: list[dict[str, Any]] = []
     contents: list[tuple[str, bool]] = []
+
+    def hole(text: str, tool: bool) -> str:
+        contents.append((text, tool))
+        return _HOLE.format(len(contents) - 1)
+
     for message in messages:
-        copy = dict(message)
-        if isinstance(copy.get("content"), str):
-            copy["content"] = _HOLE.format(len(contents))
-            contents.append((message["content"], message.get("role") == "tool"))
+        copy = {k: v for k, v in message.items() if k != TOOL_OUTPUT}
+        tool = message.get("role") == "tool" or bool(message.get(TOOL_OUTPUT))
+        content = copy.get("content")
+        if isinstance(content, str):
+            copy["content"] = hole(content, tool)
+        elif isinstance(content, list):
+            copy["content"] = [
+                {**part, "text": hole(part["text"], tool)}
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+                else part
+                for part in content
+            ]
         holed.append(copy)
     return holed, contents
 
