@@ -11,9 +11,10 @@ import asyncio
 import itertools
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import pytest
@@ -25,7 +26,7 @@ from actorlearner.models.tiny import ensure_tiny_model, env_corpus
 from actorlearner.replay.buffer import BufferActor
 from actorlearner.replay.filters import FilterChain
 from actorlearner.replay.priorities import uniform
-from actorlearner.rollout.runner import EnvRunner
+from actorlearner.rollout.runner import EnvRunner, EpisodeSlots
 from actorlearner.runtime.handles import LocalHandle
 from envs.calculator import Calculator
 from tests.conftest import SMALL_MODEL
@@ -157,6 +158,77 @@ def test_demonstrations_keep_at_most_groups_in_flight_episodes_in_play(model_dir
     assert len(demos) == 60 and all(t.reward is not None for t in demos)
     # one env per episode in play: 60 episodes started at once used to build 60 envs
     assert next(CountedCalculator.built) <= 2 * 2
+
+
+class HeldCalculator(Calculator):
+    """A Calculator holding the first episode of each of the first two prompts in its first step.
+
+    Those two groups then wait on one straggler each until the test sets ``release``; every env
+    built is counted, one per episode in play at once.
+    """
+
+    release = threading.Event()
+    held_seeds: ClassVar[set[int | None]] = set()
+    lock = threading.Lock()
+    built = itertools.count()
+
+    def __init__(self, **kwargs: Any) -> None:
+        next(HeldCalculator.built)
+        super().__init__(**kwargs)
+        self.held = False
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        with HeldCalculator.lock:
+            self.held = seed not in HeldCalculator.held_seeds and len(HeldCalculator.held_seeds) < 2
+            if self.held:
+                HeldCalculator.held_seeds.add(seed)
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action: Any) -> Any:
+        if self.held:
+            HeldCalculator.release.wait(TIMEOUT_S)
+        return super().step(action)
+
+
+@pytest.mark.parametrize("refill", ["episodes", "groups"])
+def test_a_group_waiting_on_a_straggler_holds_its_slot_only(model_dir: str, refill: str) -> None:
+    HeldCalculator.release, HeldCalculator.held_seeds = threading.Event(), set()
+    HeldCalculator.built = itertools.count()
+
+    async def main() -> tuple[int, int]:
+        handle = _buffer(asyncio.get_running_loop())
+        runner = _runner(model_dir, resolve_env_spec(HeldCalculator), groups_in_flight=2, refill=refill)
+        run = asyncio.ensure_future(runner.run(handle))
+        try:
+            await _until(lambda: len(HeldCalculator.held_seeds) == 2 or run.done(), "two held groups")
+            if refill == "episodes":  # 2 of the 4 slots are free: groups go on around the stragglers
+                await _until(lambda: len(handle.obj) >= 3 or run.done(), "groups around the stragglers")
+            else:
+                await asyncio.sleep(2.0)
+            held = len(handle.obj)
+        finally:
+            HeldCalculator.release.set()
+        await _until(lambda: len(handle.obj) >= held + 2 or run.done(), "the held groups")
+        await runner.stop()
+        return held, await asyncio.wait_for(run, TIMEOUT_S)
+
+    held, pushed = asyncio.run(main())
+    if refill == "groups":
+        assert held == 0, "two groups in flight, both waiting: nothing else may run"
+    else:
+        assert held >= 3
+    assert pushed >= held + 2
+    assert next(HeldCalculator.built) <= 2 * 2  # never more episodes in play than 4 slots
+
+
+def test_episode_slots_count_what_groups_hold() -> None:
+    slots = EpisodeSlots(capacity=8, group_size=3)
+    assert slots.take() and slots.take() and not slots.take()  # 6 used, 2 free: not a group's 3
+    assert slots.used == 6
+    slots.free(1)
+    assert slots.take() and slots.used == 8 and not slots.take()
+    slots.free(8)
+    assert slots.used == 0 and slots.take()
 
 
 LOWER_PRIORITY = """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -14,7 +14,18 @@ class EnvRunnersConfig(Section):
     """The rollout actors and how they sample."""
 
     num_env_runners: int = Field(1, ge=0, description="Ray rollout actors; 0 runs everything in-process.")
-    groups_in_flight: int = Field(32, ge=1, description="Groups each runner keeps in flight at once.")
+    groups_in_flight: int = Field(
+        32,
+        ge=1,
+        description="Each runner keeps groups_in_flight * group_size episodes in play (asynchronous "
+        "schedule; see refill) or this many groups (synchronous schedule).",
+    )
+    refill: Literal["episodes", "groups"] = Field(
+        "episodes",
+        description="When the asynchronous schedule starts a new group: 'episodes', as soon as "
+        "group_size of the episode slots are free (a group waiting on its slowest episodes holds "
+        "only their slots); 'groups', when a whole group has finished.",
+    )
     group_size: int = Field(8, ge=2, description="G: episodes per prompt (GRPO group).")
     num_tasks: int | None = Field(
         None,

@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -104,6 +104,42 @@ def _thread_ids() -> list[int]:
         return [0]
 
 
+class EpisodeSlots:
+    """The asynchronous schedule's episode budget (``env_runners.refill: episodes``).
+
+    A group takes ``group_size`` slots at its start and frees each as its episode ends, so a group
+    waiting on a slow episode holds one slot, not G.
+
+    Args:
+        capacity: Episodes in play at most (``groups_in_flight * group_size``).
+        group_size: Slots a new group takes.
+    """
+
+    def __init__(self, capacity: int, group_size: int) -> None:
+        self.capacity = capacity
+        self.group_size = group_size
+        self.used = 0
+        self._room = asyncio.Event()
+
+    def take(self) -> bool:
+        """Takes a group's slots when that many are free; False (nothing taken) otherwise."""
+        if self.used + self.group_size > self.capacity:
+            self._room.clear()
+            return False
+        self.used += self.group_size
+        return True
+
+    def free(self, count: int) -> None:
+        """Frees ``count`` slots (episodes that ended)."""
+        self.used -= count
+        if self.used + self.group_size <= self.capacity:
+            self._room.set()
+
+    async def wait_for_room(self) -> None:
+        """Returns once a group's slots are free."""
+        await self._room.wait()
+
+
 class EnvRunner:
     """Plays groups of episodes with an engine.
 
@@ -182,15 +218,21 @@ class EnvRunner:
             pool.release(env)
         return traj
 
-    async def run_group(self, seed: int, policy: TurnPolicy | None = None) -> Group:
-        """Plays G episodes of one prompt (same reset seed) concurrently."""
+    async def run_group(
+        self, seed: int, policy: TurnPolicy | None = None, ended: Callable[[], None] | None = None
+    ) -> Group:
+        """Plays G episodes of one prompt (same reset seed) concurrently.
+
+        ``ended`` is called as each episode ends (the asynchronous schedule's episode slots).
+        """
         self._ensure_executor()
         policy = policy or EnginePolicy(self.batcher, self.params)
         size = self.cfg.group_size
         self.batcher.join(size)
         async with asyncio.TaskGroup() as tg:  # one failing episode cancels its siblings
             tasks = [
-                tg.create_task(self._joined(self._episode(self.pool, policy, seed))) for _ in range(size)
+                tg.create_task(self._joined(self._episode(self.pool, policy, seed), ended))
+                for _ in range(size)
             ]
         trajs = [t.result() for t in tasks]
         if self.deterministic:  # which episode drew which sample depends on timing, the set does not
@@ -209,17 +251,33 @@ class EnvRunner:
             created_at=time.time(),
         )
 
-    async def _joined(self, episode: Awaitable[Trajectory]) -> Trajectory:
+    async def _joined(
+        self, episode: Awaitable[Trajectory], ended: Callable[[], None] | None = None
+    ) -> Trajectory:
         """Awaits an episode the batcher was told of (:meth:`AsyncBatchingEngine.join`); then tells it."""
         try:
             return await episode
         finally:
             self.batcher.leave()
+            if ended is not None:
+                ended()
 
-    async def _next_group(self) -> Group:
-        """Plays a group on the next task seed."""
+    async def _next_group(self, slots: EpisodeSlots | None = None) -> Group:
+        """Plays a group on the next task seed; with ``slots``, frees its episodes' slots as they end."""
         self._ensure_executor()
-        return await self.run_group(await self._next_seed())
+        if slots is None:
+            return await self.run_group(await self._next_seed())
+        left = self.cfg.group_size
+
+        def one_ended() -> None:
+            nonlocal left
+            left -= 1
+            slots.free(1)
+
+        try:
+            return await self.run_group(await self._next_seed(), ended=one_ended)
+        finally:
+            slots.free(left)  # a group that failed before its episodes ended
 
     async def _next_seed(self, max_draws: int = 20) -> int:
         """A new task seed, below ``num_tasks`` when set.
@@ -255,23 +313,35 @@ class EnvRunner:
         """
         pushed = 0
         in_flight: set[asyncio.Task[Group]] = set()
+        slots = EpisodeSlots(self.cfg.groups_in_flight * self.cfg.group_size, self.cfg.group_size)
+        freed: asyncio.Task[Any] | None = None
         self._running = True
         try:
             reply = await self._push(buffer, [])
             while not self._stopping:
-                if reply.room and not self._paused:
-                    while len(in_flight) < self.cfg.groups_in_flight:
-                        in_flight.add(asyncio.create_task(self._next_group()))
+                launching = reply.room and not self._paused
+                if launching:
+                    self._launch(in_flight, slots)
                 if not in_flight:
                     reply = await self._idle(buffer, reply)
                     continue
-                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                if launching and self.cfg.refill == "episodes" and freed is None:
+                    freed = asyncio.create_task(slots.wait_for_room())
+                waits: set[asyncio.Task[Any]] = set(in_flight) | ({freed} if freed else set())
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if freed is not None and freed.done():
+                    freed = None
                 if self._stopping:
                     break
-                groups = [g for g in (self._result(t) for t in done) if g is not None]
-                reply = await self._push(buffer, groups)
-                pushed += len(groups)
+                finished = [t for t in done if t in in_flight]
+                in_flight.difference_update(finished)
+                if finished:  # slots alone freed: launch, nothing to push
+                    groups = [g for g in (self._result(t) for t in finished) if g is not None]
+                    reply = await self._push(buffer, groups)
+                    pushed += len(groups)
         finally:
+            if freed is not None:
+                freed.cancel()
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
@@ -326,6 +396,15 @@ class EnvRunner:
                 self._discard(failed)
             kept += (await self._push(buffer, groups, wait_for_room=False)).added
         return kept
+
+    def _launch(self, in_flight: set[asyncio.Task[Group]], slots: EpisodeSlots) -> None:
+        """Starts groups while the refill rule allows (``env_runners.refill``)."""
+        if self.cfg.refill == "groups":
+            while len(in_flight) < self.cfg.groups_in_flight:
+                in_flight.add(asyncio.create_task(self._next_group()))
+            return
+        while slots.take():
+            in_flight.add(asyncio.create_task(self._next_group(slots)))
 
     async def _idle(self, buffer: Handle[ReplayBufferActor], reply: PushReply) -> PushReply:
         """Nothing in flight: wait to be resumed, or for room in the buffer (a long push)."""
