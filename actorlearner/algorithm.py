@@ -550,7 +550,8 @@ class Algorithm:
 
         Ray restarts a dead runner (``env_runners.max_restarts``) by running its constructor again;
         its rollout loop is started anew and takes the newest weights from its first push reply.
-        The groups it had in flight are lost with its process (at most ``groups_in_flight``).
+        The groups it had in flight are lost with its process (their episodes: at most
+        ``groups_in_flight * group_size``).
         """
         training = self.config.training
         limit = training.max_wait_s + training.update_timeout_s

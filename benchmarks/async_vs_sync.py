@@ -15,7 +15,7 @@ The schedules:
 * **sync** (``training.synchronous=true``): the classic loop. Each iteration the runners play
   exactly one batch of groups with the current weights (the slowest episode holds the batch), the
   learner trains on it, and the new weights are synced to every runner before the next batch.
-* **async** (the default schedule): runners keep ``groups_in_flight`` groups going and push each
+* **async** (the default schedule): runners keep ``groups_in_flight * group_size`` episodes going and push each group
   as it finishes; the learner trains on what the buffer holds while generation goes on; weights
   are published once per version and runners take them from their push replies.
 

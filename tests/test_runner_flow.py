@@ -169,6 +169,7 @@ class HeldCalculator(Calculator):
 
     release = threading.Event()
     held_seeds: ClassVar[set[int | None]] = set()
+    held_prompts: ClassVar[set[str]] = set()
     lock = threading.Lock()
     built = itertools.count()
 
@@ -178,11 +179,13 @@ class HeldCalculator(Calculator):
         self.held = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        observation, info = super().reset(seed=seed, options=options)
         with HeldCalculator.lock:
             self.held = seed not in HeldCalculator.held_seeds and len(HeldCalculator.held_seeds) < 2
             if self.held:
                 HeldCalculator.held_seeds.add(seed)
-        return super().reset(seed=seed, options=options)
+                HeldCalculator.held_prompts.add(info["prompt_id"])
+        return observation, info
 
     def step(self, action: Any) -> Any:
         if self.held:
@@ -193,11 +196,13 @@ class HeldCalculator(Calculator):
 @pytest.mark.parametrize("refill", ["episodes", "groups"])
 def test_a_group_waiting_on_a_straggler_holds_its_slot_only(model_dir: str, refill: str) -> None:
     HeldCalculator.release, HeldCalculator.held_seeds = threading.Event(), set()
+    HeldCalculator.held_prompts = set()
     HeldCalculator.built = itertools.count()
 
-    async def main() -> tuple[int, int]:
+    async def main() -> tuple[int, int, set[str]]:
         handle = _buffer(asyncio.get_running_loop())
-        runner = _runner(model_dir, resolve_env_spec(HeldCalculator), groups_in_flight=2, refill=refill)
+        spec = resolve_env_spec(HeldCalculator)  # a held step must not time out (that drops its env)
+        runner = _runner(model_dir, spec, groups_in_flight=2, refill=refill, step_timeout_s=4 * TIMEOUT_S)
         run = asyncio.ensure_future(runner.run(handle))
         try:
             await _until(lambda: len(HeldCalculator.held_seeds) == 2 or run.done(), "two held groups")
@@ -208,27 +213,39 @@ def test_a_group_waiting_on_a_straggler_holds_its_slot_only(model_dir: str, refi
             held = len(handle.obj)
         finally:
             HeldCalculator.release.set()
-        await _until(lambda: len(handle.obj) >= held + 2 or run.done(), "the held groups")
+        prompts = lambda: {g.prompt_id for g in handle.obj.groups}  # noqa: E731
+        await _until(lambda: HeldCalculator.held_prompts <= prompts() or run.done(), "the held groups")
         await runner.stop()
-        return held, await asyncio.wait_for(run, TIMEOUT_S)
+        return held, await asyncio.wait_for(run, TIMEOUT_S), prompts()
 
-    held, pushed = asyncio.run(main())
+    held, pushed, prompts = asyncio.run(main())
+    assert len(HeldCalculator.held_prompts) == 2 and HeldCalculator.held_prompts <= prompts
     if refill == "groups":
         assert held == 0, "two groups in flight, both waiting: nothing else may run"
     else:
         assert held >= 3
-    assert pushed >= held + 2
+    assert pushed >= held + 2  # the two held groups arrived after the release
     assert next(HeldCalculator.built) <= 2 * 2  # never more episodes in play than 4 slots
 
 
 def test_episode_slots_count_what_groups_hold() -> None:
-    slots = EpisodeSlots(capacity=8, group_size=3)
-    assert slots.take() and slots.take() and not slots.take()  # 6 used, 2 free: not a group's 3
-    assert slots.used == 6
-    slots.free(1)
-    assert slots.take() and slots.used == 8 and not slots.take()
-    slots.free(8)
-    assert slots.used == 0 and slots.take()
+    async def main() -> None:
+        slots = EpisodeSlots(capacity=8, group_size=3)
+        assert slots.take() and slots.take() and not slots.take()  # 6 used, 2 free: not a group's 3
+        assert slots.used == 6
+        waiter = asyncio.ensure_future(slots.until_free())
+        slots.free(1)  # 3 free now: a group fits
+        await asyncio.wait_for(waiter, 1.0)
+        assert slots.take() and slots.used == 8 and not slots.take()
+        waiter = asyncio.ensure_future(slots.until_free())
+        slots.free(1)  # 1 free: still no room for a group
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        slots.free(7)
+        await asyncio.wait_for(waiter, 1.0)
+        assert slots.used == 0 and slots.take()
+
+    asyncio.run(main())
 
 
 LOWER_PRIORITY = """

@@ -135,7 +135,7 @@ class EpisodeSlots:
         if self.used + self.group_size <= self.capacity:
             self._room.set()
 
-    async def wait_for_room(self) -> None:
+    async def until_free(self) -> None:
         """Returns once a group's slots are free."""
         await self._room.wait()
 
@@ -304,7 +304,11 @@ class EnvRunner:
         return str(info.get("prompt_id", seed))
 
     async def run(self, buffer: Handle[ReplayBufferActor]) -> int:
-        """Keeps ``groups_in_flight`` groups going, pushing each to ``buffer`` when it is done.
+        """Keeps groups going, pushing each to ``buffer`` when it is done.
+
+        At most ``groups_in_flight * group_size`` episodes are in play (``env_runners.refill``:
+        a new group starts when ``group_size`` episode slots are free, or, with ``groups``, while
+        fewer than ``groups_in_flight`` groups are in flight).
 
         Control comes back in the push replies (:class:`~actorlearner.core.protocols.PushReply`):
         no new group starts while the buffer has no room (an empty push then waits for room),
@@ -326,7 +330,7 @@ class EnvRunner:
                     reply = await self._idle(buffer, reply)
                     continue
                 if launching and self.cfg.refill == "episodes" and freed is None:
-                    freed = asyncio.create_task(slots.wait_for_room())
+                    freed = asyncio.create_task(slots.until_free())
                 waits: set[asyncio.Task[Any]] = set(in_flight) | ({freed} if freed else set())
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if freed is not None and freed.done():
@@ -335,10 +339,10 @@ class EnvRunner:
                     break
                 finished = [t for t in done if t in in_flight]
                 in_flight.difference_update(finished)
-                if finished:  # slots alone freed: launch, nothing to push
-                    groups = [g for g in (self._result(t) for t in finished) if g is not None]
-                    reply = await self._push(buffer, groups)
-                    pushed += len(groups)
+                # Pushed even when only slots were freed: the reply's room is then current.
+                groups = [g for g in (self._result(t) for t in finished) if g is not None]
+                reply = await self._push(buffer, groups)
+                pushed += len(groups)
         finally:
             if freed is not None:
                 freed.cancel()
