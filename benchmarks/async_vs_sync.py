@@ -15,9 +15,9 @@ The schedules:
 * **sync** (``training.synchronous=true``): the classic loop. Each iteration the runners play
   exactly one batch of groups with the current weights (the slowest episode holds the batch), the
   learner trains on it, and the new weights are synced to every runner before the next batch.
-* **async** (the default schedule): runners keep ``groups_in_flight * group_size`` episodes going and push each group
-  as it finishes; the learner trains on what the buffer holds while generation goes on; weights
-  are published once per version and runners take them from their push replies.
+* **async** (the default schedule): runners keep ``groups_in_flight * group_size`` episodes going
+  and push each group as it finishes; the learner trains on what the buffer holds while generation
+  goes on; weights are published once per version and runners take them from their push replies.
 
 Both schedules are measured ``--rounds`` times (4), alternating which runs first, and the medians
 are reported: on this shared 2-core machine one schedule's samples/s varied by 25-45% between runs
