@@ -8,6 +8,7 @@ which prompts to skip and which weights are newest; weights are loaded between g
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -43,6 +44,11 @@ from actorlearner.rollout.episode import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Called as each episode of a group in the asynchronous schedule ends (frees its episode slot).
+_EPISODE_ENDED: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "episode_ended", default=None
+)
 
 
 def _restarted() -> bool:
@@ -218,21 +224,15 @@ class EnvRunner:
             pool.release(env)
         return traj
 
-    async def run_group(
-        self, seed: int, policy: TurnPolicy | None = None, ended: Callable[[], None] | None = None
-    ) -> Group:
-        """Plays G episodes of one prompt (same reset seed) concurrently.
-
-        ``ended`` is called as each episode ends (the asynchronous schedule's episode slots).
-        """
+    async def run_group(self, seed: int, policy: TurnPolicy | None = None) -> Group:
+        """Plays G episodes of one prompt (same reset seed) concurrently."""
         self._ensure_executor()
         policy = policy or EnginePolicy(self.batcher, self.params)
         size = self.cfg.group_size
         self.batcher.join(size)
         async with asyncio.TaskGroup() as tg:  # one failing episode cancels its siblings
             tasks = [
-                tg.create_task(self._joined(self._episode(self.pool, policy, seed), ended))
-                for _ in range(size)
+                tg.create_task(self._joined(self._episode(self.pool, policy, seed))) for _ in range(size)
             ]
         trajs = [t.result() for t in tasks]
         if self.deterministic:  # which episode drew which sample depends on timing, the set does not
@@ -251,10 +251,12 @@ class EnvRunner:
             created_at=time.time(),
         )
 
-    async def _joined(
-        self, episode: Awaitable[Trajectory], ended: Callable[[], None] | None = None
-    ) -> Trajectory:
-        """Awaits an episode the batcher was told of (:meth:`AsyncBatchingEngine.join`); then tells it."""
+    async def _joined(self, episode: Awaitable[Trajectory]) -> Trajectory:
+        """Awaits an episode the batcher was told of (:meth:`AsyncBatchingEngine.join`); then tells it.
+
+        In a group started by :meth:`_next_group` with slots, it also frees the episode's slot.
+        """
+        ended = _EPISODE_ENDED.get()
         try:
             return await episode
         finally:
@@ -274,8 +276,10 @@ class EnvRunner:
             left -= 1
             slots.free(1)
 
+        # Through the context, not an argument: a user's run_group override keeps its signature.
+        _EPISODE_ENDED.set(one_ended)  # this task's context and its episodes' tasks only
         try:
-            return await self.run_group(await self._next_seed(), ended=one_ended)
+            return await self.run_group(await self._next_seed())
         finally:
             slots.free(left)  # a group that failed before its episodes ended
 
