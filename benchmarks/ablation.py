@@ -1,18 +1,21 @@
-"""Paired ablation on FunctionCalling: uniform replay vs DSCL + TAO-RL (protocol: benchmarks/ABLATION.md).
+"""Paired ablation: uniform replay vs DSCL + TAO-RL (protocols: benchmarks/ABLATION.md).
+
+Two protocols (``--setting``): ``calculator`` (protocol 2, the default: the main job's env, where
+RL learns) and ``function_calling`` (protocol 1, where RL did not improve on its SFT checkpoint).
 
 For each seed: cold-start SFT once, a checkpoint, the greedy held-out reward of that checkpoint;
 then each arm trains from the checkpoint with the same task and evaluation seeds (a paired design),
 on the synchronous schedule, so every count is independent of machine load. Every run logs, per
 iteration, the rollouts generated (every trajectory the runners played, kept or dropped), the
 learner samples and the counters that explain them, and at each evaluation the greedy held-out
-reward on a fixed set of prompts.
+reward and success on a fixed set of prompts (the setting's ``metric`` is the endpoint).
 
 Endpoints (all fixed in ABLATION.md before any run): the area under the held-out gain curve against
 rollouts generated (primary) and against learner samples; rollouts to a target gain (secondary);
 paired across seeds with bootstrap 95% intervals.
 
 Run: ``.venv/bin/python benchmarks/ablation.py`` (resumable: finished runs in
-``OUT/ablation.partial.jsonl`` are not run again), split over two processes with
+``OUT/<prefix>.partial.jsonl`` are not run again), split over two processes with
 ``--seeds 0 2 4 6 8 --threads 1`` and ``--seeds 1 3 5 7 9 --threads 1``; ``--summarize`` rebuilds
 the table and plot from the partial file; ``--quick`` is a smoke run whose numbers mean nothing.
 """
@@ -25,6 +28,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +36,36 @@ import numpy as np
 
 from actorlearner import AlgorithmConfig
 
-CONFIG = "configs/function_calling.yaml"
 
-COMMON: dict[str, Any] = {
+@dataclass(frozen=True)
+class Setting:
+    """One protocol of ABLATION.md: its config, shared settings, arms and budget defaults.
+
+    Attributes:
+        config: The YAML config every run starts from.
+        common: Settings every run of the protocol shares ("Setting").
+        arms: The two arms ("Arms"); everything not named there is ``common`` or the config's.
+        metric: The held-out number the endpoints use ("reward" or "success").
+        prefix: Stem of the result files in ``--out`` (``<prefix>.partial.jsonl``, ``.md``...).
+        title: The plot's title.
+        defaults: The protocol's budget (argparse defaults: sft_steps, iterations, eval_every,
+            eval_episodes, target_gain).
+    """
+
+    config: str
+    common: dict[str, Any]
+    arms: dict[str, dict[str, Any]]
+    metric: str
+    prefix: str
+    title: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_SHARED: dict[str, Any] = {
     "training.synchronous": "true",
-    "training.train_batch_groups": 8,
     "training.time_budget_s": "null",
     "env_runners.num_env_runners": 0,
     "env_runners.num_tasks": 256,
-    "environment.env_config": "{categories: [single, multiple, parallel]}",
-    "replay.capacity": 32,
     "replay.max_reuse": 2,
     "replay.max_staleness": 4,
     "evaluation.interval": 0,
@@ -49,24 +73,67 @@ COMMON: dict[str, Any] = {
     "reporting.tensorboard": "false",
     "reporting.checkpoint_interval": 0,
 }
-"""Settings every run shares (ABLATION.md, "Setting")."""
-
-DSCL = "{name: dscl, reward_range: [-3, 4], warmup_batches: 0, batch_groups: 8}"
 TAO_FILTERS = "[tool_failure_mask, uniform_tool_outcome, void_turn, overlong, zero_variance]"
 
-ARMS: dict[str, dict[str, Any]] = {
-    "uniform": {
-        "replay.priority_fn": "uniform",
-        "replay.filters": "[void_turn, overlong, zero_variance]",
-        "training.entropy_advantage_coef": 0.0,
-    },
-    "dscl+tao_rl": {
-        "replay.priority_fn": DSCL,
-        "replay.filters": TAO_FILTERS,
-        "training.entropy_advantage_coef": 0.01,
-    },
+
+def _arms(reward_range: str, batch_groups: int) -> dict[str, dict[str, Any]]:
+    dscl = f"{{name: dscl, reward_range: {reward_range}, warmup_batches: 0, batch_groups: {batch_groups}}}"
+    return {
+        "uniform": {
+            "replay.priority_fn": "uniform",
+            "replay.filters": "[void_turn, overlong, zero_variance]",
+            "training.entropy_advantage_coef": 0.0,
+        },
+        "dscl+tao_rl": {
+            "replay.priority_fn": dscl,
+            "replay.filters": TAO_FILTERS,
+            "training.entropy_advantage_coef": 0.01,
+        },
+    }
+
+
+SETTINGS: dict[str, Setting] = {
+    # Protocol 1 (2026-12-02): FunctionCalling, ToolRL reward; RL did not improve on SFT.
+    "function_calling": Setting(
+        config="configs/function_calling.yaml",
+        common={
+            **_SHARED,
+            "training.train_batch_groups": 8,
+            "environment.env_config": "{categories: [single, multiple, parallel]}",
+            "replay.capacity": 32,
+        },
+        arms=_arms("[-3, 4]", 8),
+        metric="reward",
+        prefix="ablation",
+        title="FunctionCalling ablation (paired seeds)",
+        defaults={
+            "sft_steps": 200,
+            "iterations": 30,
+            "eval_every": 2,
+            "eval_episodes": 100,
+            "target_gain": 0.1,
+        },
+    ),
+    # Protocol 2 (2026-12-04): the main job's Calculator, where RL does learn (ABLATION.md).
+    "calculator": Setting(
+        config="configs/calculator.yaml",
+        common={**_SHARED, "training.train_batch_groups": 16, "replay.capacity": 64},
+        arms=_arms("[-1, 1]", 16),
+        metric="success",
+        prefix="ablation_calculator",
+        title="Calculator ablation (paired seeds)",
+        defaults={
+            "sft_steps": 600,
+            "iterations": 60,
+            "eval_every": 2,
+            "eval_episodes": 200,
+            "target_gain": 0.4,
+        },
+    ),
 }
-"""The two arms (ABLATION.md, "Arms"); everything not named here is COMMON or the config's."""
+"""The protocols of ABLATION.md by ``--setting`` name."""
+ARMS = tuple(SETTINGS["calculator"].arms)
+"""The arm names (the same in every setting)."""
 
 COUNTERS = (
     "rollout/episodes",
@@ -108,15 +175,16 @@ def prepare_seed(seed: int, args: argparse.Namespace, root: Path) -> dict[str, A
     done = root / f"sft-{seed}.json"
     if done.exists():
         return json.loads(done.read_text())
+    setting = SETTINGS[args.setting]
     settings = {
-        **COMMON,
+        **setting.common,
         **_threads(args),
         "debugging.seed": seed,
         "sft.steps": args.sft_steps,
         "reporting.run_dir": str(root),
         "reporting.name": f"sft-{seed}",
     }
-    algo = AlgorithmConfig.from_yaml(CONFIG, _overrides(settings)).build()
+    algo = AlgorithmConfig.from_yaml(setting.config, _overrides(settings)).build()
     try:
         start = time.perf_counter()
         algo.pretrain()
@@ -132,9 +200,10 @@ def prepare_seed(seed: int, args: argparse.Namespace, root: Path) -> dict[str, A
 
 def run_arm(arm: str, seed: int, sft: dict[str, Any], args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """One arm from the seed's SFT checkpoint: the per-iteration counters and the held-out curve."""
+    setting = SETTINGS[args.setting]
     settings = {
-        **COMMON,
-        **ARMS[arm],
+        **setting.common,
+        **setting.arms[arm],
         **_threads(args),
         "debugging.seed": seed,
         "model.model": sft["model"],
@@ -143,7 +212,7 @@ def run_arm(arm: str, seed: int, sft: dict[str, Any], args: argparse.Namespace, 
         "reporting.run_dir": str(root),
         "reporting.name": f"{arm}-{seed}",
     }
-    algo = AlgorithmConfig.from_yaml(CONFIG, _overrides(settings)).build()
+    algo = AlgorithmConfig.from_yaml(setting.config, _overrides(settings)).build()
     rollouts, samples = 0.0, 0.0
     curve = [{"iteration": 0, "rollouts": 0.0, "samples": 0.0, **sft["start"]}]
     iterations: list[dict[str, float]] = []
@@ -173,29 +242,32 @@ def run_arm(arm: str, seed: int, sft: dict[str, Any], args: argparse.Namespace, 
 # -- endpoints (pure functions, tested in tests/test_ablation.py) --------------------------------
 
 
-def gain_auc(curve: list[dict[str, float]], x: str, x_max: float) -> float:
+def gain_auc(curve: list[dict[str, float]], x: str, x_max: float, metric: str = "reward") -> float:
     """Mean held-out gain over ``[0, x_max]`` of ``x`` ("rollouts" or "samples").
 
-    The gain is the reward minus the curve's first point (the shared SFT checkpoint), linearly
-    interpolated between evaluations; the area is divided by ``x_max``, so it is in reward units.
-    A curve ending before ``x_max`` is held at its last value.
+    The gain is ``metric`` (the reward or the success rate) minus the curve's first point (the
+    shared SFT checkpoint), linearly interpolated between evaluations; the area is divided by
+    ``x_max``, so it is in ``metric``'s units. A curve ending before ``x_max`` is held at its last
+    value.
     """
     xs = np.array([p[x] for p in curve], dtype=np.float64)
-    ys = np.array([p["reward"] for p in curve], dtype=np.float64) - curve[0]["reward"]
+    ys = np.array([p[metric] for p in curve], dtype=np.float64) - curve[0][metric]
     grid = np.linspace(0.0, x_max, 513)
     return float(np.trapezoid(np.interp(grid, xs, ys), grid) / x_max) if x_max > 0 else 0.0
 
 
-def to_target(curve: list[dict[str, float]], x: str, gain: float) -> tuple[float, bool]:
+def to_target(
+    curve: list[dict[str, float]], x: str, gain: float, metric: str = "reward"
+) -> tuple[float, bool]:
     """``x`` at which the held-out gain first reaches ``gain``, interpolated between evaluations.
 
     Returns:
         (value, reached). A curve that never reaches the target gives its last ``x`` and False:
         a lower bound (censored).
     """
-    base = curve[0]["reward"]
+    base = curve[0][metric]
     for p0, p1 in itertools.pairwise(curve):
-        g0, g1 = p0["reward"] - base, p1["reward"] - base
+        g0, g1 = p0[metric] - base, p1[metric] - base
         if g0 >= gain:
             return float(p0[x]), True
         if g1 >= gain:
@@ -221,7 +293,7 @@ def geometric_mean(values: np.ndarray) -> float:
     return float(np.exp(np.mean(np.log(values))))
 
 
-def paired(results: list[dict[str, Any]], target_gain: float) -> list[dict[str, Any]]:
+def paired(results: list[dict[str, Any]], target_gain: float, metric: str = "reward") -> list[dict[str, Any]]:
     """Per seed with both arms: the endpoints of each arm and their paired comparison."""
     by = {(r["seed"], r["arm"]): r for r in results}
     rows = []
@@ -233,12 +305,12 @@ def paired(results: list[dict[str, Any]], target_gain: float) -> list[dict[str, 
         s_common = min(u["curve"][-1]["samples"], d["curve"][-1]["samples"])
         row: dict[str, Any] = {"seed": seed, "rollouts_common": r_common}
         for name, run in (("uniform", u), ("dscl", d)):
-            row[f"{name}_auc_rollouts"] = gain_auc(run["curve"], "rollouts", r_common)
-            row[f"{name}_auc_samples"] = gain_auc(run["curve"], "samples", s_common)
+            row[f"{name}_auc_rollouts"] = gain_auc(run["curve"], "rollouts", r_common, metric)
+            row[f"{name}_auc_samples"] = gain_auc(run["curve"], "samples", s_common, metric)
             row[f"{name}_to_target"], row[f"{name}_reached"] = to_target(
-                run["curve"], "rollouts", target_gain
+                run["curve"], "rollouts", target_gain, metric
             )
-            row[f"{name}_final"] = run["curve"][-1]["reward"]
+            row[f"{name}_final"] = run["curve"][-1][metric]
             its = run["iterations"]
             generated = sum(i["rollout/episodes"] for i in its)
             row[f"{name}_useful_share"] = sum(i["learner/useful_trajectories"] for i in its) / max(
@@ -252,9 +324,9 @@ def paired(results: list[dict[str, Any]], target_gain: float) -> list[dict[str, 
     return rows
 
 
-def summarize(results: list[dict[str, Any]], target_gain: float) -> str:
+def summarize(results: list[dict[str, Any]], target_gain: float, metric: str = "reward") -> str:
     """The markdown report: per-pair rows, then the paired estimates with bootstrap intervals."""
-    rows = paired(results, target_gain)
+    rows = paired(results, target_gain, metric)
     if not rows:
         return "no complete pair yet"
     lines = [
@@ -262,7 +334,7 @@ def summarize(results: list[dict[str, Any]], target_gain: float) -> str:
         f"| rollouts to +{target_gain} (u / d) | useful share (u / d) | prompts skipped (d) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    starts = {r["seed"]: r["curve"][0]["reward"] for r in results}
+    starts = {r["seed"]: r["curve"][0][metric] for r in results}
     for r in rows:
         mark = {True: "", False: "+"}
         lines.append(
@@ -300,7 +372,7 @@ def _estimate(label: str, diffs: list[float]) -> str:
     return f"- {label}: {mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]; dscl+tao ahead on {wins}/{len(diffs)}"
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> None:
+def plot(results: list[dict[str, Any]], path: Path, setting: Setting) -> None:
     """Held-out greedy gain against rollouts generated and against learner samples, one line per run."""
     from matplotlib.figure import Figure
 
@@ -311,25 +383,27 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         labelled: set[str] = set()
         for r in results:
             xs = [p[x] for p in r["curve"]]
-            ys = [p["reward"] - r["curve"][0]["reward"] for p in r["curve"]]
+            ys = [p[setting.metric] - r["curve"][0][setting.metric] for p in r["curve"]]
             label = None if r["arm"] in labelled else r["arm"]
             labelled.add(r["arm"])
             ax.plot(xs, ys, color=colours[r["arm"]], alpha=0.6, label=label)
         ax.set_xlabel("rollouts generated" if x == "rollouts" else "learner samples (trajectories)")
-        ax.set_ylabel("held-out greedy reward gain over SFT")
+        ax.set_ylabel(f"held-out greedy {setting.metric} gain over SFT")
         ax.legend()
-    fig.suptitle("FunctionCalling ablation (paired seeds)")
+    fig.suptitle(setting.title)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def write_outputs(results: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> None:
-    """Prints the report and writes ``ablation.md``, ``ablation.json`` and ``ablation.png``."""
-    report = summarize(results, args.target_gain)
+    """Prints the report and writes the setting's ``.md``, ``.json`` and ``.png`` (``ablation*``)."""
+    setting = SETTINGS[args.setting]
+    report = summarize(results, args.target_gain, setting.metric)
     print(report)
-    pairs = paired(results, args.target_gain)
-    (out / "ablation.json").write_text(json.dumps({"args": vars(args), "pairs": pairs}, indent=2))
-    (out / "ablation.md").write_text(report + "\n")
-    plot(results, out / "ablation.png")
+    pairs = paired(results, args.target_gain, setting.metric)
+    stem = out / setting.prefix
+    stem.with_suffix(".json").write_text(json.dumps({"args": vars(args), "pairs": pairs}, indent=2))
+    stem.with_suffix(".md").write_text(report + "\n")
+    plot(results, stem.with_suffix(".png"), setting)
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -339,25 +413,40 @@ def load(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def main() -> None:
-    """Runs every (seed, arm) not yet in the partial file, then writes the report."""
+def _parse_args() -> argparse.Namespace:
+    """The command line; the budget's defaults are the chosen ``--setting``'s protocol."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--setting", choices=list(SETTINGS), default="calculator", help="the protocol")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
-    parser.add_argument("--iterations", type=int, default=30)
-    parser.add_argument("--eval-every", type=int, default=2)
-    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--iterations", type=int)
+    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--eval-episodes", type=int)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--sft-steps", type=int, default=200)
-    parser.add_argument("--target-gain", type=float, default=0.1, help="see ABLATION.md")
+    parser.add_argument("--sft-steps", type=int)
+    parser.add_argument("--target-gain", type=float, help="see ABLATION.md")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE over the protocol (pilots)")
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--work", default="/tmp/actorlearner-ablation", help="SFT checkpoints and run dirs")
+    parser.add_argument(
+        "--work", help="SFT checkpoints and run dirs (default /tmp/actorlearner-ablation/SETTING)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budget: checks the script runs")
-    parser.add_argument("--summarize", action="store_true", help="no runs: report OUT/ablation.partial.jsonl")
+    parser.add_argument("--summarize", action="store_true", help="no runs: report the setting's partial file")
     args = parser.parse_args()
+    for key, value in SETTINGS[args.setting].defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.work is None:
+        args.work = f"/tmp/actorlearner-ablation/{args.setting}"
+    return args
+
+
+def main() -> None:
+    """Runs every (seed, arm) not yet in the partial file, then writes the report."""
+    args = _parse_args()
+    setting = SETTINGS[args.setting]
     if args.quick:
         args.seeds, args.iterations, args.eval_every, args.eval_episodes, args.sft_steps = [0], 2, 1, 4, 5
         args.out, args.work = str(Path(args.work) / "quick-out"), str(Path(args.work) / "quick")
@@ -369,7 +458,7 @@ def main() -> None:
     out, root = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    partial = out / "ablation.partial.jsonl"
+    partial = out / f"{setting.prefix}.partial.jsonl"
     if not args.summarize:
         done = {(r["seed"], r["arm"]) for r in load(partial)}
         for seed in args.seeds:

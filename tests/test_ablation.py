@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ _spec = importlib.util.spec_from_file_location(
 )
 assert _spec is not None and _spec.loader is not None
 ablation = importlib.util.module_from_spec(_spec)
+sys.modules["ablation"] = ablation  # dataclasses look their module up there
 _spec.loader.exec_module(ablation)
 
 
@@ -74,3 +76,31 @@ def test_paired_compares_arms_of_the_same_seed_over_a_common_rollout_budget():
         0.05
     )
     assert "Paired over 1 seeds" in ablation.summarize(results, 0.5)
+
+
+def test_endpoints_read_the_settings_metric_not_always_the_reward():
+    curve = [
+        {"rollouts": 0.0, "samples": 0.0, "reward": 0.0, "success": 0.1},
+        {"rollouts": 100.0, "samples": 10.0, "reward": 0.0, "success": 0.5},
+    ]
+    assert ablation.gain_auc(curve, "rollouts", 100) == 0.0  # the reward never moves
+    assert ablation.gain_auc(curve, "rollouts", 100, "success") == pytest.approx(0.2, abs=1e-3)
+    assert ablation.to_target(curve, "rollouts", 0.2, "success") == (pytest.approx(50.0), True)
+    assert ablation.to_target(curve, "rollouts", 0.2) == (100.0, False)
+
+
+def test_every_setting_builds_a_valid_config_for_both_arms():
+    from actorlearner import AlgorithmConfig
+
+    root = Path(__file__).parents[1]
+    assert set(ablation.SETTINGS) == {"function_calling", "calculator"}
+    prefixes = {s.prefix for s in ablation.SETTINGS.values()}
+    assert len(prefixes) == len(ablation.SETTINGS)  # one result file per protocol
+    for setting in ablation.SETTINGS.values():
+        assert setting.metric in ("reward", "success")
+        assert set(setting.arms) == set(ablation.ARMS)
+        for arm in setting.arms.values():
+            overrides = ablation._overrides({**setting.common, **arm})
+            config = AlgorithmConfig.from_yaml(str(root / setting.config), overrides)
+            assert config.training.synchronous and config.env_runners.num_tasks == 256
+            assert config.replay.capacity == 4 * config.training.train_batch_groups

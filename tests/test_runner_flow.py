@@ -160,21 +160,19 @@ def test_demonstrations_keep_at_most_groups_in_flight_episodes_in_play(model_dir
     assert next(CountedCalculator.built) <= 2 * 2
 
 
-class HeldCalculator(Calculator):
+class HeldCalculator(CountedCalculator):
     """A Calculator holding the first episode of each of the first two prompts in its first step.
 
     Those two groups then wait on one straggler each until the test sets ``release``; every env
-    built is counted, one per episode in play at once.
+    built is counted (``CountedCalculator.built``), one per episode in play at once.
     """
 
     release = threading.Event()
     held_seeds: ClassVar[set[int | None]] = set()
     held_prompts: ClassVar[set[str]] = set()
     lock = threading.Lock()
-    built = itertools.count()
 
     def __init__(self, **kwargs: Any) -> None:
-        next(HeldCalculator.built)
         super().__init__(**kwargs)
         self.held = False
 
@@ -197,7 +195,7 @@ class HeldCalculator(Calculator):
 def test_a_group_waiting_on_a_straggler_holds_its_slot_only(model_dir: str, refill: str) -> None:
     HeldCalculator.release, HeldCalculator.held_seeds = threading.Event(), set()
     HeldCalculator.held_prompts = set()
-    HeldCalculator.built = itertools.count()
+    CountedCalculator.built = itertools.count()
 
     async def main() -> tuple[int, int, set[str]]:
         handle = _buffer(asyncio.get_running_loop())
@@ -225,7 +223,7 @@ def test_a_group_waiting_on_a_straggler_holds_its_slot_only(model_dir: str, refi
     else:
         assert held >= 3
     assert pushed >= held + 2  # the two held groups arrived after the release
-    assert next(HeldCalculator.built) <= 2 * 2  # never more episodes in play than 4 slots
+    assert next(CountedCalculator.built) <= 2 * 2  # never more episodes in play than 4 slots
 
 
 def test_episode_slots_count_what_groups_hold() -> None:

@@ -64,6 +64,14 @@ T_MEAN_FRACTION = 3 / 7
 FORMAT_COMPONENT = "format"
 """The tool envs' format-penalty component, which :meth:`DSCLPriority.reweight_group` leaves alone."""
 
+DEFAULT_COMPONENT_RANGES: dict[str, tuple[float, float]] = {FORMAT_COMPONENT: (-1.0, 0.0)}
+"""Ranges of components that are not on [0, 1], used without ``component_ranges``.
+
+A tool env's ``"format"`` component is a penalty down to ``-max_format_penalty`` (1.0 by default),
+so a clean episode (0) is the mastered end. On [0, 1] it would read as never mastered, and the
+curriculum's softmax would put almost all its focus on it.
+"""
+
 TASK_PREFIX = "task/"
 """Sub-tasks from ``group.sub_tasks`` are named ``task/<label>`` beside the reward components."""
 
@@ -218,7 +226,8 @@ def trajectory_component_scores(
     match fractions whose signed parts in ``reward_components`` depend on the prompt), those are
     used, clipped to [0, 1]. Otherwise each component named in ``component_ranges`` is read from
     ``reward_components`` and normalized by its range; with ``component_ranges=None`` every
-    component is, by :data:`DEFAULT_RANGE`. Non-finite values are skipped.
+    component is, by :data:`DEFAULT_COMPONENT_RANGES` (the format penalty) or else
+    :data:`DEFAULT_RANGE`. Non-finite values are skipped.
     """
     given = getattr(trajectory, "sub_task_scores", None)
     if isinstance(given, Mapping) and given:
@@ -226,7 +235,10 @@ def trajectory_component_scores(
     else:
         ranges = component_ranges
         if ranges is None:
-            ranges = dict.fromkeys(trajectory.reward_components, DEFAULT_RANGE)
+            ranges = {
+                name: DEFAULT_COMPONENT_RANGES.get(name, DEFAULT_RANGE)
+                for name in trajectory.reward_components
+            }
         items = [
             (name, float(trajectory.reward_components[name]), value_range)
             for name, value_range in ranges.items()
@@ -369,7 +381,8 @@ class DSCLPriority:
         tau: Focus softmax temperature (our choice: 0.2).
         mastery_decay: EMA decay of the sub-task mastery per batch (our choice: 0.8).
         component_ranges: Reward components that are sub-tasks and the range normalizing each
-            (default None: every component, each in [0, 1]; ``{}``: none). Used only for
+            (default None: every component, on [0, 1] except the format penalty on [-1, 0],
+            :data:`DEFAULT_COMPONENT_RANGES`; ``{}``: none). Used only for
             trajectories without ``sub_task_scores`` (see :func:`trajectory_component_scores`):
             an env whose components have no fixed range (ToolRL's signed parts scale with the
             prompt) reports normalized ``sub_task_scores`` instead.

@@ -111,10 +111,11 @@ def _thread_ids() -> list[int]:
 
 
 class EpisodeSlots:
-    """The asynchronous schedule's episode budget (``env_runners.refill: episodes``).
+    """The asynchronous schedule's episode budget.
 
-    A group takes ``group_size`` slots at its start and frees each as its episode ends, so a group
-    waiting on a slow episode holds one slot, not G.
+    A group takes ``group_size`` slots at its start. Under ``env_runners.refill: episodes`` it frees
+    each as its episode ends, so a group waiting on a slow episode holds one slot, not G; under
+    ``groups`` it frees them all when it ends, so at most ``groups_in_flight`` groups run.
 
     Args:
         capacity: Episodes in play at most (``groups_in_flight * group_size``).
@@ -264,8 +265,12 @@ class EnvRunner:
             if ended is not None:
                 ended()
 
-    async def _next_group(self, slots: EpisodeSlots | None = None) -> Group:
-        """Plays a group on the next task seed; with ``slots``, frees its episodes' slots as they end."""
+    async def _next_group(self, slots: EpisodeSlots | None = None, per_episode: bool = True) -> Group:
+        """Plays a group on the next task seed, holding ``group_size`` of ``slots`` if given.
+
+        With ``per_episode`` each episode frees its slot as it ends; otherwise the group frees them
+        all when it ends (``env_runners.refill: groups``).
+        """
         self._ensure_executor()
         if slots is None:
             return await self.run_group(await self._next_seed())
@@ -276,8 +281,9 @@ class EnvRunner:
             left -= 1
             slots.free(1)
 
-        # Through the context, not an argument: a user's run_group override keeps its signature.
-        _EPISODE_ENDED.set(one_ended)  # this task's context and its episodes' tasks only
+        if per_episode:
+            # Through the context, not an argument: a user's run_group override keeps its signature.
+            _EPISODE_ENDED.set(one_ended)  # this task's context and its episodes' tasks only
         try:
             return await self.run_group(await self._next_seed())
         finally:
@@ -406,13 +412,10 @@ class EnvRunner:
         return kept
 
     def _launch(self, in_flight: set[asyncio.Task[Group]], slots: EpisodeSlots) -> None:
-        """Starts groups while the refill rule allows (``env_runners.refill``)."""
-        if self.cfg.refill == "groups":
-            while len(in_flight) < self.cfg.groups_in_flight:
-                in_flight.add(asyncio.create_task(self._next_group()))
-            return
+        """Starts groups while ``slots`` hold a whole group; ``env_runners.refill`` decides when they free."""
+        per_episode = self.cfg.refill == "episodes"
         while slots.take():
-            in_flight.add(asyncio.create_task(self._next_group(slots)))
+            in_flight.add(asyncio.create_task(self._next_group(slots, per_episode)))
 
     async def _idle(self, buffer: Handle[ReplayBufferActor], reply: PushReply) -> PushReply:
         """Nothing in flight: wait to be resumed, or for room in the buffer (a long push)."""
