@@ -11,17 +11,61 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from actorlearner.core.errors import ConfigError
+from actorlearner.env.config import EnvironmentConfig
 from actorlearner.env.registration import check_env_config, resolve_env_spec
+from actorlearner.learn.config import LearnerConfig, TrainingConfig
+from actorlearner.replay.config import ReplayConfig
+from actorlearner.rollout.config import EnvRunnersConfig
+from actorlearner.runtime.config import DebuggingConfig, ReportingConfig
 from actorlearner.runtime.placement import check_ray_address
 
-if TYPE_CHECKING:
-    from actorlearner.config import AlgorithmConfig
+
+class CheckedConfig(Protocol):
+    """The sections these checks read, as :class:`actorlearner.config.AlgorithmConfig` has them.
+
+    A protocol, so that this module sits below the config builder that calls it (no import cycle).
+    """
+
+    @property
+    def environment(self) -> EnvironmentConfig:
+        """The ``environment`` section."""
+        ...
+
+    @property
+    def env_runners(self) -> EnvRunnersConfig:
+        """The ``env_runners`` section."""
+        ...
+
+    @property
+    def training(self) -> TrainingConfig:
+        """The ``training`` section."""
+        ...
+
+    @property
+    def replay(self) -> ReplayConfig:
+        """The ``replay`` section."""
+        ...
+
+    @property
+    def learners(self) -> LearnerConfig:
+        """The ``learners`` section."""
+        ...
+
+    @property
+    def reporting(self) -> ReportingConfig:
+        """The ``reporting`` section."""
+        ...
+
+    @property
+    def debugging(self) -> DebuggingConfig:
+        """The ``debugging`` section."""
+        ...
 
 
-def check_config(cfg: AlgorithmConfig) -> None:
+def check_config(cfg: CheckedConfig) -> None:
     """Runs every check below, cheapest first.
 
     Raises:
@@ -36,7 +80,7 @@ def check_config(cfg: AlgorithmConfig) -> None:
     check_env_configs(cfg)
 
 
-def check_cross_fields(cfg: AlgorithmConfig) -> None:
+def check_cross_fields(cfg: CheckedConfig) -> None:
     """Checks that values of different sections fit together."""
     runners, training = cfg.env_runners, cfg.training
     if runners.max_ready_groups < training.train_batch_groups:
@@ -64,7 +108,7 @@ def check_cross_fields(cfg: AlgorithmConfig) -> None:
         )
 
 
-def check_local_ray(cfg: AlgorithmConfig) -> None:
+def check_local_ray(cfg: CheckedConfig) -> None:
     """The object store knobs size a Ray runtime that actorlearner starts, not a running cluster."""
     debugging = cfg.debugging
     if debugging.ray_address is None:
@@ -77,7 +121,7 @@ def check_local_ray(cfg: AlgorithmConfig) -> None:
             )
 
 
-def check_learner_group(cfg: AlgorithmConfig) -> None:
+def check_learner_group(cfg: CheckedConfig) -> None:
     """A learner group needs Ray (its members are processes); NCCL needs CUDA learners."""
     learners = cfg.learners
     if learners.num_learners > 1 and cfg.env_runners.num_env_runners == 0:
@@ -93,7 +137,7 @@ def check_learner_group(cfg: AlgorithmConfig) -> None:
         check_sharding(cfg)
 
 
-def check_sharding(cfg: AlgorithmConfig) -> None:
+def check_sharding(cfg: CheckedConfig) -> None:
     """FSDP2 shards over two or more members, and not with the knobs its path has not been tested with."""
     learners = cfg.learners
     if learners.num_learners < 2:
@@ -115,7 +159,7 @@ def check_sharding(cfg: AlgorithmConfig) -> None:
             )
 
 
-def check_deterministic(cfg: AlgorithmConfig) -> None:
+def check_deterministic(cfg: CheckedConfig) -> None:
     """``debugging.deterministic`` needs local mode, no wall-clock budget and an engine with state."""
     if not cfg.debugging.deterministic:
         return
@@ -141,7 +185,7 @@ def check_deterministic(cfg: AlgorithmConfig) -> None:
         )
 
 
-def check_device(cfg: AlgorithmConfig) -> None:
+def check_device(cfg: CheckedConfig) -> None:
     """``learners.device=cuda`` and ``learners.backend=nccl`` need CUDA here.
 
     Not checked when the learners may run on a Ray cluster's GPU nodes.
@@ -181,7 +225,7 @@ def check_run_dir(run_dir: str, key: str) -> None:
         ) from None
 
 
-def check_env_configs(cfg: AlgorithmConfig) -> None:
+def check_env_configs(cfg: CheckedConfig) -> None:
     """The env takes ``env_config``, and ``env_config`` updated by ``eval_env_config`` (builds each once)."""
     env = cfg.environment
     spec = resolve_env_spec(env.env)
