@@ -76,8 +76,12 @@ _SHARED: dict[str, Any] = {
 TAO_FILTERS = "[tool_failure_mask, uniform_tool_outcome, void_turn, overlong, zero_variance]"
 
 
-def _arms(reward_range: str, batch_groups: int) -> dict[str, dict[str, Any]]:
-    dscl = f"{{name: dscl, reward_range: {reward_range}, warmup_batches: 0, batch_groups: {batch_groups}}}"
+def _arms(reward_range: str, batch_groups: int, dscl_extra: str = "") -> dict[str, dict[str, Any]]:
+    """The two arms on an env's reward range; ``dscl_extra``: more DSCL options (``, key: value``)."""
+    dscl = (
+        f"{{name: dscl, reward_range: {reward_range}, warmup_batches: 0, batch_groups: {batch_groups}"
+        f"{dscl_extra}}}"
+    )
     return {
         "uniform": {
             "replay.priority_fn": "uniform",
@@ -118,7 +122,8 @@ SETTINGS: dict[str, Setting] = {
     "calculator": Setting(
         config="configs/calculator.yaml",
         common={**_SHARED, "training.train_batch_groups": 16, "replay.capacity": 64},
-        arms=_arms("[-1, 1]", 16),
+        # the format penalty's range (docs/algorithms.md §7b): the pilot's DSCL read it on [0, 1]
+        arms=_arms("[-1, 1]", 16, ", component_ranges: {answer: [0, 1], format: [-1, 0]}"),
         metric="success",
         prefix="ablation_calculator",
         title="Calculator ablation (paired seeds)",
@@ -174,7 +179,14 @@ def prepare_seed(seed: int, args: argparse.Namespace, root: Path) -> dict[str, A
     """SFT once for ``seed``; returns the checkpoint's model directory and its held-out score."""
     done = root / f"sft-{seed}.json"
     if done.exists():
-        return json.loads(done.read_text())
+        info: dict[str, Any] = json.loads(done.read_text())
+        made = (info.get("setting", args.setting), info.get("sft_steps", args.sft_steps))
+        if made != (args.setting, args.sft_steps):
+            raise SystemExit(
+                f"{done}: an SFT checkpoint of (setting, sft steps) {made}, not "
+                f"{(args.setting, args.sft_steps)}; use another --work"
+            )
+        return info
     setting = SETTINGS[args.setting]
     settings = {
         **setting.common,
@@ -194,6 +206,7 @@ def prepare_seed(seed: int, args: argparse.Namespace, root: Path) -> dict[str, A
     finally:
         algo.stop()
     info = {"seed": seed, "model": model, "start": score, "sft_s": sft_s}
+    info.update(setting=args.setting, sft_steps=args.sft_steps)  # checked when the checkpoint is reused
     done.write_text(json.dumps(info))
     return info
 

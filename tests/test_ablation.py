@@ -104,3 +104,17 @@ def test_every_setting_builds_a_valid_config_for_both_arms():
             config = AlgorithmConfig.from_yaml(str(root / setting.config), overrides)
             assert config.training.synchronous and config.env_runners.num_tasks == 256
             assert config.replay.capacity == 4 * config.training.train_batch_groups
+
+
+def test_an_sft_checkpoint_of_another_protocol_is_never_reused(tmp_path):
+    import argparse
+    import json
+
+    (tmp_path / "sft-3.json").write_text(
+        json.dumps({"seed": 3, "setting": "function_calling", "sft_steps": 200})
+    )
+    args = argparse.Namespace(setting="calculator", sft_steps=600)
+    with pytest.raises(SystemExit, match="use another --work"):
+        ablation.prepare_seed(3, args, tmp_path)
+    args = argparse.Namespace(setting="function_calling", sft_steps=200)
+    assert ablation.prepare_seed(3, args, tmp_path)["seed"] == 3  # the same protocol's: reused

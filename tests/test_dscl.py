@@ -221,10 +221,16 @@ def test_task_labels_are_sub_tasks():
     assert max(fn.focus(), key=fn.focus().__getitem__) == "task/parallel"
 
 
-def test_a_clean_format_is_mastered_so_the_focus_goes_to_the_unmastered_task():
+def test_a_clean_format_is_mastered_so_the_focus_goes_to_the_unmastered_task(caplog):
     # Calculator-like groups: no format problem (penalty 0); add solved, mul half solved. The format
-    # penalty read on [0, 1] used to score 0 (never mastered) and took ~92% of the focus.
-    fn = DSCLPriority(batch_groups=2, warmup_batches=0, reward_range=(-1.0, 1.0))
+    # penalty read on [0, 1] scores 0 (never mastered) and takes ~95% of the focus; with the
+    # penalty's range the focus goes to the task that is not mastered.
+    fn = DSCLPriority(
+        batch_groups=2,
+        warmup_batches=0,
+        reward_range=(-1.0, 1.0),
+        component_ranges=dscl.PENALTY_FORMAT_RANGES,
+    )
     history = _history([0.0, 1.0])
     for _ in range(5):
         fn(_scored([1.0, 1.0], {"answer": 1.0, "format": 0.0}, prompt_id="a", sub_tasks=["add"]), history)
@@ -232,6 +238,14 @@ def test_a_clean_format_is_mastered_so_the_focus_goes_to_the_unmastered_task():
     assert fn.mastery["format"] == pytest.approx(1.0)
     focus = fn.focus()
     assert focus["format"] < 0.2 and focus["task/mul"] > 3 * focus["task/add"]  # was 0.95 on format
+    # with the default ranges a format penalty is out of range: one warning names it
+    default = DSCLPriority(batch_groups=2, warmup_batches=0, reward_range=(-1.0, 1.0))
+    with caplog.at_level("WARNING", logger="actorlearner.replay.dscl"):
+        for _ in range(3):
+            default(_scored([0.0, 1.0], {"answer": 0.5, "format": -0.1}, sub_tasks=["mul"]), history)
+    warned = [r for r in caplog.records if "outside its range" in r.getMessage()]
+    assert len(warned) == 1 and "'format' = -0.1" in warned[0].getMessage()
+    assert default.focus()["format"] > 0.9  # what the warning is about
 
 
 def test_component_ranges_and_given_sub_task_scores():
@@ -293,11 +307,11 @@ def test_dscl_knows_no_particular_reward():
     fn = DSCLPriority()
     assert fn.reward_range == (0.0, 1.0) and fn.component_ranges is None
     assert not any(name.startswith("TOOLRL") for name in vars(dscl))
-    # without component_ranges every reward component is a sub-task on [0, 1], the format penalty on [-1, 0]
+    # without component_ranges every reward component is a sub-task on [0, 1]
     t = make_trajectory(1.0).replace(reward_components={"answer": 0.5, "format": -0.2, "tool": 3.0})
-    assert dscl.trajectory_component_scores(t, None) == pytest.approx(
-        {"answer": 0.5, "format": 0.8, "tool": 1.0}
-    )
+    assert dscl.trajectory_component_scores(t, None) == {"answer": 0.5, "format": 0.0, "tool": 1.0}
+    assert dscl.out_of_range_components(t, None) == [("format", -0.2, (0.0, 1.0)), ("tool", 3.0, (0.0, 1.0))]
+    assert dscl.out_of_range_components(t, dscl.PENALTY_FORMAT_RANGES) == []
     assert dscl.trajectory_component_scores(t, {}) == {}
 
 

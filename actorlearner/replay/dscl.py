@@ -30,6 +30,7 @@ from the options (``reward_range``, ``component_ranges``), or the env reports no
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ from actorlearner.core.knobs import (
 from actorlearner.core.registry import register_priority
 from actorlearner.core.trajectory import Group, Trajectory
 
+log = logging.getLogger(__name__)
+
 Category = Literal["mastered", "hard", "informative"]
 CATEGORIES: tuple[Category, ...] = ("mastered", "hard", "informative")
 
@@ -64,12 +67,11 @@ T_MEAN_FRACTION = 3 / 7
 FORMAT_COMPONENT = "format"
 """The tool envs' format-penalty component, which :meth:`DSCLPriority.reweight_group` leaves alone."""
 
-DEFAULT_COMPONENT_RANGES: dict[str, tuple[float, float]] = {FORMAT_COMPONENT: (-1.0, 0.0)}
-"""Ranges of components that are not on [0, 1], used without ``component_ranges``.
-
-A tool env's ``"format"`` component is a penalty down to ``-max_format_penalty`` (1.0 by default),
-so a clean episode (0) is the mastered end. On [0, 1] it would read as never mastered, and the
-curriculum's softmax would put almost all its focus on it.
+PENALTY_FORMAT_RANGES: dict[str, tuple[float, float]] = {"answer": (0.0, 1.0), FORMAT_COMPONENT: (-1.0, 0.0)}
+"""``component_ranges`` for a tool env whose ``"format"`` is a penalty (``ToolEnv``: down to
+``-max_format_penalty``, 1.0 by default) beside an ``"answer"`` on [0, 1], as Calculator, SQL and
+Python have. Read on the default [0, 1], a clean episode's format (0) would be never mastered and
+draw almost all of the curriculum's focus; DSCL warns when it sees such a value.
 """
 
 TASK_PREFIX = "task/"
@@ -226,25 +228,47 @@ def trajectory_component_scores(
     match fractions whose signed parts in ``reward_components`` depend on the prompt), those are
     used, clipped to [0, 1]. Otherwise each component named in ``component_ranges`` is read from
     ``reward_components`` and normalized by its range; with ``component_ranges=None`` every
-    component is, by :data:`DEFAULT_COMPONENT_RANGES` (the format penalty) or else
-    :data:`DEFAULT_RANGE`. Non-finite values are skipped.
+    component is, by :data:`DEFAULT_RANGE`. Non-finite values are skipped.
     """
     given = getattr(trajectory, "sub_task_scores", None)
     if isinstance(given, Mapping) and given:
         items = [(str(k), float(v), (0.0, 1.0)) for k, v in given.items()]
     else:
-        ranges = component_ranges
-        if ranges is None:
-            ranges = {
-                name: DEFAULT_COMPONENT_RANGES.get(name, DEFAULT_RANGE)
-                for name in trajectory.reward_components
-            }
-        items = [
-            (name, float(trajectory.reward_components[name]), value_range)
-            for name, value_range in ranges.items()
-            if name in trajectory.reward_components
-        ]
+        items = _ranged_components(trajectory, component_ranges)
     return {name: normalize(value, r) for name, value, r in items if math.isfinite(value)}
+
+
+def out_of_range_components(
+    trajectory: Trajectory, component_ranges: Mapping[str, tuple[float, float]] | None
+) -> list[tuple[str, float, tuple[float, float]]]:
+    """The components :func:`trajectory_component_scores` reads whose value lies outside their range.
+
+    Their score is clipped, which is right for an outlier and wrong for a range that does not fit
+    the env (a format penalty read on [0, 1] always scores 0). Trajectories with
+    ``sub_task_scores`` report none.
+    """
+    given = getattr(trajectory, "sub_task_scores", None)
+    if isinstance(given, Mapping) and given:
+        return []
+    return [
+        (name, value, (low, high))
+        for name, value, (low, high) in _ranged_components(trajectory, component_ranges)
+        if math.isfinite(value) and not low - 1e-9 <= value <= high + 1e-9
+    ]
+
+
+def _ranged_components(
+    trajectory: Trajectory, component_ranges: Mapping[str, tuple[float, float]] | None
+) -> list[tuple[str, float, tuple[float, float]]]:
+    """(name, value, range) of each reward component ``component_ranges`` names (None: all, on [0, 1])."""
+    ranges = component_ranges
+    if ranges is None:
+        ranges = dict.fromkeys(trajectory.reward_components, DEFAULT_RANGE)
+    return [
+        (name, float(trajectory.reward_components[name]), value_range)
+        for name, value_range in ranges.items()
+        if name in trajectory.reward_components
+    ]
 
 
 def group_sub_task_scores(
@@ -381,8 +405,8 @@ class DSCLPriority:
         tau: Focus softmax temperature (our choice: 0.2).
         mastery_decay: EMA decay of the sub-task mastery per batch (our choice: 0.8).
         component_ranges: Reward components that are sub-tasks and the range normalizing each
-            (default None: every component, on [0, 1] except the format penalty on [-1, 0],
-            :data:`DEFAULT_COMPONENT_RANGES`; ``{}``: none). Used only for
+            (default None: every component, each in [0, 1]; ``{}``: none; a tool env's format
+            penalty needs its own range, :data:`PENALTY_FORMAT_RANGES`). Used only for
             trajectories without ``sub_task_scores`` (see :func:`trajectory_component_scores`):
             an env whose components have no fixed range (ToolRL's signed parts scale with the
             prompt) reports normalized ``sub_task_scores`` instead.
@@ -458,6 +482,7 @@ class DSCLPriority:
         self.num_batches = 0
         self._batch: dict[str, float] = {}  # running sums of the open batch
         self._counts: dict[str, float] = {}  # metrics since the last metrics() call
+        self._warned: set[str] = set()  # components already reported out of their range
 
     def _on_scale(self, value: float | None, fraction: float) -> float:
         """``value``, or the point ``fraction`` of the way up ``reward_range`` when it is None."""
@@ -642,9 +667,27 @@ class DSCLPriority:
         if self.use_task_labels and group.sub_tasks and rewards.size:
             m = normalize(float(rewards.mean()), self.reward_range)
             scores += [(TASK_PREFIX + str(label), m) for label in group.sub_tasks]
+        self._warn_out_of_range(group)
         for name, score in scores:
             b[f"sum/{name}"] = b.get(f"sum/{name}", 0.0) + score
             b[f"n/{name}"] = b.get(f"n/{name}", 0.0) + 1
+
+    def _warn_out_of_range(self, group: Group) -> None:
+        """Warns once per component whose values fall outside the range that normalizes them."""
+        for t in group.trajectories:
+            for name, value, (low, high) in out_of_range_components(t, self.component_ranges):
+                if name in self._warned:
+                    continue
+                self._warned.add(name)
+                log.warning(
+                    "DSCL: reward component %r = %g is outside its range [%g, %g], so its curriculum "
+                    "score is clipped; set the dscl priority's component_ranges to the env's ranges "
+                    "(a ToolEnv's format penalty: {format: [-1, 0], answer: [0, 1]}), docs/algorithms.md §7b",
+                    name,
+                    value,
+                    low,
+                    high,
+                )
 
     def close_batch(self) -> None:
         """Updates the warm-up gate and the sub-task mastery from the open batch, then empties it."""
