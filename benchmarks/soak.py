@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="RL wall time")
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--out", default="benchmarks/results/soak.json")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a config override (probes)"
+    )
     args = parser.parse_args()
     run_root = Path(tempfile.mkdtemp(prefix="soak-"))
     cmd = [
@@ -101,7 +104,7 @@ def main() -> None:
         "sft.steps=100", "sft.num_demos=2048", "training.num_iterations=100000",
         f"training.time_budget_s={args.minutes * 60}", "evaluation.num_episodes=50",
         f"reporting.run_dir={run_root}", "reporting.name=soak", "reporting.progress=false",
-        "--no-initial-eval",
+        "--no-initial-eval", *args.set,
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     driver = proc.pid
@@ -123,6 +126,7 @@ def main() -> None:
     rows = _report(samples, rl_start)
     result = {
         "minutes": args.minutes,
+        "overrides": args.set,
         "iterations": len(rl),
         "buffer_size_last": rl[-1].get("buffer/size"),
         "processes": rows,
