@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from actorlearner import AlgorithmConfig
+from actorlearner.replay.dscl import penalty_format_yaml
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ SETTINGS: dict[str, Setting] = {
         config="configs/calculator.yaml",
         common={**_SHARED, "training.train_batch_groups": 16, "replay.capacity": 64},
         # the format penalty's range (docs/algorithms.md §7b): the pilot's DSCL read it on [0, 1]
-        arms=_arms("[-1, 1]", 16, ", component_ranges: {answer: [0, 1], format: [-1, 0]}"),
+        arms=_arms("[-1, 1]", 16, f", component_ranges: {penalty_format_yaml()}"),
         metric="success",
         prefix="ablation_calculator",
         title="Calculator ablation (paired seeds)",

@@ -74,6 +74,12 @@ Python have. Read on the default [0, 1], a clean episode's format (0) would be n
 draw almost all of the curriculum's focus; DSCL warns when it sees such a value.
 """
 
+
+def penalty_format_yaml() -> str:
+    """:data:`PENALTY_FORMAT_RANGES` as a config value, ``{answer: [0, 1], format: [-1, 0]}``."""
+    return "{" + ", ".join(f"{k}: [{lo:g}, {hi:g}]" for k, (lo, hi) in PENALTY_FORMAT_RANGES.items()) + "}"
+
+
 TASK_PREFIX = "task/"
 """Sub-tasks from ``group.sub_tasks`` are named ``task/<label>`` beside the reward components."""
 
@@ -682,11 +688,12 @@ class DSCLPriority:
                 log.warning(
                     "DSCL: reward component %r = %g is outside its range [%g, %g], so its curriculum "
                     "score is clipped; set the dscl priority's component_ranges to the env's ranges "
-                    "(a ToolEnv's format penalty: {format: [-1, 0], answer: [0, 1]}), docs/algorithms.md §7b",
+                    "(a ToolEnv's format penalty: %s), docs/algorithms.md §7b",
                     name,
                     value,
                     low,
                     high,
+                    penalty_format_yaml(),
                 )
 
     def close_batch(self) -> None:
