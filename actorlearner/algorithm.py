@@ -399,10 +399,12 @@ class Algorithm:
             The buffer's metrics since the last publication (``{}`` with ``metrics=False``).
         """
         weights = self.learner.call(LearnerProtocol.get_weights)
-        # A reference stands for its value: each runner fetches the weights where it runs.
-        set_weights = EnvRunnerProtocol.set_weights
-        await self._all_runners(set_weights, weights, self.version)
-        return await self._publish(metrics, weights)
+        # A reference stands for its value: each runner fetches the weights where it runs. The
+        # buffer publishes the same reference meanwhile (a runner given it in a push reply first
+        # stages the same version: harmless).
+        staged = self._all_runners(EnvRunnerProtocol.set_weights, weights, self.version)
+        _, published = await asyncio.gather(staged, self._publish(metrics, weights))
+        return published
 
     def sync_weights(self) -> None:
         """Sends the learner's weights to every runner now and waits until they are staged.

@@ -10,8 +10,9 @@ learner, ``--runners`` to change) and, in each of ``--rounds`` rounds:
    generation step), all runners at once;
 
 ``total`` = sync + load is the time from the learner's step end to every runner able to generate
-with the new version. The baseline is one plain copy of the same bytes in this process
-(``torch.Tensor.copy_`` of every tensor into a preallocated one). Reported: medians, and
+with the new version. The baseline is one plain copy of the published bytes in this process
+(``torch.Tensor.copy_`` of the learner's one flat buffer, or of every array when it publishes a
+dict, into preallocated tensors). Reported: medians, and
 ``ratio = total / memcpy`` (goal <= 2).
 
 Run: ``.venv/bin/python benchmarks/weight_sync.py`` (about 2 minutes). Writes
@@ -25,10 +26,12 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from actorlearner import AlgorithmConfig
+from actorlearner.core.weights import PackedWeights, weights_nbytes
 
 MODELS = {
     "tiny": [],  # configs/calculator.yaml's model
@@ -52,17 +55,24 @@ def _load_staged(runner: Any) -> float:
     return time.perf_counter() - start
 
 
-def _memcpy_s(weights: dict[str, Any], rounds: int) -> float:
-    """Median seconds of one copy of every tensor into preallocated ones."""
+def _memcpy_s(weights: Mapping[str, Any], rounds: int) -> float:
+    """Median seconds of one copy of the published bytes into preallocated tensors.
+
+    The bytes are the buffers the learner publishes: for packed weights the one flat buffer (tied
+    parameters once) and any extra arrays, otherwise every array.
+    """
     import torch
 
-    weights = {k: torch.tensor(v) for k, v in weights.items()}
-    out = {k: torch.empty_like(v) for k, v in weights.items()}
+    arrays = (
+        [weights.flat, *weights.extra.values()] if isinstance(weights, PackedWeights) else weights.values()
+    )
+    sources = [torch.tensor(v) for v in arrays]
+    out = [torch.empty_like(v) for v in sources]
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        for key, value in weights.items():
-            out[key].copy_(value)
+        for dst, src in zip(out, sources, strict=True):
+            dst.copy_(src)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -90,7 +100,7 @@ def measure(name: str, runners: int, rounds: int, ray_setup: list[str]) -> dict[
         algo = config.build()
         try:
             weights = algo.runtime.run(algo.learner.call(Learner.get_weights))
-            size_mb = sum(v.nbytes for v in weights.values()) / 2**20
+            size_mb = weights_nbytes(weights) / 2**20
             sync, load, total = [], [], []
             for _ in range(rounds + 1):  # the first round warms up
                 start = time.perf_counter()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,44 +25,94 @@ def episode_metrics(trajectories: Sequence[Trajectory], prefix: str = "") -> dic
     ``tool_calls_per_episode``, ``turns_mean``, ``episode_tokens_mean``, ``sampled_tokens_mean``,
     ``void_turn_rate``, ``overlong_rate``, ``truncated_rate``, ``episodes``; each with ``prefix``.
     """
-    if not trajectories:
-        return {}
-    rewards = np.array([t.reward for t in trajectories])
-    calls = [c for t in trajectories for c in t.tool_calls]
-    turns = [turn for t in trajectories for turn in t.turns]
-    components: dict[str, list[float]] = defaultdict(list)
-    for t in trajectories:
-        for name, value in t.reward_components.items():
-            components[name].append(value)
-    out = {
-        "episodes": float(len(trajectories)),
-        "reward_mean": float(rewards.mean()),
-        "reward_std": float(rewards.std()),
-        "success_rate": float(np.mean([t.success for t in trajectories])),
-        "tool_use_rate": float(np.mean([bool(t.tool_calls) for t in trajectories])),
-        "tool_call_success_rate": float(np.mean([c.ok for c in calls])) if calls else math.nan,
-        "tool_calls_per_episode": len(calls) / len(trajectories),
-        "turns_mean": float(np.mean([len(t.turns) for t in trajectories])),
-        "episode_tokens_mean": float(np.mean([t.length for t in trajectories])),
-        "sampled_tokens_mean": float(np.mean([t.num_sampled for t in trajectories])),
-        "void_turn_rate": float(np.mean([turn.void for turn in turns])) if turns else 0.0,
-        "overlong_rate": float(np.mean([t.overlong for t in trajectories])),
-        "truncated_rate": float(np.mean([t.truncated for t in trajectories])),
-    }
-    # Components missing from an episode count as 0 there, so means are over all episodes.
-    out.update({f"reward/{k}": float(sum(v) / len(trajectories)) for k, v in components.items()})
-    return {f"{prefix}{k}": v for k, v in out.items()}
+    tally = RolloutTally()
+    tally.add_episodes(trajectories)
+    return tally.episode_metrics(prefix)
 
 
 def group_metrics(groups: Sequence[Group], prefix: str = "rollout/") -> dict[str, float]:
     """:func:`episode_metrics` over all trajectories of ``groups`` plus group-level counts."""
-    trajectories = [t for g in groups for t in g.trajectories]
-    out = episode_metrics(trajectories, prefix)
-    if groups:
-        stds = [float(np.std(g.rewards)) for g in groups]
-        out[f"{prefix}groups"] = float(len(groups))
-        out[f"{prefix}zero_variance_group_rate"] = float(np.mean([s < 1e-3 for s in stds]))
-    return out
+    tally = RolloutTally()
+    tally.add(groups)
+    return tally.metrics(prefix)
+
+
+class RolloutTally:
+    """The running sums behind :func:`group_metrics`: what the buffer keeps of arriving groups.
+
+    Adding a group reads it once; nothing of it is kept, so a group the filters drop is freed at
+    once however long an iteration takes (keeping the groups themselves until the metrics were
+    taken held up to a few hundred groups' worth of small objects in the buffer actor).
+    """
+
+    _KEYS = ("episodes", "reward", "reward_sq", "success", "tool_use", "calls", "calls_ok", "turns",
+             "void", "tokens", "sampled", "overlong", "truncated", "groups", "zero_variance")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(self._KEYS, 0.0)
+        self.components: dict[str, float] = {}
+
+    def add(self, groups: Sequence[Group]) -> None:
+        """Counts the groups and their episodes."""
+        for group in groups:
+            self.sums["groups"] += 1
+            self.sums["zero_variance"] += float(np.std(group.rewards)) < 1e-3
+            self.add_episodes(group.trajectories)
+
+    def add_episodes(self, trajectories: Sequence[Trajectory]) -> None:
+        """Counts episodes (no group-level counts)."""
+        s = self.sums
+        for t in trajectories:
+            calls, turns = t.tool_calls, t.turns
+            s["episodes"] += 1
+            s["reward"] += t.reward
+            s["reward_sq"] += t.reward * t.reward
+            s["success"] += bool(t.success)
+            s["tool_use"] += bool(calls)
+            s["calls"] += len(calls)
+            s["calls_ok"] += sum(bool(c.ok) for c in calls)
+            s["turns"] += len(turns)
+            s["void"] += sum(bool(turn.void) for turn in turns)
+            s["tokens"] += t.length
+            s["sampled"] += t.num_sampled
+            s["overlong"] += bool(t.overlong)
+            s["truncated"] += bool(t.truncated)
+            for name, value in t.reward_components.items():
+                self.components[name] = self.components.get(name, 0.0) + value
+
+    def episode_metrics(self, prefix: str = "") -> dict[str, float]:
+        """:func:`episode_metrics` of the episodes added (``{}`` before any)."""
+        s = self.sums
+        n = s["episodes"]
+        if not n:
+            return {}
+        mean = s["reward"] / n
+        out = {
+            "episodes": n,
+            "reward_mean": mean,
+            "reward_std": math.sqrt(max(s["reward_sq"] / n - mean * mean, 0.0)),
+            "success_rate": s["success"] / n,
+            "tool_use_rate": s["tool_use"] / n,
+            "tool_call_success_rate": s["calls_ok"] / s["calls"] if s["calls"] else math.nan,
+            "tool_calls_per_episode": s["calls"] / n,
+            "turns_mean": s["turns"] / n,
+            "episode_tokens_mean": s["tokens"] / n,
+            "sampled_tokens_mean": s["sampled"] / n,
+            "void_turn_rate": s["void"] / s["turns"] if s["turns"] else 0.0,
+            "overlong_rate": s["overlong"] / n,
+            "truncated_rate": s["truncated"] / n,
+        }
+        # Components missing from an episode count as 0 there, so means are over all episodes.
+        out.update({f"reward/{k}": v / n for k, v in self.components.items()})
+        return {f"{prefix}{k}": float(v) for k, v in out.items()}
+
+    def metrics(self, prefix: str = "rollout/") -> dict[str, float]:
+        """:func:`group_metrics` of the groups added (``{}`` before any)."""
+        out = self.episode_metrics(prefix)
+        if self.sums["groups"]:
+            out[f"{prefix}groups"] = self.sums["groups"]
+            out[f"{prefix}zero_variance_group_rate"] = self.sums["zero_variance"] / self.sums["groups"]
+        return out
 
 
 class MetricsLogger:

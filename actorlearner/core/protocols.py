@@ -256,7 +256,7 @@ class Learner(Stateful, Protocol):
         """``version``, ``optimizer`` and ``model`` (weights), or only the named ``components``."""
         ...
 
-    def get_weights(self) -> dict[str, Any]:
+    def get_weights(self) -> Mapping[str, Any]:
         """The current weights, to publish to the runners."""
         ...
 

@@ -9,7 +9,7 @@ import copy
 import math
 import time
 import types
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from actorlearner.core.errors import CheckpointError
 from actorlearner.core.trajectory import Group, Trajectory
-from actorlearner.learn import distributed, lora, losses, sharding
+from actorlearner.learn import distributed, flat, lora, losses, sharding
 from actorlearner.learn.config import LearnerConfig, TrainingConfig
 from actorlearner.learn.prefix import PrefixPlan, dropout_active, plan_prefix, prefix_logits, supports_prefix
 from actorlearner.learn.registry import (
@@ -208,9 +208,12 @@ class Learner:
         self._autocast = learner.autocast == "bf16"
         if self._autocast:
             _head_in_float32(self.model)
+        self._flat: torch.Tensor | None = None  # the parameters' one buffer (published as one)
         if learner.lora_rank:  # after the knobs above, which act on the base model's layers
             rank, alpha, targets = learner.lora_rank, learner.lora_alpha, learner.lora_target_modules
             self.model = lora.add_lora(self.model, rank, alpha, targets)  # type: ignore[assignment]
+        else:
+            self._flat = flat.flatten_parameters(self.model)
         self.optimizer = self._make_optimizer(training.lr)
         self.ref_model: torch.nn.Module | None = None
         self.version = 0
@@ -391,6 +394,7 @@ class Learner:
         torch.manual_seed(self.seed + rank)  # dropout masks differ between members' rows
         if self.sharding == "fsdp2" and not self._sharded():
             sharding.shard(self.model)
+            self._flat = None  # the parameters are shards now: the full buffer would only hold memory
             self._prefix_ok = False  # one forward per micro-batch on every member (collectives)
             self.optimizer = self._make_optimizer(self.cfg.lr)  # over the shards
         return rank
@@ -532,19 +536,25 @@ class Learner:
         sums = self._reduce(sums)
         return sums["loss"] / total, sums["correct"] / total
 
-    def get_weights(self) -> dict[str, np.ndarray]:
+    def get_weights(self) -> Mapping[str, np.ndarray]:
         """The parameters as numpy arrays, keyed like ``state_dict``, for publication to the runners.
 
         Numpy, not torch: Ray writes numpy arrays into its object store with one copy and every
         runner on a node reads them there without one (torch tensors are pickled: about 10x slower
-        for a 400 MB model, ``benchmarks/weight_sync.py``). With ``publish_views`` (a learner placed
-        as a Ray actor) they are views of the live parameters, which Ray serializes when this method
-        returns, before the learner runs another call; otherwise copies, since a runner in this
-        process holds them until it loads them.
+        for a 400 MB model, ``benchmarks/weight_sync.py``). The parameters live in one flat tensor
+        (:mod:`actorlearner.learn.flat`), published as one buffer
+        (:class:`~actorlearner.core.weights.PackedWeights`: half the time again); with LoRA or
+        sharding, a dict of arrays. With ``publish_views`` (a learner
+        placed as a Ray actor) they are views of the live parameters, which Ray serializes when
+        this method returns, before the learner runs another call; otherwise copies, since a
+        runner in this process holds them until it loads them.
         """
         if self._sharded():  # a collective: every member gathers, rank 0 answers
-            return {k: _to_numpy(v, False) for k, v in sharding.gather_model_state(self.model).items()}
-        return {k: _to_numpy(v, not self.publish_views) for k, v in lora.merged_state(self.model).items()}
+            return {k: flat.to_numpy(v, False) for k, v in sharding.gather_model_state(self.model).items()}
+        state = lora.merged_state(self.model)
+        if self._flat is not None:
+            return flat.pack_state(state, self._flat, copy=not self.publish_views)
+        return {k: flat.to_numpy(v, not self.publish_views) for k, v in state.items()}
 
     def get_version(self) -> int:
         """The weights version (number of updates so far)."""
@@ -622,16 +632,6 @@ class Learner:
             sharding.load_model_state(self.model, state)
         else:
             self.model.load_state_dict(state)
-
-
-def _to_numpy(tensor: torch.Tensor, copy: bool) -> np.ndarray:
-    """A CPU numpy array of ``tensor`` (a view unless ``copy``).
-
-    Raises:
-        TypeError: For a dtype numpy lacks (bfloat16): the learner keeps float32 weights.
-    """
-    cpu = tensor.detach().to("cpu")
-    return (cpu.clone() if copy and cpu.device == tensor.device else cpu).numpy()
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

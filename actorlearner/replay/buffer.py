@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from actorlearner.core.history import PromptHistory
-from actorlearner.core.metrics import group_metrics
+from actorlearner.core.metrics import RolloutTally
 from actorlearner.core.protocols import PriorityFn, PushReply
 from actorlearner.core.trajectory import Group
 from actorlearner.replay.filters import FilterChain
@@ -155,7 +155,7 @@ class GroupReplayBuffer:
         self.histories: OrderedDict[str, PromptHistory] = OrderedDict()  # least recently recorded first
         self.num_samples = 0
         self.counters: dict[str, float] = defaultdict(float)
-        self.arrived: list[Group] = []
+        self.arrived = RolloutTally()  # rollout metrics of the groups since the last pop_metrics
         self._tree = SumTree(capacity, fanout=fanout)
         self._clear_slots()
 
@@ -207,7 +207,7 @@ class GroupReplayBuffer:
 
         Nothing is stored if a priority function fails on any group of the call. Groups are values:
         the filters and the priority function's ``reweight_group`` hook return new groups, and the
-        buffer stores what the hook returns, so the arrival list (``rollout/*``) keeps the env's data.
+        buffer stores what the hook returns, so the rollout metrics (``rollout/*``) count the env's data.
 
         Returns:
             ``{"added": n, "dropped": m, "size": len(self)}``.
@@ -215,7 +215,7 @@ class GroupReplayBuffer:
         Raises:
             TypeError: If ``reweight_group`` returned anything but a :class:`Group`.
         """
-        self.arrived.extend(groups)
+        self.arrived.add(groups)
         kept: list[Group] = []
         priorities: list[float] = []
         for group in groups:
@@ -424,12 +424,12 @@ class GroupReplayBuffer:
             out["buffer/priority_hist"] = hist.tolist()
             out["buffer/priority_bins"] = edges.tolist()
         out.update({f"buffer/{k}": v for k, v in counters.items()})
-        out.update(group_metrics(self.arrived, prefix="rollout/"))
+        out.update(self.arrived.metrics(prefix="rollout/"))
         out.update({f"filter/{k}": v for k, v in self.filters.pop_counts().items()})
         priority_metrics = getattr(self.priority_fn, "metrics", None)
         if callable(priority_metrics):
             out.update(priority_metrics())
-        self.arrived = []
+        self.arrived = RolloutTally()
         return out
 
     def get_state(self) -> dict[str, Any]:

@@ -33,7 +33,10 @@ class ReplayConfig(Section):
     max_histories: int = Field(
         100_000,
         ge=1,
-        description="Prompt histories kept; the least recently seen prompt's is forgotten first.",
+        description=(
+            "Prompt histories kept; the least recently seen prompt's is forgotten first. About 1 KB "
+            "of the buffer's memory each; keep at least the dataset's size for DSCL."
+        ),
     )
 
     @field_validator("priority_fn")

@@ -285,7 +285,9 @@ class HFEngine:
         """
         self.prefixes.clear()  # keys and values of the old weights (cleared first: a failed load is partial)
         current = self.model.state_dict()
-        state = {k: self._owned(v, current.get(k)) for k, v in weights.items()}
+        arrays = dict(weights.items())
+        tensors = weight_tensors(arrays)  # views, all at once
+        state = {k: self._owned(arrays[k], t, current.get(k)) for k, t in tensors.items()}
         missing, unexpected = self.model.load_state_dict(state, strict=False, assign=True)
         if self.model.config.tie_word_embeddings:
             self.model.tie_weights()  # an assigned embedding: the output head points at it again
@@ -295,9 +297,8 @@ class HFEngine:
             raise RuntimeError(f"load_weights: missing keys {missing}, unexpected keys {unexpected}")
         self.version = int(version)
 
-    def _owned(self, value: torch.Tensor | np.ndarray, like: torch.Tensor | None) -> torch.Tensor:
-        """``value`` as a parameter of the model: the array itself when it fits, else a converted copy."""
-        tensor = weight_tensors({"": value})[""]
+    def _owned(self, value: object, tensor: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
+        """``tensor`` (a view of ``value``) as a parameter: itself when it fits, else a converted copy."""
         if like is None:
             return tensor  # an unexpected key: load_state_dict reports it
         fits = isinstance(value, np.ndarray) and tensor.dtype == like.dtype and like.device.type == "cpu"
