@@ -402,9 +402,13 @@ class Algorithm:
         # A reference stands for its value: each runner fetches the weights where it runs. The
         # buffer publishes the same reference meanwhile (a runner given it in a push reply first
         # stages the same version: harmless).
-        staged = self._all_runners(EnvRunnerProtocol.set_weights, weights, self.version)
-        _, published = await asyncio.gather(staged, self._publish(metrics, weights))
-        return published
+        publish = asyncio.ensure_future(self._publish(metrics, weights))
+        try:
+            await self._all_runners(EnvRunnerProtocol.set_weights, weights, self.version)
+        except BaseException:
+            publish.cancel()  # nothing left running behind the error
+            raise
+        return await publish
 
     def sync_weights(self) -> None:
         """Sends the learner's weights to every runner now and waits until they are staged.

@@ -144,3 +144,32 @@ def test_a_deep_copy_for_the_kl_reference_owns_its_parameters(model_dir) -> None
     with torch.no_grad():
         flat.add_(1.0)
     assert not any(torch.equal(a, b) for a, b in zip(ref.parameters(), model.parameters(), strict=True))
+
+
+def test_parameters_sharing_memory_through_data_are_left_alone() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    model[1].weight.data = model[0].weight.data  # tied by memory, not by being one parameter
+    assert flatten_parameters(model) is None
+    assert model[1].weight.data_ptr() == model[0].weight.data_ptr()
+
+
+def test_a_learner_whose_parameters_left_the_buffer_publishes_them_as_arrays(model_dir, caplog) -> None:
+    learner = Learner(model_dir, TrainingConfig(lr=1e-3), LearnerConfig(device="cpu"), seed=0)
+    for p in learner.model.parameters():
+        p.data = p.data.clone()  # e.g. a resize: nothing is in the buffer any more
+    weights = learner.get_weights()
+    assert not isinstance(weights, PackedWeights) and learner._flat is None
+    assert "moved out of the flat buffer" in caplog.text
+    state = learner.model.state_dict()
+    assert all(np.array_equal(weights[k], v.numpy()) for k, v in state.items())
+
+
+def test_a_flat_learner_exports_a_model_that_loads_back_equal(model_dir, tmp_path) -> None:
+    learner = Learner(model_dir, TrainingConfig(lr=1e-3), LearnerConfig(device="cpu"), seed=0)
+    with torch.no_grad():
+        learner._flat.add_(0.25)  # not the weights on disk
+    learner.save_pretrained(str(tmp_path))
+    back = _model(str(tmp_path))
+    state = learner.model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in back.state_dict().items())
+    assert back.get_output_embeddings().weight.data_ptr() == back.get_input_embeddings().weight.data_ptr()

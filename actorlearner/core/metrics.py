@@ -45,8 +45,9 @@ class RolloutTally:
     taken held up to a few hundred groups' worth of small objects in the buffer actor).
     """
 
-    _KEYS = ("episodes", "reward", "reward_sq", "success", "tool_use", "calls", "calls_ok", "turns",
-             "void", "tokens", "sampled", "overlong", "truncated", "groups", "zero_variance")  # fmt: skip
+    _KEYS = ("episodes", "reward", "reward_running_mean", "reward_m2", "success", "tool_use", "calls",
+             "calls_ok", "turns", "void", "tokens", "sampled", "overlong", "truncated", "groups",
+             "zero_variance")  # fmt: skip
 
     def __init__(self) -> None:
         self.sums = dict.fromkeys(self._KEYS, 0.0)
@@ -66,7 +67,9 @@ class RolloutTally:
             calls, turns = t.tool_calls, t.turns
             s["episodes"] += 1
             s["reward"] += t.reward
-            s["reward_sq"] += t.reward * t.reward
+            delta = t.reward - s["reward_running_mean"]  # Welford: exactly 0 for equal rewards
+            s["reward_running_mean"] += delta / s["episodes"]
+            s["reward_m2"] += delta * (t.reward - s["reward_running_mean"])
             s["success"] += bool(t.success)
             s["tool_use"] += bool(calls)
             s["calls"] += len(calls)
@@ -86,11 +89,10 @@ class RolloutTally:
         n = s["episodes"]
         if not n:
             return {}
-        mean = s["reward"] / n
         out = {
             "episodes": n,
-            "reward_mean": mean,
-            "reward_std": math.sqrt(max(s["reward_sq"] / n - mean * mean, 0.0)),
+            "reward_mean": s["reward"] / n,
+            "reward_std": math.sqrt(max(s["reward_m2"] / n, 0.0)),
             "success_rate": s["success"] / n,
             "tool_use_rate": s["tool_use"] / n,
             "tool_call_success_rate": s["calls_ok"] / s["calls"] if s["calls"] else math.nan,

@@ -4,10 +4,14 @@ After :func:`flatten_parameters` every parameter of the model is a view of one c
 so the learner publishes its weights as that one buffer (:func:`pack_state`) instead of a hundred
 separate arrays: Ray's object store takes one large buffer about twice as fast
 (``benchmarks/weight_sync.py``). Training is unchanged: the optimizer updates the views in place,
-``load_state_dict`` copies into them, and ``save_pretrained`` and ``deepcopy`` write or copy each
-parameter as usual. Whatever later replaces a parameter (FSDP2 sharding, LoRA wrapping) simply
-leaves it outside the buffer: :func:`pack_state` then publishes it as an extra array, so the result
-is always complete.
+``load_state_dict`` copies into them, and ``deepcopy`` copies each parameter as usual
+(``Learner.save_pretrained`` exports CPU copies: ``transformers`` would clone every parameter
+sharing the buffer's storage on the parameters' device). Whatever later replaces a parameter
+(FSDP2 sharding, LoRA wrapping) simply leaves it outside the buffer: :func:`pack_state` then
+publishes it as an extra array, so the result is always complete.
+
+One consequence: pickling or ``torch.save`` of a single parameter writes the whole buffer (its
+storage); copy a parameter (``.clone()``) before sending it anywhere on its own.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ def flatten_parameters(model: torch.nn.Module) -> torch.Tensor | None:
     params = list(model.parameters())  # unique: a tied parameter appears once
     if not params or len({(p.dtype, p.device) for p in params}) != 1:
         return None
+    if len({p.untyped_storage().data_ptr() for p in params}) != len(params):
+        return None  # parameters that share memory (tied through .data): copies would untie them
     flat = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
     offset = 0
     with torch.no_grad():
@@ -42,6 +48,12 @@ def flatten_parameters(model: torch.nn.Module) -> torch.Tensor | None:
             p.data = flat[offset : offset + n].view_as(p)
             offset += n
     return flat
+
+
+def views_of(model: torch.nn.Module, flat: torch.Tensor) -> bool:
+    """Whether every parameter of ``model`` still lives in ``flat``."""
+    base = flat.untyped_storage().data_ptr()
+    return all(_within(p, flat, base) for p in model.parameters())
 
 
 def pack_state(state: Mapping[str, torch.Tensor], flat: torch.Tensor, copy: bool) -> PackedWeights:

@@ -6,6 +6,7 @@ The same class runs in-process (local mode) or as a Ray actor (GPU when present,
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 import types
@@ -33,6 +34,8 @@ from actorlearner.learn.registry import (
     LossAggregation,
     PolicyLoss,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -543,15 +546,18 @@ class Learner:
         runner on a node reads them there without one (torch tensors are pickled: about 10x slower
         for a 400 MB model, ``benchmarks/weight_sync.py``). The parameters live in one flat tensor
         (:mod:`actorlearner.learn.flat`), published as one buffer
-        (:class:`~actorlearner.core.weights.PackedWeights`: half the time again); with LoRA or
-        sharding, a dict of arrays. With ``publish_views`` (a learner
-        placed as a Ray actor) they are views of the live parameters, which Ray serializes when
-        this method returns, before the learner runs another call; otherwise copies, since a
-        runner in this process holds them until it loads them.
+        (:class:`~actorlearner.core.weights.PackedWeights`: half the time again); with LoRA,
+        sharding, or parameters of mixed dtypes or devices, a dict of arrays. With
+        ``publish_views`` (a learner placed as a Ray actor) they are views of the live parameters,
+        which Ray serializes when this method returns, before the learner runs another call;
+        otherwise copies, since a runner in this process holds them until it loads them.
         """
         if self._sharded():  # a collective: every member gathers, rank 0 answers
             return {k: flat.to_numpy(v, False) for k, v in sharding.gather_model_state(self.model).items()}
         state = lora.merged_state(self.model)
+        if self._flat is not None and not flat.views_of(self.model, self._flat):
+            logger.warning("learner: parameters were moved out of the flat buffer; publishing arrays")
+            self._flat = None  # something replaced them (e.g. a resize): the buffer only holds memory
         if self._flat is not None:
             return flat.pack_state(state, self._flat, copy=not self.publish_views)
         return {k: flat.to_numpy(v, not self.publish_views) for k, v in state.items()}
@@ -571,7 +577,23 @@ class Learner:
                 self.model.save_pretrained(path, state_dict=state)
             return
         model: Any = lora.merged_copy(self.model) if lora.is_lora(self.model) else self.model
-        model.save_pretrained(path)
+        model.save_pretrained(path, state_dict=self._cpu_export() if model is self.model else None)
+
+    def _cpu_export(self) -> dict[str, torch.Tensor] | None:
+        """CPU copies of a flat learner's weights (tied ones once), else None (the model's own).
+
+        ``transformers`` clones every parameter sharing one storage before writing, on the
+        parameters' device: for a flat learner, a second model in GPU memory at each checkpoint.
+        """
+        if self._flat is None:
+            return None
+        copies: dict[int, torch.Tensor] = {}
+        out = {}
+        for key, value in self.model.state_dict().items():
+            if value.data_ptr() not in copies:
+                copies[value.data_ptr()] = value.detach().to("cpu", copy=True)
+            out[key] = copies[value.data_ptr()]
+        return out
 
     def get_state(self, components: Collection[str] | None = None) -> dict[str, Any]:
         """The version, the optimizer's ``state_dict``, the model and KL reference weights (CPU copies).
