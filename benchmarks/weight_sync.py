@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from actorlearner import AlgorithmConfig
-from actorlearner.core.weights import PackedWeights, weights_nbytes
+from actorlearner.core.weights import PackedWeights
 
 MODELS = {
     "tiny": [],  # configs/calculator.yaml's model
@@ -55,18 +55,17 @@ def _load_staged(runner: Any) -> float:
     return time.perf_counter() - start
 
 
-def _memcpy_s(weights: Mapping[str, Any], rounds: int) -> float:
-    """Median seconds of one copy of the published bytes into preallocated tensors.
+def _published(weights: Mapping[str, Any]) -> list[Any]:
+    """The arrays the learner publishes: for packed weights the one flat buffer (tied parameters
+    once) and any extra arrays, otherwise every array."""
+    return weights.buffers() if isinstance(weights, PackedWeights) else list(weights.values())
 
-    The bytes are the buffers the learner publishes: for packed weights the one flat buffer (tied
-    parameters once) and any extra arrays, otherwise every array.
-    """
+
+def _memcpy_s(weights: Mapping[str, Any], rounds: int) -> float:
+    """Median seconds of one copy of the published arrays into preallocated tensors."""
     import torch
 
-    arrays = (
-        [weights.flat, *weights.extra.values()] if isinstance(weights, PackedWeights) else weights.values()
-    )
-    sources = [torch.tensor(v) for v in arrays]
+    sources = [torch.tensor(v) for v in _published(weights)]
     out = [torch.empty_like(v) for v in sources]
     times = []
     for _ in range(rounds):
@@ -100,7 +99,7 @@ def measure(name: str, runners: int, rounds: int, ray_setup: list[str]) -> dict[
         algo = config.build()
         try:
             weights = algo.runtime.run(algo.learner.call(Learner.get_weights))
-            size_mb = weights_nbytes(weights) / 2**20
+            size_mb = sum(a.nbytes for a in _published(weights)) / 2**20
             sync, load, total = [], [], []
             for _ in range(rounds + 1):  # the first round warms up
                 start = time.perf_counter()

@@ -59,10 +59,14 @@ class PackedWeights(Mapping[str, np.ndarray]):
     def __len__(self) -> int:
         return len(self._index) + len(self.extra)
 
+    def buffers(self) -> list[np.ndarray]:
+        """The arrays actually published: the buffer (tied names share it), then the extras."""
+        return [self.flat, *self.extra.values()]
+
     @property
     def nbytes(self) -> int:
-        """Bytes published: the buffer once (tied names share it) plus the extra arrays."""
-        return int(self.flat.nbytes + sum(v.nbytes for v in self.extra.values()))
+        """Bytes published: the sum over :meth:`buffers`."""
+        return sum(int(b.nbytes) for b in self.buffers())
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The buffer as one pickle-5 out-of-band array: Ray stores it with one (threaded) copy.
@@ -75,10 +79,3 @@ class PackedWeights(Mapping[str, np.ndarray]):
 def _size(shape: tuple[int, ...]) -> int:
     """Elements of an array of ``shape``."""
     return int(np.prod(shape, dtype=np.int64))
-
-
-def weights_nbytes(weights: Mapping[str, Any]) -> int:
-    """Bytes of published weights: each distinct buffer counted once."""
-    if isinstance(weights, PackedWeights):
-        return weights.nbytes
-    return int(sum(getattr(v, "nbytes", 0) for v in weights.values()))
