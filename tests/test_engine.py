@@ -314,6 +314,40 @@ def test_async_engine_applies_staged_weights_before_next_batch() -> None:
     assert fake.loaded == [2]
 
 
+def test_async_engine_loads_staged_weights_at_once_when_idle() -> None:
+    fake = FakeEngine()
+
+    async def main() -> None:
+        front = AsyncBatchingEngine(fake)
+        front.stage_weights({}, version=3)  # no request yet: the batching task starts and loads
+        await asyncio.sleep(0.05)
+        assert fake.loaded == [3] and front.version == 3
+        assert front.loaded_at is not None and front.loaded_at <= time.perf_counter()
+        assert (await front.generate([1], SamplingParams())).version == 3
+        assert fake.loaded == [3]  # not loaded again before the batch
+        front.close()
+
+    asyncio.run(main())
+    front = AsyncBatchingEngine(fake)
+    front.stage_weights({}, version=4)  # no event loop: staged for the next batch
+    assert fake.loaded == [3] and front.version == 4 and front.loaded_at is None
+    front.close()
+
+
+def test_async_engine_weights_failing_while_idle_fail_the_next_batch(engine: HFEngine) -> None:
+    async def main() -> None:
+        front = AsyncBatchingEngine(engine)
+        params = SamplingParams(temperature=0.0, max_new_tokens=2)
+        front.stage_weights({"nope": np.zeros(1)}, version=9)
+        await asyncio.sleep(0.05)  # loaded (and failed) while idle
+        with pytest.raises(RuntimeError, match="unexpected"):
+            await front.generate([5, 6], params)
+        assert (await front.generate([5, 6], params)).version == engine.version != 9
+        front.close()
+
+    asyncio.run(main())
+
+
 def test_async_engine_keeps_loop_free_and_reports_errors() -> None:
     async def main() -> None:
         front = AsyncBatchingEngine(FakeEngine(delay=0.2))

@@ -17,6 +17,7 @@ weights between batches.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from actorlearner.core.protocols import Engine, Generation, SamplingParams
 from actorlearner.models.loading import cache_keyword, load_model, weight_tensors
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -479,7 +482,8 @@ class AsyncBatchingEngine:
     Each call enqueues a request and awaits its future. A background task (started on first use,
     in the running loop) repeatedly takes all pending requests, groups them by identical sampling
     params, and runs each group as one ``engine.generate`` call in a worker thread. Staged weights
-    are loaded between batches, never during one. Idle, the task waits on an event.
+    are loaded between batches, never during one, and at once when no request is pending (so the
+    next batch does not wait for them). Idle, the task waits on an event.
 
     Batching window: once a request arrives, the task keeps collecting while more requests keep
     arriving (a gap of ``quiet_s`` ends it) for at most ``max_wait_s``, so that episodes returning
@@ -518,6 +522,8 @@ class AsyncBatchingEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._pending: list[tuple[list[int], SamplingParams, bool, asyncio.Future[Generation]]] = []
         self._staged: tuple[Mapping[str, Any], int] | None = None
+        self.loaded_at: float | None = None  # time.perf_counter() when staged weights last loaded
+        self._load_error: Exception | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -540,8 +546,20 @@ class AsyncBatchingEngine:
             self._wakeup.set()
 
     def stage_weights(self, weights: Mapping[str, Any], version: int) -> None:
-        """Stages weights to load before the next batch (a later call replaces an unapplied one)."""
+        """Stages weights to load before the next batch (a later call replaces an unapplied one).
+
+        Called in a running event loop, the batching task wakes and loads them at once if no
+        request is pending; otherwise they load before the next batch.
+        """
         self._staged = (weights, version)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a synchronous caller): the next batch loads them
+        if not self._closed:
+            self._ensure_task(loop)
+            assert self._wakeup is not None
+            self._wakeup.set()
 
     async def generate(
         self, prompt_ids: Sequence[int], params: SamplingParams, count: bool = True
@@ -581,6 +599,9 @@ class AsyncBatchingEngine:
             await self._wakeup.wait()
             self._wakeup.clear()
             await asyncio.sleep(0)  # let requests scheduled in the same tick join the batch
+            if not self._pending and self._staged is not None:
+                await self._load_idle()
+                continue
             if self.lockstep:
                 # A cancelled episode has left: its request must not count for it.
                 self._pending = [r for r in self._pending if not r[3].done()]
@@ -616,10 +637,11 @@ class AsyncBatchingEngine:
     async def _serve(
         self, requests: list[tuple[list[int], SamplingParams, bool, asyncio.Future[Generation]]]
     ) -> None:
+        if self._load_error is not None:  # weights that failed to load while idle fail this batch
+            error, self._load_error = self._load_error, None
+            raise error
         if self._staged is not None:
-            weights, version = self._staged
-            self._staged = None
-            await self._in_thread(self.engine.load_weights, weights, version)
+            await self._load_staged()
         groups: dict[tuple[SamplingParams, bool], list[tuple[list[int], asyncio.Future[Generation]]]] = {}
         for ids, params, count, future in requests:
             if not future.done():
@@ -628,6 +650,22 @@ class AsyncBatchingEngine:
             size = self.max_batch_size or len(items)
             for start in range(0, len(items), size):
                 await self._run_batch(items[start : start + size], params, count)
+
+    async def _load_idle(self) -> None:
+        """Loads the staged weights now; a failure is kept for the next batch to raise."""
+        try:
+            await self._load_staged()
+        except Exception as exc:
+            logger.warning("AsyncBatchingEngine: staged weights did not load: %s", exc)
+            self._load_error = exc
+
+    async def _load_staged(self) -> None:
+        """Loads the staged weights in the engine's thread (a failure propagates to the caller)."""
+        assert self._staged is not None
+        weights, version = self._staged
+        self._staged = None
+        await self._in_thread(self.engine.load_weights, weights, version)
+        self.loaded_at = time.perf_counter()
 
     async def _run_batch(
         self, items: list[tuple[list[int], asyncio.Future[Generation]]], params: SamplingParams, count: bool
