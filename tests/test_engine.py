@@ -155,6 +155,16 @@ def test_load_weights(model_dir: Path) -> None:
     assert engine.version == 4
 
 
+def test_load_weights_trims_the_heap_at_most_every_trim_heap_s(model_dir: Path) -> None:
+    never, often = HFEngine(model_dir, trim_heap_s=0), HFEngine(model_dir, trim_heap_s=1e-9)
+    rare = HFEngine(model_dir, trim_heap_s=3600)
+    marks = {e: e._trimmed_at for e in (never, often, rare)}
+    for e in marks:
+        e.load_weights({k: v.numpy() for k, v in e.state_dict().items()}, version=1)
+    assert never._trimmed_at == marks[never] and rare._trimmed_at == marks[rare]
+    assert often._trimmed_at > marks[often]
+
+
 def test_published_numpy_weights_become_the_parameters_without_a_copy(model_dir: Path) -> None:
     shared, copied = HFEngine(model_dir), HFEngine(model_dir)
     gen = torch.Generator().manual_seed(1)

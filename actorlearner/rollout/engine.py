@@ -31,6 +31,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
+from actorlearner.core.heap import release_free_heap
 from actorlearner.core.protocols import Engine, Generation, SamplingParams
 from actorlearner.models.loading import cache_keyword, load_model, weight_tensors
 
@@ -230,6 +231,10 @@ class HFEngine:
         prefix_cache_mb: Memory for the KV caches of finished turns, kept for their episodes'
             next turns (:class:`PrefixStore`; 0: every turn runs its whole context). Models with
             other than plain full attention keep none.
+        trim_heap_s: After loading weights, hand the memory past batches left free in the C heaps
+            back to the system if this many seconds have passed since the last time
+            (:func:`~actorlearner.core.heap.release_free_heap`; 0: never). Without it a runner's
+            memory climbs with fragmentation (docs/faults.md, "Memory over long runs").
 
     Attributes:
         model: The ``transformers`` model, in eval mode.
@@ -244,8 +249,11 @@ class HFEngine:
         seed: int = 0,
         prune_fraction: float = 0.75,
         prefix_cache_mb: float = 256.0,
+        trim_heap_s: float = 30.0,
     ) -> None:
         self.device = torch.device(device)
+        self.trim_heap_s = trim_heap_s
+        self._trimmed_at = time.monotonic()
         self.model = load_model(model_path, self.device, dtype)
         self.version = 0
         self.prune_fraction = prune_fraction
@@ -299,6 +307,13 @@ class HFEngine:
         if missing or unexpected:
             raise RuntimeError(f"load_weights: missing keys {missing}, unexpected keys {unexpected}")
         self.version = int(version)
+        self._maybe_trim_heap()
+
+    def _maybe_trim_heap(self) -> None:
+        now = time.monotonic()
+        if self.trim_heap_s > 0 and now - self._trimmed_at >= self.trim_heap_s:
+            self._trimmed_at = now
+            release_free_heap()
 
     def _owned(self, value: object, tensor: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
         """``tensor`` (a view of ``value``) as a parameter: itself when it fits, else a converted copy."""
