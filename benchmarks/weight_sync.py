@@ -11,7 +11,7 @@ learner, ``--runners`` to change) and, in each of ``--rounds`` rounds:
    copies them into Ray's object store once, each runner fetches them and stages them);
 3. ``ready``: each idle runner's batching engine loads staged weights at once
    (``AsyncBatchingEngine.stage_weights``) and stamps the time (``loaded_at``, the machine's
-   monotonic clock, which every process here shares); ``total`` runs from the start of the round
+   monotonic clock, which every process here shares); ``total`` runs from the start of the sync
    to the last runner's stamp: the learner's step end to every runner able to generate with the
    new version.
 

@@ -358,6 +358,54 @@ def test_async_engine_weights_failing_while_idle_fail_the_next_batch(engine: HFE
     asyncio.run(main())
 
 
+class SlowLoadEngine(FakeEngine):
+    """Loads take ``load_s``; weights named ``bad`` fail to load."""
+
+    def __init__(self, load_s: float = 0.0) -> None:
+        super().__init__()
+        self.load_s = load_s
+
+    def load_weights(self, weights: Mapping[str, Any], version: int) -> None:
+        time.sleep(self.load_s)
+        if "bad" in weights:
+            raise ValueError(f"bad v{version}")
+        super().load_weights(weights, version)
+
+
+def test_async_engine_version_counts_a_load_in_progress() -> None:
+    fake = SlowLoadEngine(load_s=0.2)
+
+    async def main() -> None:
+        front = AsyncBatchingEngine(fake)
+        front.stage_weights({}, version=5)
+        await asyncio.sleep(0.05)  # loading in the engine's thread now
+        assert fake.version == 0 and front.version == 5
+        await asyncio.sleep(0.3)
+        assert fake.loaded == [5] and front.version == 5
+        front.close()
+
+    asyncio.run(main())
+
+
+def test_async_engine_newer_weights_clear_an_idle_load_failure() -> None:
+    fake = SlowLoadEngine()
+
+    async def main() -> None:
+        front = AsyncBatchingEngine(fake)
+        front.stage_weights({"bad": np.zeros(1)}, version=1)
+        await asyncio.sleep(0.05)  # failed while idle
+        front.stage_weights({}, version=2)
+        await asyncio.sleep(0.05)  # loaded while idle
+        assert (await front.generate([1], SamplingParams())).version == 2
+        front.stage_weights({"bad": np.zeros(1)}, version=3)
+        await asyncio.sleep(0.05)
+        front.stage_weights({}, version=4)  # staged with a request: loads before the batch
+        assert (await front.generate([1], SamplingParams())).version == 4
+        front.close()
+
+    asyncio.run(main())
+
+
 def test_async_engine_keeps_loop_free_and_reports_errors() -> None:
     async def main() -> None:
         front = AsyncBatchingEngine(FakeEngine(delay=0.2))

@@ -252,7 +252,7 @@ class HFEngine:
         trim_heap_s: float = 30.0,
     ) -> None:
         self.device = torch.device(device)
-        self.trim_heap_s = trim_heap_s
+        self.trim_heap_s = float(trim_heap_s)
         self._trimmed_at = time.monotonic()
         self.model = load_model(model_path, self.device, dtype)
         self.version = 0
@@ -285,7 +285,8 @@ class HFEngine:
         old parameters are never written in place: numpy arrays of the model's dtype on a CPU model
         (what the learner publishes) without a copy (on Ray, read-only views of the object store,
         which the runners of a node then share; generation only reads them); anything else as a
-        converted copy, so a caller's tensors never alias the model.
+        converted copy, so a caller's tensors never alias the model. Then, at most every
+        ``trim_heap_s``, the C heaps' free memory goes back to the system.
 
         Args:
             weights: Parameter name to tensor or array.
@@ -539,6 +540,7 @@ class AsyncBatchingEngine:
         self._staged: tuple[Mapping[str, Any], int] | None = None
         self.loaded_at: float | None = None  # time.perf_counter() when staged weights last loaded
         self._load_error: Exception | None = None
+        self._loading: int | None = None  # the version being loaded in the engine's thread
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -548,7 +550,9 @@ class AsyncBatchingEngine:
     @property
     def version(self) -> int:
         """Version of the weights the next batch will use (staged weights included)."""
-        return self._staged[1] if self._staged is not None else self.engine.version
+        if self._staged is not None:
+            return self._staged[1]
+        return self._loading if self._loading is not None else self.engine.version
 
     def join(self, episodes: int) -> None:
         """Lockstep: the next batches wait for ``episodes`` more episodes until each :meth:`leave` s."""
@@ -652,11 +656,12 @@ class AsyncBatchingEngine:
     async def _serve(
         self, requests: list[tuple[list[int], SamplingParams, bool, asyncio.Future[Generation]]]
     ) -> None:
+        if self._staged is not None:
+            self._load_error = None  # newer weights replace any that failed to load while idle
+            await self._load_staged()
         if self._load_error is not None:  # weights that failed to load while idle fail this batch
             error, self._load_error = self._load_error, None
             raise error
-        if self._staged is not None:
-            await self._load_staged()
         groups: dict[tuple[SamplingParams, bool], list[tuple[list[int], asyncio.Future[Generation]]]] = {}
         for ids, params, count, future in requests:
             if not future.done():
@@ -671,15 +676,19 @@ class AsyncBatchingEngine:
         try:
             await self._load_staged()
         except Exception as exc:
-            logger.warning("AsyncBatchingEngine: staged weights did not load: %s", exc)
+            logger.warning("AsyncBatchingEngine: staged weights did not load", exc_info=exc)
             self._load_error = exc
 
     async def _load_staged(self) -> None:
         """Loads the staged weights in the engine's thread (a failure propagates to the caller)."""
         assert self._staged is not None
         weights, version = self._staged
-        self._staged = None
-        await self._in_thread(self.engine.load_weights, weights, version)
+        self._staged, self._loading = None, version
+        try:
+            await self._in_thread(self.engine.load_weights, weights, version)
+        finally:
+            self._loading = None
+        self._load_error = None  # these weights replace any that failed before
         self.loaded_at = time.perf_counter()
 
     async def _run_batch(
