@@ -3,9 +3,9 @@
 A process that allocates many short-lived buffers from many threads (a runner: key/value caches
 of every batch, tool calls in a thread pool) ends up with glibc heaps full of free holes between
 live blocks. glibc returns memory to the system only from the top of a heap, so the process's
-resident memory climbs although little of it is in use: a runner's private memory grew 27% in
-ten minutes of RL, and one ``malloc_trim(0)`` gave back 200 MB of it (docs/faults.md, "Memory over
-long runs"). ``malloc_trim`` also releases the free pages inside each heap.
+resident memory stays high although little of it is in use: in a runner whose private memory had
+grown 27% in ten minutes of RL, one ``malloc_trim(0)`` gave back 200 MB (docs/faults.md, "Memory
+over long runs"). ``malloc_trim`` also releases the free pages inside each heap.
 """
 
 from __future__ import annotations

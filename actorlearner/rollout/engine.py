@@ -233,8 +233,9 @@ class HFEngine:
             other than plain full attention keep none.
         trim_heap_s: After loading weights, hand the memory past batches left free in the C heaps
             back to the system if this many seconds have passed since the last time
-            (:func:`~actorlearner.core.heap.release_free_heap`; 0: never). Without it a runner's
-            memory climbs with fragmentation (docs/faults.md, "Memory over long runs").
+            (:func:`~actorlearner.core.heap.release_free_heap`; 0: never), so that memory a
+            past peak of work left free does not stay with the runner (docs/faults.md, "Memory
+            over long runs").
 
     Attributes:
         model: The ``transformers`` model, in eval mode.
