@@ -111,7 +111,7 @@ def measure(name: str, runners: int, rounds: int, ray_setup: list[str]) -> dict[
             weights = algo.runtime.run(algo.learner.call(Learner.get_weights))
             size_mb = sum(a.nbytes for a in _published(weights)) / 2**20
             copy = _copier(weights)
-            times: dict[str, list[float]] = {"memcpy": [], "sync": [], "total": [], "ratio": []}
+            times: dict[str, list[float]] = {"memcpy": [], "sync": [], "total": []}
             for _ in range(rounds + 1):  # the first round warms up
                 start = time.perf_counter()
                 copy()
@@ -122,10 +122,10 @@ def measure(name: str, runners: int, rounds: int, ray_setup: list[str]) -> dict[
                 times["memcpy"].append(copied - start)
                 times["sync"].append(synced - copied)
                 times["total"].append(ready - copied)
-                times["ratio"].append((ready - copied) / (copied - start))
         finally:
             algo.stop()
     rest = {k: v[1:] for k, v in times.items()}
+    rest["ratio"] = [t / m for t, m in zip(rest["total"], rest["memcpy"], strict=True)]
     med = {k: statistics.median(v) for k, v in rest.items()}
     total = sorted(rest["total"])
     return {

@@ -658,7 +658,6 @@ class AsyncBatchingEngine:
         self, requests: list[tuple[list[int], SamplingParams, bool, asyncio.Future[Generation]]]
     ) -> None:
         if self._staged is not None:
-            self._load_error = None  # newer weights replace any that failed to load while idle
             await self._load_staged()
         if self._load_error is not None:  # weights that failed to load while idle fail this batch
             error, self._load_error = self._load_error, None
@@ -685,11 +684,11 @@ class AsyncBatchingEngine:
         assert self._staged is not None
         weights, version = self._staged
         self._staged, self._loading = None, version
+        self._load_error = None  # these weights replace any that failed to load before
         try:
             await self._in_thread(self.engine.load_weights, weights, version)
         finally:
             self._loading = None
-        self._load_error = None  # these weights replace any that failed before
         self.loaded_at = time.perf_counter()
 
     async def _run_batch(
